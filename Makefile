@@ -1,0 +1,28 @@
+# Two commands: `make demo` and `make test`. Both need only Python 3.11+ and pip.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint install clean
+
+$(BIN)/caudal: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+install: $(BIN)/caudal
+
+demo: $(BIN)/caudal
+	$(BIN)/caudal demo $(ARGS)
+
+lint: $(BIN)/caudal
+	$(BIN)/ruff check streams policies tests
+	$(BIN)/ruff format --check streams policies tests
+	$(BIN)/mypy policies
+
+test: lint
+	$(BIN)/pytest -q $(ARGS)
+
+clean:
+	rm -rf $(VENV) caudal-state caudal-output demo-output .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,247 @@
+"""The worker: a Faust app with the buffer agent, the decision timer and their two tables.
+
+Data flow inside one worker process:
+  split thread (input → caudal-spans) ─► buffer agent (caudal-spans → `traces` table)
+  decision timer (`traces` → policies → caudal-sampled, `decisions` table)
+  export threads (caudal-sampled → backends, one consumer group per exporter)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from streams.buffer import TraceBuffer
+from streams.config import Settings
+from streams.decide import DecisionCache, Decider
+from streams.export import ExportLoop
+from streams.kafka import ensure_topics, make_producer, send_dead_letter
+from streams.metrics import SPANS_RECEIVED, WORKER_READY, serve_metrics
+from streams.otlp import BadInput, decode_request, fragments_of, split_by_trace, unpack_index
+from streams.route import TenantResolver
+from streams.split import INDEX_HEADER, TENANT_HEADER, SplitStage, span_count
+from streams.state import TableStore
+
+__all__ = ["Worker", "build_worker", "run_worker"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Worker:
+    """Everything one worker process runs; `run()` blocks until SIGTERM/SIGINT."""
+
+    settings: Settings
+    app: faust.App
+    buffer: TraceBuffer
+    cache: DecisionCache
+    decider: Decider
+    producer: Any
+    threads: list[threading.Thread] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    ready: bool = False
+
+    def run(self, loglevel: str = "info") -> None:
+        """Start the threads and the Faust worker; stop and flush everything on exit."""
+        for thread in self.threads:
+            thread.start()
+        worker = faust.Worker(self.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+        try:
+            worker.execute_from_commandline()
+        finally:
+            self.stop.set()
+            for thread in self.threads:
+                thread.join(timeout=15)
+            self.producer.flush(10)
+            log.info("worker stopped")
+
+
+class Intake:
+    """Per record of the buffer agent: follow remembered decisions, buffer everything else."""
+
+    def __init__(self, worker: Worker, resolver: TenantResolver, direct: bool) -> None:
+        self.worker = worker
+        self.resolver = resolver
+        self.direct = direct
+        self.encoding = worker.settings.kafka.input_encoding
+        self.dlq_topic = worker.settings.kafka.dlq_topic
+
+    def handle(self, message: Any) -> None:
+        """Buffer one record's traces; never raises on bad data (it goes to the DLQ)."""
+        headers = dict(message.headers or ())
+        now = time.time()
+        try:
+            index = headers.get(INDEX_HEADER)
+            if index is not None:
+                tenant = headers.get(TENANT_HEADER, b"").decode() or self.resolver.default
+                for trace_id, fragment in unpack_index(message.value, index):
+                    self._take(message.partition, trace_id, tenant, fragment, now)
+            elif self.direct:
+                self._take_input(message, headers, now)
+            else:
+                raise BadInput("invalid_index", f"record without a {INDEX_HEADER} header")
+        except BadInput as exc:
+            send_dead_letter(
+                self.worker.producer,
+                self.dlq_topic,
+                message.value,
+                reason=exc.reason,
+                detail=exc.detail,
+                key=message.key,
+                origin=(message.topic, message.partition, message.offset),
+                headers=list(headers.items()),
+            )
+
+    def _take_input(self, message: Any, headers: dict[str, bytes], now: float) -> None:
+        # Reading the input topic directly (input_keyed_by_trace_id): split here, same rules.
+        groups, invalid = split_by_trace(decode_request(message.value, self.encoding))
+        if not groups and invalid is None:
+            raise BadInput("no_spans", "the request holds no spans")
+        if invalid is not None:
+            send_dead_letter(
+                self.worker.producer,
+                self.dlq_topic,
+                invalid.SerializeToString(),
+                reason="invalid_trace_id",
+                detail="spans without a valid 16-byte trace ID",
+                key=message.key,
+                origin=(message.topic, message.partition, message.offset),
+            )
+        header_tenant = self.resolver.from_headers(headers)
+        for trace_id, fragment in fragments_of(groups):
+            tenant = self.resolver.resolve(header_tenant, groups[trace_id])
+            SPANS_RECEIVED.labels(tenant).inc(span_count(groups[trace_id]))
+            self._take(message.partition, trace_id, tenant, fragment, now)
+
+    def _take(self, partition: int, trace_id: bytes, tenant: str, fragment: bytes, now: float):
+        worker = self.worker
+        if trace_id not in worker.buffer:
+            decided = worker.cache.get(trace_id)
+            if decided is not None:
+                spans = span_count(ExportTraceServiceRequest.FromString(fragment).resource_spans)
+                worker.decider.follow(trace_id, decided, fragment, spans)
+                return
+        worker.buffer.append(partition, trace_id, tenant, fragment, now)
+
+
+def build_worker(settings: Settings) -> Worker:
+    """Create topics, the Faust app, its tables, agent and timer, and the helper threads."""
+    kafka = settings.kafka
+    direct = kafka.input_keyed_by_trace_id
+    source_topic = kafka.input_topic if direct else kafka.spans_topic
+    ensure_topics(
+        kafka,
+        [
+            (kafka.input_topic, kafka.partitions),
+            (kafka.spans_topic, kafka.partitions),
+            (kafka.sampled_topic, kafka.partitions),
+            (kafka.dlq_topic, 1),
+        ],
+    )
+    app = faust.App(
+        kafka.group_id,
+        broker=";".join(f"kafka://{s.strip()}" for s in kafka.bootstrap_servers.split(",")),
+        store="rocksdb://",
+        datadir=settings.worker.state_dir,
+        web_enabled=False,
+        topic_partitions=kafka.partitions,
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.worker.session_timeout,
+        broker_rebalance_timeout=settings.worker.session_timeout,
+        broker_heartbeat_interval=1,
+        producer_max_request_size=16 * 1024 * 1024,
+        consumer_max_fetch_size=16 * 1024 * 1024,
+        # Brokers that report the end offset of a multi-record batch as its base offset + 1
+        # (tansu does) would make Faust refuse to start after a restart; the RocksDB state is
+        # ahead of that figure, never behind it, so the check only gets in the way.
+        recovery_consistency_check=False,
+    )
+    topic = app.topic(
+        source_topic,
+        partitions=kafka.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    traces = app.Table("traces", partitions=kafka.partitions, key_type=bytes, value_type=bytes)
+    decisions = app.Table(
+        "decisions", partitions=kafka.partitions, key_type=bytes, value_type=bytes
+    )
+    decision = settings.decision
+    producer = make_producer(kafka)
+    buffer = TraceBuffer(TableStore(traces), decision.wait, decision.max_traces)
+    dc = decision.decision_cache
+    cache = DecisionCache(TableStore(decisions), dc.kept, dc.dropped, dc.ttl)
+    decider = Decider(settings.build_engine(), buffer, cache, producer, kafka.sampled_topic)
+    worker = Worker(settings, app, buffer, cache, decider, producer)
+    intake = Intake(worker, TenantResolver(settings.tenant_from, settings.default_tenant), direct)
+
+    @app.agent(topic, name="buffer-spans")
+    async def buffer_spans(stream: Any) -> None:
+        async for event in stream.events():
+            intake.handle(event.message)
+
+    @app.timer(decision.tick, name="decide-due")
+    async def decide_due() -> None:
+        if not worker.ready:
+            return
+        while True:
+            batch = decider.decide_due(time.time())
+            if not batch.items:
+                return
+            if await asyncio.to_thread(producer.flush, 30):
+                # Unacknowledged after 30 s: keep those traces buffered and decide them again.
+                batch.failed.update(tid for tid, _, r in batch.items if r.kept)
+            decider.complete(batch, time.time())
+
+    @traces.on_recover
+    async def on_recovered() -> None:
+        partitions = sorted(
+            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == source_topic
+        )
+        try:
+            buffer.rebuild(partitions)
+            cache.rebuild(partitions)
+        except Exception as exc:
+            # Faust drops exceptions raised in recovery callbacks; without this the worker
+            # would report ready and never decide anything.
+            log.exception("buffer recovery failed")
+            await app.crash(exc)
+            return
+        worker.ready = True
+        WORKER_READY.set(1)
+        log.info(
+            "buffer recovered partitions=%s traces=%d decisions=%d",
+            partitions,
+            len(buffer),
+            sum(len(e) for e in cache.entries.values()),
+        )
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
+        # Until the new assignment is recovered, the timer must not decide traces of
+        # partitions that may now belong to another worker.
+        worker.ready = False
+        WORKER_READY.set(0)
+
+    if not direct:
+        worker.threads.append(SplitStage(settings, worker.stop))
+    routed = {name for tenant in settings.tenants.values() for name in tenant.exporters}
+    for name in sorted(routed):
+        worker.threads.append(ExportLoop(name, settings, worker.stop))
+    return worker
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    """Run one worker until it is told to stop."""
+    serve_metrics(settings.metrics.host, settings.metrics.port)
+    build_worker(settings).run(loglevel)

@@ -1,0 +1,229 @@
+"""The `caudal` command: worker, validate, broker, generate, demo, bench, policies."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+from streams.config import ConfigError, Settings, load_settings
+
+__all__ = ["main"]
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(getattr(args, "config", None))
+    kafka = {}
+    if getattr(args, "bootstrap", None):
+        kafka["bootstrap_servers"] = args.bootstrap
+    if getattr(args, "topic", None):
+        kafka["input_topic"] = args.topic
+    worker = {}
+    if getattr(args, "state_dir", None):
+        worker["state_dir"] = args.state_dir
+    update: dict[str, object] = {}
+    if kafka:
+        update["kafka"] = settings.kafka.model_copy(update=kafka)
+    if worker:
+        update["worker"] = settings.worker.model_copy(update=worker)
+    if getattr(args, "metrics_port", None) is not None:
+        update["metrics"] = settings.metrics.model_copy(update={"port": args.metrics_port})
+    return settings.model_copy(update=update) if update else settings
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Validate a config file; print every error with its key path."""
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(
+        f"{args.config}: valid ({len(settings.policies)} policies, {len(settings.tenants)} "
+        f"tenants, {len(settings.exporters)} exporters)"
+    )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run one worker."""
+    from streams.app import run_worker
+
+    run_worker(_settings(args), loglevel=args.loglevel)
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    """Run the local development broker until Ctrl-C or SIGTERM."""
+    from streams.broker import LocalBroker
+
+    broker = LocalBroker(port=args.port).start()
+    print(f"tansu broker listening; bootstrap servers: {broker.bootstrap}", flush=True)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        while not stopped.wait(0.5):
+            if broker._proc is None or broker._proc.poll() is not None:
+                print("broker exited", file=sys.stderr)
+                return 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        broker.stop()
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Write synthetic OTLP traffic to the input topic."""
+    from streams.generate import GeneratorOptions, run_generator
+    from streams.kafka import ensure_topics, make_producer
+
+    settings = _settings(args)
+    kafka = settings.kafka
+    ensure_topics(kafka, [(kafka.input_topic, kafka.partitions)])
+    producer = make_producer(kafka)
+    options = GeneratorOptions(
+        traces=args.traces,
+        rate=args.rate,
+        spans=args.spans,
+        tenants=[t for t in args.tenants.split(",") if t],
+        tenant_via=args.tenant_via,
+        parts=args.parts,
+        spread=args.spread,
+    )
+    deadline = time.monotonic() + args.duration if args.duration else None
+
+    def produce(value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        while True:
+            try:
+                producer.produce(kafka.input_topic, value=value, headers=headers)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        producer.poll(0)
+
+    try:
+        made = run_generator(
+            produce,
+            options,
+            should_stop=lambda: deadline is not None and time.monotonic() > deadline,
+        )
+    except KeyboardInterrupt:
+        made = -1
+    producer.flush(30)
+    print(f"generated {made if made >= 0 else 'some'} traces into {kafka.input_topic}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Broker, worker, traffic and a live summary, all local."""
+    from streams.demo import run_demo
+
+    return run_demo(duration=args.duration, output=args.output)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Measure the worker end to end against the raw consume+parse floor."""
+    from streams.bench import run_bench
+
+    return run_bench(
+        traces=args.traces,
+        spans=args.spans,
+        partitions=args.partitions,
+        bootstrap=args.bootstrap,
+        policies_only=args.policies_only,
+    )
+
+
+def cmd_policies(args: argparse.Namespace) -> int:
+    """List installed policy types and their configuration fields."""
+    from policies import installed_policies
+
+    for name, cls in sorted(installed_policies().items()):
+        fields = ", ".join(
+            f"{field}{'' if info.is_required() else '?'}"
+            for field, info in cls.Config.model_fields.items()
+        )
+        print(f"{name:20s} {cls.__module__}:{cls.__qualname__}  [{fields}]")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="caudal", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser, required: bool = False) -> None:
+        p.add_argument("-c", "--config", required=required, help="caudal.yaml")
+
+    p = sub.add_parser("worker", help="run a stream worker")
+    with_config(p)
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers (overrides the file)")
+    p.add_argument("--state-dir", help="RocksDB state directory (one per worker)")
+    p.add_argument("--metrics-port", type=int, help="Prometheus port (one per worker; 0: off)")
+    p.add_argument("--loglevel", default="info")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("validate", help="check a config file and print every error")
+    with_config(p, required=True)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("broker", help="run a local development broker (tansu, in memory)")
+    p.add_argument("--port", type=int, default=9092)
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("generate", help="write synthetic OTLP traces to the input topic")
+    with_config(p)
+    p.add_argument("--bootstrap")
+    p.add_argument("--topic", help="input topic (default: kafka.input_topic)")
+    p.add_argument("--rate", type=float, default=200.0, help="traces per second (0: max)")
+    p.add_argument("--traces", type=int, default=0, help="stop after this many (0: never)")
+    p.add_argument("--duration", type=float, default=0, help="stop after this many seconds")
+    p.add_argument("--spans", type=int, default=10, help="spans per trace")
+    p.add_argument("--tenants", default="acme,globex")
+    p.add_argument("--tenant-via", choices=["resource", "header"], default="resource")
+    p.add_argument("--parts", type=int, default=3, help="pieces each trace is sent in")
+    p.add_argument("--spread", type=float, default=2.0, help="seconds between a trace's pieces")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("demo", help="run everything locally with a live summary")
+    p.add_argument("--duration", type=float, default=0, help="seconds (0: until Ctrl-C)")
+    p.add_argument("--output", default="./demo-output")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="measure end-to-end throughput and the raw floor")
+    p.add_argument("--traces", type=int, default=50_000)
+    p.add_argument("--spans", type=int, default=10)
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--bootstrap", help="use this broker instead of a local one")
+    p.add_argument("--policies-only", action="store_true", help="policy engine only")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("policies", help="list installed policy types")
+    p.set_defaults(func=cmd_policies)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `caudal` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one readable line instead of a traceback
+        from streams.broker import BrokerError
+
+        if isinstance(exc, BrokerError | OSError):
+            print(f"caudal {args.command}: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""Configuration: one YAML file, typed and validated once at start.
+
+Every error is reported with its key path (`decision.wait: ...`), all at once, so a user fixes a
+file in one pass. Code below the loader receives a `Settings` object and never re-checks it nor
+reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from policies import PolicyConfigError, PolicyEngine, build_engine
+
+__all__ = [
+    "ConfigError",
+    "DEFAULT_POLICIES",
+    "Settings",
+    "load_settings",
+    "parse_duration",
+]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: object) -> float:
+    """Turn `10s`, `500ms`, `5m`, `1h` (or a number of seconds) into seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    raise ValueError(f"expected a duration such as '10s', '500ms' or '5m', got {value!r}")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaConfig(_Model):
+    """Where Caudal reads and writes: the cluster, the topics and how the input is shaped."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    # librdkafka properties such as security.protocol, sasl.mechanism, ssl.ca.location.
+    security: dict[str, str] = {}
+    input_topic: str = "otlp_spans"
+    input_encoding: Literal["otlp_proto", "otlp_json"] = "otlp_proto"
+    input_keyed_by_trace_id: bool = False
+    partitions: int = Field(default=12, ge=1, le=10_000)
+    spans_topic: str = "caudal-spans"
+    sampled_topic: str = "caudal-sampled"
+    dlq_topic: str = "caudal-dlq"
+    group_id: str = "caudal"
+
+
+class DecisionCacheConfig(_Model):
+    """How many decisions are remembered so late spans follow them."""
+
+    kept: int = Field(default=100_000, ge=0)
+    dropped: int = Field(default=500_000, ge=0)
+    ttl: Duration = 3600.0
+
+
+class DecisionConfig(_Model):
+    """The decision window and the bound on buffered traces."""
+
+    wait: Duration = 10.0
+    max_traces: int = Field(default=200_000, ge=1)
+    tick: Duration = 0.25
+    decision_cache: DecisionCacheConfig = DecisionCacheConfig()
+
+
+class TenantConfig(_Model):
+    """One tenant's route: the exporters its kept traces go to."""
+
+    exporters: list[str] = []
+
+
+class ExporterConfig(_Model):
+    """A backend kept traces are written to."""
+
+    type: Literal["file", "kafka"]
+    # file: a directory; one OTLP/JSON-lines file per tenant is written in it.
+    path: str | None = None
+    # kafka: the topic and, when it is another cluster, its bootstrap servers.
+    topic: str | None = None
+    bootstrap_servers: str | None = None
+    batch_size: int = Field(default=500, ge=1)
+
+    @model_validator(mode="after")
+    def _check_target(self) -> ExporterConfig:
+        if self.type == "file" and not self.path:
+            raise ValueError("a file exporter needs 'path' (a directory)")
+        if self.type == "kafka" and not self.topic:
+            raise ValueError("a kafka exporter needs 'topic'")
+        return self
+
+
+class WorkerConfig(_Model):
+    """Per-process settings: where state lives. Give each worker on one machine its own."""
+
+    state_dir: str = "./caudal-state"
+    # How fast the group notices a dead worker and hands its partitions on.
+    session_timeout: Duration = 6.0
+
+
+class MetricsConfig(_Model):
+    """The Prometheus endpoint; port 0 turns it off."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)
+
+
+DEFAULT_POLICIES: list[dict[str, Any]] = [
+    {"name": "errors", "type": "status_code", "status_codes": ["ERROR"]},
+    {"name": "slow", "type": "latency", "threshold_ms": 1000},
+    {
+        "name": "critical-services",
+        "type": "string_attribute",
+        "key": "service.name",
+        "values": ["checkout", "payment"],
+    },
+    {
+        "name": "vip-users",
+        "type": "string_attribute",
+        "key": "user.tier",
+        "values": ["vip"],
+        "sample_percentage": 50,
+    },
+    {"name": "baseline", "type": "probabilistic", "sampling_percentage": 10},
+]
+
+TENANT_SOURCE = re.compile(r"^(header|resource):[\w.\-]+$")
+
+
+class Settings(_Model):
+    """The whole validated configuration."""
+
+    kafka: KafkaConfig = KafkaConfig()
+    decision: DecisionConfig = DecisionConfig()
+    policies: list[dict[str, Any]] = Field(default_factory=lambda: list(DEFAULT_POLICIES))
+    tenants: dict[str, TenantConfig] = {"default": TenantConfig(exporters=["file"])}
+    tenant_from: list[str] = ["header:x-tenant-id", "resource:tenant.id"]
+    default_tenant: str = "default"
+    exporters: dict[str, ExporterConfig] = {
+        "file": ExporterConfig(type="file", path="./caudal-output")
+    }
+    worker: WorkerConfig = WorkerConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Settings:
+        for source in self.tenant_from:
+            if not TENANT_SOURCE.match(source):
+                raise ValueError(
+                    f"tenant_from: {source!r} is not 'header:NAME' or 'resource:ATTRIBUTE'"
+                )
+        return self
+
+    def build_engine(self) -> PolicyEngine:
+        """The policy engine for `policies` (validated at load, so this does not fail)."""
+        return build_engine(self.policies)
+
+    def exporters_for(self, tenant: str) -> list[str]:
+        """Exporter names a tenant's kept traces go to: its own route, else the default's."""
+        route = self.tenants.get(tenant) or self.tenants.get(self.default_tenant)
+        return route.exporters if route else []
+
+
+class ConfigError(ValueError):
+    """A configuration file was rejected; `errors` holds (key path, message) pairs."""
+
+    def __init__(self, source: str, errors: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.errors = errors
+        lines = [f"{source}: {len(errors)} error(s)"]
+        lines += [f"  {path}: {message}" for path, message in errors]
+        super().__init__("\n".join(lines))
+
+
+def _key_path(loc: tuple[str | int, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+_ENV_OVERRIDES = {
+    "CAUDAL_BOOTSTRAP_SERVERS": "bootstrap_servers",
+    "CAUDAL_INPUT_TOPIC": "input_topic",
+}
+
+
+def _apply_environment(raw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+    """CAUDAL_* variables override the kafka section (so secrets stay out of the file)."""
+    kafka = dict(raw.get("kafka") or {})
+    for variable, key in _ENV_OVERRIDES.items():
+        if environ.get(variable):
+            kafka[key] = environ[variable]
+    security = dict(kafka.get("security") or {})
+    for variable, value in environ.items():
+        # CAUDAL_SECURITY_SASL_USERNAME -> sasl.username
+        if variable.startswith("CAUDAL_SECURITY_") and value:
+            security[variable.removeprefix("CAUDAL_SECURITY_").lower().replace("_", ".")] = value
+    if security:
+        kafka["security"] = security
+    if kafka:
+        raw = {**raw, "kafka": kafka}
+    return raw
+
+
+def validate_mapping(raw: object, source: str = "<config>") -> Settings:
+    """Validate a parsed YAML document; raise ConfigError with every problem found."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [("(top level)", "expected a mapping of sections")])
+    errors: list[tuple[str, str]] = []
+    settings: Settings | None = None
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        for err in exc.errors():
+            message = err["msg"].removeprefix("Value error, ")
+            errors.append((_key_path(tuple(err["loc"])), message))
+    policies_raw = raw.get("policies", DEFAULT_POLICIES)
+    if isinstance(policies_raw, list):
+        try:
+            build_engine(policies_raw)
+        except PolicyConfigError as exc:
+            errors += [(_key_path(("policies", *loc)), msg) for loc, msg in exc.errors]
+    if settings is not None:
+        for tenant, route in settings.tenants.items():
+            for i, name in enumerate(route.exporters):
+                if name not in settings.exporters:
+                    known = ", ".join(sorted(settings.exporters)) or "none"
+                    errors.append(
+                        (
+                            f"tenants.{tenant}.exporters.{i}",
+                            f"unknown exporter {name!r} (configured: {known})",
+                        )
+                    )
+    if errors:
+        raise ConfigError(source, errors)
+    assert settings is not None
+    return settings
+
+
+def load_settings(path: str | Path | None, environ: dict[str, str] | None = None) -> Settings:
+    """Read, override from CAUDAL_* variables and validate; no file means built-in defaults."""
+    environ = dict(os.environ) if environ is None else environ
+    source = str(path) if path else "<defaults>"
+    raw: object = {}
+    if path:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(source, [("(file)", f"cannot read: {exc.strerror}")]) from exc
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(source, [("(file)", f"not valid YAML: {exc}")]) from exc
+    if isinstance(raw, dict) or raw is None:
+        raw = _apply_environment(raw or {}, environ)
+    return validate_mapping(raw, source)

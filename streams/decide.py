@@ -1,0 +1,205 @@
+"""Decisions: expired traces go through the policy engine; kept ones go to `caudal-sampled`.
+
+A decision is taken once per trace ID and remembered (the `decisions` table plus a bounded
+in-memory cache) so late spans follow it. The order of effects is what makes at-least-once safe:
+1. decide and remember in memory (late spans arriving meanwhile follow the decision);
+2. produce kept traces and wait for the broker's acknowledgement;
+3. only then persist the decision and delete the trace from the buffer.
+A crash between 2 and 3 re-decides the trace after recovery with the same answer (policies are
+deterministic on the trace ID), so the worst case is a duplicate export, never a lost trace.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from policies import Decision, PolicyEngine, TraceView
+from streams.buffer import Pending, TraceBuffer
+from streams.export import SPAN_COUNT_HEADER
+from streams.metrics import DECISION_LAG, DECISIONS, LATE_SPANS
+from streams.otlp import annotate_kept
+from streams.state import TableStore
+
+__all__ = ["DecisionCache", "Decider", "Remembered"]
+
+_DECISION = struct.Struct(">dBd")
+
+
+@dataclass(frozen=True, slots=True)
+class Remembered:
+    """A decision kept for late spans."""
+
+    decided_at: float
+    partition: int
+    kept: bool
+    policy: str
+    probability: float
+    tenant: str
+
+    def encode(self) -> bytes:
+        """Value stored in the `decisions` table."""
+        head = _DECISION.pack(self.decided_at, self.kept, self.probability)
+        return head + self.policy.encode() + b"\0" + self.tenant.encode()
+
+    @classmethod
+    def decode(cls, partition: int, value: bytes) -> Remembered:
+        """Inverse of `encode`."""
+        decided_at, kept, probability = _DECISION.unpack_from(value)
+        policy, _, tenant = value[_DECISION.size :].partition(b"\0")
+        return cls(decided_at, partition, bool(kept), policy.decode(), probability, tenant.decode())
+
+
+class DecisionCache:
+    """Bounded memory of recent decisions, kept and dropped counted separately (as Refinery)."""
+
+    def __init__(self, store: TableStore, kept: int, dropped: int, ttl: float) -> None:
+        self.store = store
+        self.limits = {True: kept, False: dropped}
+        self.ttl = ttl
+        self.entries: dict[bool, OrderedDict[bytes, Remembered]] = {
+            True: OrderedDict(),
+            False: OrderedDict(),
+        }
+
+    def get(self, trace_id: bytes) -> Remembered | None:
+        """The remembered decision for a trace, if any."""
+        return self.entries[True].get(trace_id) or self.entries[False].get(trace_id)
+
+    def remember(self, trace_id: bytes, decision: Remembered) -> None:
+        """Hold a decision in memory (persisted later by `persist`)."""
+        self.entries[decision.kept][trace_id] = decision
+
+    def forget(self, trace_id: bytes) -> None:
+        """Drop a decision that could not be carried out."""
+        for entries in self.entries.values():
+            entries.pop(trace_id, None)
+
+    def persist(self, trace_id: bytes, decision: Remembered) -> None:
+        """Write a decision to the changelogged table."""
+        self.store.put(decision.partition, trace_id, decision.encode())
+
+    def evict(self, now: float) -> int:
+        """Forget decisions beyond the size limits or older than the TTL; return how many."""
+        evicted = 0
+        for kept, entries in self.entries.items():
+            limit = self.limits[kept]
+            while entries:
+                trace_id, entry = next(iter(entries.items()))
+                if len(entries) <= limit and now - entry.decided_at < self.ttl:
+                    break
+                entries.popitem(last=False)
+                self.store.delete(entry.partition, trace_id)
+                evicted += 1
+        return evicted
+
+    def rebuild(self, partitions: Iterable[int]) -> None:
+        """Reload remembered decisions from the table after recovery."""
+        loaded = []
+        for partition in partitions:
+            for trace_id, value in self.store.items(partition):
+                loaded.append((trace_id, Remembered.decode(partition, value)))
+        loaded.sort(key=lambda item: item[1].decided_at)
+        for entries in self.entries.values():
+            entries.clear()
+        for trace_id, decision in loaded:
+            self.entries[decision.kept][trace_id] = decision
+
+
+@dataclass
+class DecidedBatch:
+    """Decisions of one timer tick awaiting the broker's acknowledgement of kept traces."""
+
+    items: list[tuple[bytes, Pending, Remembered]] = field(default_factory=list)
+    failed: set[bytes] = field(default_factory=set)
+
+
+class Decider:
+    """Decide due traces and hand kept ones to a producer of `caudal-sampled`."""
+
+    def __init__(
+        self,
+        engine: PolicyEngine,
+        buffer: TraceBuffer,
+        cache: DecisionCache,
+        producer: object,
+        sampled_topic: str,
+    ) -> None:
+        self.engine = engine
+        self.buffer = buffer
+        self.cache = cache
+        self.producer = producer
+        self.sampled_topic = sampled_topic
+
+    def decide_due(self, now: float, limit: int = 5000) -> DecidedBatch:
+        """Decide traces whose window closed and produce the kept ones (not yet flushed)."""
+        batch = DecidedBatch()
+        for trace_id, entry in self.buffer.pop_due(now, limit):
+            trace = self.buffer.load(trace_id, entry)
+            if trace is None:
+                continue
+            request = ExportTraceServiceRequest.FromString(trace.otlp)
+            view = TraceView.from_resource_spans(trace_id, request.resource_spans)
+            decision: Decision = self.engine.decide(view, now)
+            policy = decision.policy or "none"
+            remembered = Remembered(
+                now, entry.partition, decision.kept, policy, decision.probability, trace.tenant
+            )
+            self.cache.remember(trace_id, remembered)
+            if decision.kept:
+                annotate_kept(request, policy, decision.probability)
+                self._produce(trace_id, trace.tenant, request, view.span_count, batch)
+            DECISIONS.labels(policy, "kept" if decision.kept else "dropped", trace.tenant).inc()
+            DECISION_LAG.observe(max(0.0, now - entry.deadline))
+            batch.items.append((trace_id, entry, remembered))
+        return batch
+
+    def follow(self, trace_id: bytes, decision: Remembered, fragment: bytes, spans: int) -> None:
+        """A late span: export it at once if its trace was kept, else drop it. Counted."""
+        if decision.kept:
+            request = annotate_kept(
+                ExportTraceServiceRequest.FromString(fragment), decision.policy, decision.probability
+            )
+            self._produce(trace_id, decision.tenant, request, spans, None)
+            LATE_SPANS.labels("kept").inc(spans)
+        else:
+            LATE_SPANS.labels("dropped").inc(spans)
+
+    def complete(self, batch: DecidedBatch, now: float) -> None:
+        """After the flush: persist decisions and free the buffer; retry what failed."""
+        retry = []
+        for trace_id, entry, remembered in batch.items:
+            if trace_id in batch.failed:
+                self.cache.forget(trace_id)
+                retry.append((trace_id, entry))
+                continue
+            self.cache.persist(trace_id, remembered)
+            self.buffer.remove(entry.partition, trace_id)
+        if retry:
+            self.buffer.requeue(retry, now)
+        self.cache.evict(now)
+
+    def _produce(
+        self,
+        trace_id: bytes,
+        tenant: str,
+        request: ExportTraceServiceRequest,
+        spans: int,
+        batch: DecidedBatch | None,
+    ) -> None:
+        def on_delivery(err: object, _msg: object) -> None:
+            if err is not None and batch is not None:
+                batch.failed.add(trace_id)
+
+        self.producer.produce(  # type: ignore[attr-defined]
+            self.sampled_topic,
+            key=tenant.encode(),
+            value=request.SerializeToString(),
+            headers=[(SPAN_COUNT_HEADER, str(spans).encode())],
+            on_delivery=on_delivery,
+        )
+        self.producer.poll(0)  # type: ignore[attr-defined]

@@ -1,0 +1,66 @@
+"""Prometheus metrics (prefix `caudal_`). Names are part of the public contract: see README."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+
+__all__ = [
+    "DEAD_LETTERS",
+    "DECISIONS",
+    "DECISION_LAG",
+    "LATE_SPANS",
+    "SPANS_EXPORTED",
+    "SPANS_RECEIVED",
+    "TRACES_BUFFERED",
+    "TRACES_DECIDED_EARLY",
+    "WORKER_READY",
+    "BUFFER_BYTES",
+    "serve_metrics",
+]
+
+SPANS_RECEIVED = Counter(
+    "caudal_spans_received", "Spans read from the input topic, per tenant.", ["tenant"]
+)
+TRACES_BUFFERED = Gauge(
+    "caudal_traces_buffered", "Traces waiting in the buffer for their decision window to close."
+)
+BUFFER_BYTES = Gauge(
+    "caudal_buffer_bytes", "Bytes of span data appended to the buffer and not yet decided."
+)
+DECISIONS = Counter(
+    "caudal_decisions",
+    "Traces decided, per deciding policy ('none' when dropped), outcome and tenant.",
+    ["policy", "outcome", "tenant"],
+)
+TRACES_DECIDED_EARLY = Counter(
+    "caudal_traces_decided_early",
+    "Traces decided before their window closed because the buffer reached decision.max_traces.",
+)
+LATE_SPANS = Counter(
+    "caudal_late_spans",
+    "Spans that arrived after their trace was decided, per outcome (kept or dropped).",
+    ["outcome"],
+)
+DECISION_LAG = Histogram(
+    "caudal_decision_lag_seconds",
+    "Delay between a trace's decision time and the moment it was decided.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+SPANS_EXPORTED = Counter(
+    "caudal_spans_exported",
+    "Spans written by an exporter, per exporter, tenant and outcome.",
+    ["exporter", "tenant", "outcome"],
+)
+WORKER_READY = Gauge(
+    "caudal_worker_ready",
+    "1 once the worker has joined its group and recovered its tables; 0 during a rebalance.",
+)
+DEAD_LETTERS = Counter(
+    "caudal_dead_letters", "Messages sent to the dead-letter topic, per reason.", ["reason"]
+)
+
+
+def serve_metrics(host: str, port: int) -> None:
+    """Expose the default registry on http://host:port/metrics (port 0: not at all)."""
+    if port:
+        start_http_server(port, addr=host, registry=REGISTRY)

@@ -1,0 +1,218 @@
+"""OTLP wire format: decode requests, split them by trace ID, pack fragments, encode OTLP/JSON.
+
+A *fragment* is the serialized `ExportTraceServiceRequest` holding only one trace's spans (resource
+and scope kept). Protobuf concatenation of two serialized messages merges their repeated fields, so
+fragments of one trace are appended by plain byte concatenation and a record packing several
+traces is itself a valid `ExportTraceServiceRequest`: any OTLP tool can read every topic.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
+
+__all__ = [
+    "BadInput",
+    "Fragment",
+    "annotate_kept",
+    "decode_request",
+    "pack_index",
+    "request_to_json",
+    "split_by_trace",
+    "unpack_index",
+]
+
+TRACE_ID_BYTES = 16
+_INDEX_ENTRY = struct.Struct(">16sI")
+_ZERO_TRACE_ID = bytes(TRACE_ID_BYTES)
+
+Fragment = tuple[bytes, bytes]
+"""(trace ID, serialized ExportTraceServiceRequest holding only that trace's spans)."""
+
+
+class BadInput(ValueError):
+    """A message that cannot be used; `reason` is a short, stable label for metrics and DLQ."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def decode_request(data: bytes | None, encoding: str = "otlp_proto") -> ExportTraceServiceRequest:
+    """Parse one input message as OTLP protobuf or OTLP/JSON."""
+    if not data:
+        raise BadInput("empty", "message has no value")
+    request = ExportTraceServiceRequest()
+    if encoding == "otlp_json":
+        try:
+            json_format.Parse(_hex_ids_to_base64(data), request)
+        except (json_format.ParseError, ValueError, UnicodeDecodeError) as exc:
+            raise BadInput("invalid_json", str(exc)[:200]) from exc
+        return request
+    try:
+        request.ParseFromString(data)
+    except DecodeError as exc:
+        raise BadInput("invalid_protobuf", str(exc)[:200]) from exc
+    return request
+
+
+def split_by_trace(
+    request: ExportTraceServiceRequest,
+) -> tuple[dict[bytes, list[ResourceSpans]], ExportTraceServiceRequest | None]:
+    """Regroup a request's spans by trace ID, keeping each span's resource and scope.
+
+    Returns the groups and a request holding the spans whose trace ID is invalid (not 16 bytes,
+    or all zeros), or None when there are none. Order of spans within a trace is kept.
+    """
+    groups: dict[bytes, list[ResourceSpans]] = {}
+    invalid: ExportTraceServiceRequest | None = None
+    for rs in request.resource_spans:
+        single = _single_trace_id(rs)
+        if single is not None:
+            # The common shape (one trace per resource block) needs no copying at all.
+            groups.setdefault(single, []).append(rs)
+            continue
+        per_trace: dict[bytes, ResourceSpans] = {}
+        for ss in rs.scope_spans:
+            per_scope: dict[bytes, object] = {}
+            for span in ss.spans:
+                tid = span.trace_id
+                if len(tid) != TRACE_ID_BYTES or tid == _ZERO_TRACE_ID:
+                    if invalid is None:
+                        invalid = ExportTraceServiceRequest()
+                    bad = invalid.resource_spans.add(resource=rs.resource, schema_url=rs.schema_url)
+                    bad.scope_spans.add(scope=ss.scope, schema_url=ss.schema_url).spans.append(span)
+                    continue
+                target = per_scope.get(tid)
+                if target is None:
+                    out = per_trace.get(tid)
+                    if out is None:
+                        out = per_trace[tid] = ResourceSpans(
+                            resource=rs.resource, schema_url=rs.schema_url
+                        )
+                    target = per_scope[tid] = out.scope_spans.add(
+                        scope=ss.scope, schema_url=ss.schema_url
+                    )
+                target.spans.append(span)  # type: ignore[attr-defined]
+        for tid, out in per_trace.items():
+            groups.setdefault(tid, []).append(out)
+    return groups, invalid
+
+
+def _single_trace_id(rs: ResourceSpans) -> bytes | None:
+    """The trace ID shared by every span of a resource block, or None if there are several."""
+    first: bytes | None = None
+    for ss in rs.scope_spans:
+        for span in ss.spans:
+            tid = span.trace_id
+            if first is None:
+                if len(tid) != TRACE_ID_BYTES or tid == _ZERO_TRACE_ID:
+                    return None
+                first = tid
+            elif tid != first:
+                return None
+    return first
+
+
+def fragments_of(groups: dict[bytes, list[ResourceSpans]]) -> Iterator[Fragment]:
+    """Serialize each trace group into a fragment."""
+    for tid, blocks in groups.items():
+        yield tid, ExportTraceServiceRequest(resource_spans=blocks).SerializeToString()
+
+
+def pack_index(fragments: Sequence[Fragment]) -> tuple[bytes, bytes]:
+    """Pack fragments into one record value plus an index header (trace ID, length per fragment).
+
+    The index lets the worker slice the record per trace without parsing protobuf.
+    """
+    index = b"".join(_INDEX_ENTRY.pack(tid, len(frag)) for tid, frag in fragments)
+    return b"".join(frag for _, frag in fragments), index
+
+
+def unpack_index(value: bytes, index: bytes) -> Iterator[Fragment]:
+    """Slice a packed record back into fragments using its index header."""
+    if len(index) % _INDEX_ENTRY.size:
+        raise BadInput("invalid_index", f"index length {len(index)} is not a multiple of 20")
+    pos = 0
+    view = memoryview(value)
+    for tid, length in _INDEX_ENTRY.iter_unpack(index):
+        end = pos + length
+        if end > len(value):
+            raise BadInput("invalid_index", "index points past the end of the record")
+        yield tid, bytes(view[pos:end])
+        pos = end
+
+
+def annotate_kept(
+    request: ExportTraceServiceRequest, policy: str, probability: float
+) -> ExportTraceServiceRequest:
+    """Write `sampling.policy` and `sampling.probability` on every span (in place)."""
+    policy_kv = KeyValue(key="sampling.policy", value=AnyValue(string_value=policy))
+    prob_kv = KeyValue(key="sampling.probability", value=AnyValue(double_value=probability))
+    for rs in request.resource_spans:
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                span.attributes.append(policy_kv)
+                span.attributes.append(prob_kv)
+    return request
+
+
+_ID_FIELDS = ("traceId", "spanId", "parentSpanId")
+
+
+def request_to_json(request: ExportTraceServiceRequest) -> str:
+    """OTLP/JSON encoding: lowerCamelCase fields, hex trace and span IDs, enums as integers."""
+    doc = json_format.MessageToDict(request, use_integers_for_enums=True)
+    for rs in doc.get("resourceSpans", ()):
+        for ss in rs.get("scopeSpans", ()):
+            for span in ss.get("spans", ()):
+                _ids_base64_to_hex(span)
+                for link in span.get("links", ()):
+                    _ids_base64_to_hex(link)
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def _ids_base64_to_hex(obj: dict[str, object]) -> None:
+    for key in _ID_FIELDS:
+        value = obj.get(key)
+        if isinstance(value, str):
+            obj[key] = base64.b64decode(value).hex()
+
+
+def _hex_ids_to_base64(data: bytes) -> str:
+    """OTLP/JSON carries IDs as hex; protobuf's JSON parser expects base64 for bytes fields."""
+    doc = json.loads(data)
+    for rs in _list(doc, "resourceSpans"):
+        for ss in _list(rs, "scopeSpans"):
+            for span in _list(ss, "spans"):
+                _ids_hex_to_base64(span)
+                for link in _list(span, "links"):
+                    _ids_hex_to_base64(link)
+    return json.dumps(doc)
+
+
+def _list(obj: object, key: str) -> Iterable[dict[str, object]]:
+    if isinstance(obj, dict):
+        value = obj.get(key)
+        if isinstance(value, list):
+            return [v for v in value if isinstance(v, dict)]
+    return ()
+
+
+def _ids_hex_to_base64(obj: dict[str, object]) -> None:
+    for key in _ID_FIELDS:
+        value = obj.get(key)
+        if isinstance(value, str) and value:
+            try:
+                obj[key] = base64.b64encode(bytes.fromhex(value)).decode()
+            except ValueError as exc:
+                raise BadInput("invalid_json", f"{key} {value!r} is not hex") from exc

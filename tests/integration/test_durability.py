@@ -1,0 +1,114 @@
+"""Buffered traces survive a worker restart; malformed input goes to the dead-letter topic."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from streams.broker import LocalBroker
+from streams.kafka import DLQ_REASON_HEADER
+from streams.otlp import BadInput, decode_request, split_by_trace
+from tests.integration.harness import Pipeline, wait_for
+from tests.integration.sdk_traces import SdkTraces, encode
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("state", ["same", "fresh"])
+def test_sigterm_restart_keeps_buffered_traces(
+    broker: LocalBroker, tmp_path: Path, state: str
+) -> None:
+    """Traces buffered when the worker stops are decided after it starts again.
+
+    `same` restarts on the same state directory (RocksDB reopened); `fresh` starts on an empty
+    one, as a replacement node would, and must rebuild the buffer from the table changelog.
+    """
+    pipeline = Pipeline(broker, tmp_path, decision={"wait": "20s"})
+    sdk = SdkTraces(seed=11)
+    ids = [sdk.make("error", "acme") for _ in range(200)]
+    ids += [sdk.make("ordinary", "acme") for _ in range(300)]
+    traces = sdk.spans_by_trace()
+    try:
+        first = pipeline.start_worker("w1")
+        first.wait_ready()
+        for tid in ids:
+            pipeline.produce(encode(traces[tid]))
+        pipeline.flush()
+        wait_for(lambda: first.total("caudal_traces_buffered") == len(ids), 60, "buffering")
+        assert first.total("caudal_decisions_total") == 0
+        assert first.stop() == 0, first.log.read_text()[-2000:]
+
+        second = pipeline.start_worker("w1" if state == "same" else "w2")
+        second.wait_ready()
+        assert second.total("caudal_traces_buffered") == len(ids)
+        wait_for(lambda: second.total("caudal_decisions_total") == len(ids), 60, "decisions")
+        exported = pipeline.exported()["acme"]
+        wait_for(
+            lambda: all(tid in pipeline.exported()["acme"] for tid in ids[:200]),
+            30,
+            "every error trace exported",
+        )
+        exported = pipeline.exported()["acme"]
+        assert all(len(exported[tid]) == 1 for tid in ids[:200])
+    finally:
+        pipeline.stop()
+
+
+def malformed(rng: random.Random, valid: bytes) -> bytes:
+    """Random bytes or a truncated request that holds no usable span."""
+    while True:
+        if rng.random() < 0.5:
+            value = rng.randbytes(rng.randint(1, 300))
+        else:
+            value = valid[: rng.randint(1, len(valid) - 1)]
+        # A cut at a resource boundary is a shorter but valid request: not malformed.
+        try:
+            groups, _ = split_by_trace(decode_request(value))
+        except BadInput:
+            return value
+        if not groups:
+            return value
+
+
+def test_malformed_messages_go_to_the_dlq(broker: LocalBroker, tmp_path: Path) -> None:
+    pipeline = Pipeline(broker, tmp_path)
+    sdk = SdkTraces(seed=5)
+    ids = [sdk.make("error", "acme") for _ in range(300)]
+    traces = sdk.spans_by_trace()
+    rng = random.Random(3)
+    bad = 0
+    produced: set[bytes] = set()
+    try:
+        worker = pipeline.start_worker()
+        for i, tid in enumerate(ids):
+            valid = encode(traces[tid])
+            pipeline.produce(valid)
+            for _ in range(3 if i < 100 else 4):
+                if bad < 1000:
+                    value = malformed(rng, valid)
+                    produced.add(value)
+                    pipeline.produce(value)
+                    bad += 1
+        pipeline.flush()
+        assert bad == 1000
+        wait_for(lambda: worker.total("caudal_dead_letters_total") >= 1000, 90, "dead letters")
+        wait_for(lambda: worker.total("caudal_decisions_total") >= len(ids), 60, "decisions")
+        assert worker.proc.poll() is None, "the worker stays up"
+        assert worker.total("caudal_dead_letters_total") == 1000
+        assert worker.total("caudal_decisions_total", outcome="kept") == len(ids)
+
+        letters = pipeline.consume_all(pipeline.kafka["dlq_topic"], expect=1000)
+        assert len(letters) == 1000
+        reasons = {dict(m.headers())[DLQ_REASON_HEADER].decode() for m in letters}
+        assert reasons <= {"invalid_protobuf", "no_spans", "invalid_trace_id", "empty"}
+        for m in letters:
+            headers = dict(m.headers())
+            assert headers["caudal-dlq-topic"].decode() == pipeline.kafka["input_topic"]
+            assert headers["caudal-dlq-detail"]
+        # The original bytes are kept, so a dead letter can be inspected and replayed.
+        for m in letters:
+            if dict(m.headers())[DLQ_REASON_HEADER] != b"invalid_trace_id":
+                assert m.value() in produced
+    finally:
+        pipeline.stop()
