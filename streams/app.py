@@ -20,7 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from streams.buffer import TraceBuffer
 from streams.config import Settings
-from streams.decide import DecisionCache, Decider
+from streams.decide import Decider, DecisionCache
 from streams.export import ExportLoop
 from streams.kafka import ensure_topics, make_producer, send_dead_letter
 from streams.metrics import SPANS_RECEIVED, WORKER_READY, serve_metrics

@@ -137,7 +137,22 @@ DEFAULT_POLICIES: list[dict[str, Any]] = [
         "values": ["vip"],
         "sample_percentage": 50,
     },
-    {"name": "baseline", "type": "probabilistic", "sampling_percentage": 10},
+    # "Everything else": an inverted match inside `and` only fails the `and` (OTel semantics),
+    # so VIP traces are kept at 50 %, not 50 % plus 10 % of the other half.
+    {
+        "name": "baseline",
+        "type": "and",
+        "and_sub_policy": [
+            {
+                "name": "not-vip",
+                "type": "string_attribute",
+                "key": "user.tier",
+                "values": ["vip"],
+                "invert_match": True,
+            },
+            {"name": "ten-percent", "type": "probabilistic", "sampling_percentage": 10},
+        ],
+    },
 ]
 
 TENANT_SOURCE = re.compile(r"^(header|resource):[\w.\-]+$")
@@ -236,21 +251,32 @@ def validate_mapping(raw: object, source: str = "<config>") -> Settings:
             build_engine(policies_raw)
         except PolicyConfigError as exc:
             errors += [(_key_path(("policies", *loc)), msg) for loc, msg in exc.errors]
-    if settings is not None:
-        for tenant, route in settings.tenants.items():
-            for i, name in enumerate(route.exporters):
-                if name not in settings.exporters:
-                    known = ", ".join(sorted(settings.exporters)) or "none"
-                    errors.append(
-                        (
-                            f"tenants.{tenant}.exporters.{i}",
-                            f"unknown exporter {name!r} (configured: {known})",
-                        )
-                    )
+    errors += _unknown_exporters(raw)
     if errors:
         raise ConfigError(source, errors)
     assert settings is not None
     return settings
+
+
+def _unknown_exporters(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    """Routes naming exporters that are not configured (checked even if other keys are bad)."""
+    tenants = raw.get("tenants", {"default": {"exporters": ["file"]}})
+    exporters = raw.get("exporters", {"file": None})
+    if not isinstance(tenants, dict) or not isinstance(exporters, dict):
+        return []
+    known = ", ".join(sorted(map(str, exporters))) or "none"
+    errors = []
+    for tenant, route in tenants.items():
+        names = route.get("exporters") if isinstance(route, dict) else None
+        for i, name in enumerate(names if isinstance(names, list) else []):
+            if name not in exporters:
+                errors.append(
+                    (
+                        f"tenants.{tenant}.exporters.{i}",
+                        f"unknown exporter {name!r} (configured: {known})",
+                    )
+                )
+    return errors
 
 
 def load_settings(path: str | Path | None, environ: dict[str, str] | None = None) -> Settings:

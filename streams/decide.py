@@ -162,7 +162,9 @@ class Decider:
         """A late span: export it at once if its trace was kept, else drop it. Counted."""
         if decision.kept:
             request = annotate_kept(
-                ExportTraceServiceRequest.FromString(fragment), decision.policy, decision.probability
+                ExportTraceServiceRequest.FromString(fragment),
+                decision.policy,
+                decision.probability,
             )
             self._produce(trace_id, decision.tenant, request, spans, None)
             LATE_SPANS.labels("kept").inc(spans)

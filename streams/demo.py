@@ -129,7 +129,9 @@ def run_demo(duration: float = 0, output: str = "./demo-output", rate: float = 2
     try:
         generator.start()
         while not duration or time.monotonic() - started < duration:
-            time.sleep(min(5.0, max(0.1, duration - (time.monotonic() - started)) if duration else 5.0))
+            time.sleep(
+                min(5.0, max(0.1, duration - (time.monotonic() - started)) if duration else 5.0)
+            )
             if worker.poll() is not None:
                 print(f"worker exited with {worker.returncode}; see {work / 'worker.log'}")
                 code = 1

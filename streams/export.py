@@ -63,9 +63,11 @@ class KafkaExporter:
     """OTLP protobuf to a Kafka topic (key = tenant), on this cluster or another."""
 
     def __init__(self, kafka: KafkaConfig, topic: str, bootstrap_servers: str | None) -> None:
-        target = kafka.model_copy(update={"bootstrap_servers": bootstrap_servers}) if (
-            bootstrap_servers
-        ) else kafka
+        target = (
+            kafka.model_copy(update={"bootstrap_servers": bootstrap_servers})
+            if (bootstrap_servers)
+            else kafka
+        )
         self.topic = topic
         self.producer = make_producer(target)
 

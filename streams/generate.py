@@ -52,9 +52,9 @@ def build_trace(
 ) -> tuple[bytes, list[ResourceSpans]]:
     """One trace of `spans` spans of the given kind; tenant (if given) as resource `tenant.id`."""
     trace_id = trace_id or rng.randbytes(16)
-    duration_ns = rng.randint(1_500, 3_000) * 1_000_000 if kind == "slow" else rng.randint(
-        5, 400
-    ) * 1_000_000
+    duration_ns = (
+        rng.randint(1_500, 3_000) * 1_000_000 if kind == "slow" else rng.randint(5, 400) * 1_000_000
+    )
     services = [rng.choice(_SERVICES) for _ in range(spans)]
     services[0] = "frontend"
     if kind == "critical":

@@ -23,7 +23,14 @@ from confluent_kafka import Consumer, KafkaError, Message
 from streams.config import Settings
 from streams.kafka import client_config, make_producer, rewind, send_dead_letter
 from streams.metrics import SPANS_RECEIVED
-from streams.otlp import BadInput, Fragment, decode_request, fragments_of, pack_index, split_by_trace
+from streams.otlp import (
+    BadInput,
+    Fragment,
+    decode_request,
+    fragments_of,
+    pack_index,
+    split_by_trace,
+)
 from streams.route import TenantResolver
 
 __all__ = [

@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 import pytest
+
 from streams.broker import LocalBroker
 from streams.kafka import DLQ_REASON_HEADER
 from streams.otlp import BadInput, decode_request, split_by_trace
@@ -110,5 +111,35 @@ def test_malformed_messages_go_to_the_dlq(broker: LocalBroker, tmp_path: Path) -
         for m in letters:
             if dict(m.headers())[DLQ_REASON_HEADER] != b"invalid_trace_id":
                 assert m.value() in produced
+    finally:
+        pipeline.stop()
+
+
+def test_direct_read_of_trace_id_keyed_input(broker: LocalBroker, tmp_path: Path) -> None:
+    """With input_keyed_by_trace_id the worker reads the input itself (no split stage)."""
+    pipeline = Pipeline(broker, tmp_path, kafka={"input_keyed_by_trace_id": True})
+    sdk = SdkTraces(seed=9)
+    ids = [sdk.make("error", "acme") for _ in range(100)]
+    traces = sdk.spans_by_trace()
+    try:
+        worker = pipeline.start_worker()
+        worker.wait_ready()
+        for part in (0, 1):  # each trace in two messages, keyed as the Collector does (hex)
+            for tid in ids:
+                pipeline.producer.produce(
+                    pipeline.kafka["input_topic"],
+                    key=tid.encode(),
+                    value=encode(traces[tid][part::2]),
+                )
+            pipeline.flush()
+        wait_for(lambda: worker.total("caudal_decisions_total") >= len(ids), 60, "decisions")
+        wait_for(lambda: len(pipeline.exported().get("acme", {})) == len(ids), 30, "exports")
+        exported = pipeline.exported()["acme"]
+        for tid in ids:
+            [line] = exported[tid]
+            spans = [
+                s for rs in line["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]
+            ]
+            assert len(spans) == len(traces[tid])
     finally:
         pipeline.stop()

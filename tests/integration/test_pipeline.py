@@ -96,9 +96,7 @@ def test_five_rules_tenants_late_spans(pipeline: Pipeline) -> None:
         }
 
     kept_total = int(worker.total("caudal_decisions_total", outcome="kept"))
-    wait_for(
-        lambda: sum(len(v) for v in exported_ids().values()) >= kept_total, 60, "file exports"
-    )
+    wait_for(lambda: sum(len(v) for v in exported_ids().values()) >= kept_total, 60, "file exports")
     exported = exported_ids()
     kept = {tid: tenant for tenant, by in exported.items() for tid in by}
 
@@ -109,15 +107,24 @@ def test_five_rules_tenants_late_spans(pipeline: Pipeline) -> None:
     assert len(kept) == kept_total
 
     # Whole traces, exported once, annotated on every span.
-    for tenant, by_trace in exported.items():
+    for by_trace in exported.values():
         for tid, lines in by_trace.items():
             assert len(lines) == 1, f"trace {tid} exported {len(lines)} times"
-            spans = [s for rs in lines[0]["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]]
+            spans = [
+                s
+                for rs in lines[0]["resourceSpans"]
+                for ss in rs["scopeSpans"]
+                for s in ss["spans"]
+            ]
             assert len(spans) == len(traces[tid])
             for span in spans:
                 attrs = span_attrs(span)
                 assert attrs["sampling.policy"] in {
-                    "errors", "slow", "critical-services", "vip-users", "baseline"
+                    "errors",
+                    "slow",
+                    "critical-services",
+                    "vip-users",
+                    "baseline",
                 }
                 assert 0 < float(attrs["sampling.probability"]) <= 1
 
@@ -148,9 +155,7 @@ def test_five_rules_tenants_late_spans(pipeline: Pipeline) -> None:
     late_spans = [s for s in sdk.exporter.get_finished_spans() if s.name == "late"]
     pipeline.produce(encode(late_spans))
     pipeline.flush()
-    wait_for(
-        lambda: worker.total("caudal_late_spans_total") >= 40, 30, "late spans to be counted"
-    )
+    wait_for(lambda: worker.total("caudal_late_spans_total") >= 40, 30, "late spans to be counted")
     assert worker.total("caudal_late_spans_total", outcome="kept") == 20
     assert worker.total("caudal_late_spans_total", outcome="dropped") == 20
     wait_for(

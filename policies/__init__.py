@@ -1,0 +1,27 @@
+"""Caudal's policy engine: pure sampling rules over a read-only view of one trace.
+
+Build an engine once from the ``policies:`` configuration with :func:`build_engine`, then
+call :meth:`PolicyEngine.decide` with a :class:`TraceView` and the decision time. Nothing
+here touches Kafka, clocks or global state; ``streams`` does the I/O around it.
+"""
+
+from policies.engine import PolicyConfigError, PolicyEngine, PolicySettings, build_engine
+from policies.model import Decision, NoFields, Policy, Verdict
+from policies.registry import ENTRY_POINT_GROUP, installed_policies, load_policy_class
+from policies.trace import TraceView, any_value_to_python
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Decision",
+    "NoFields",
+    "Policy",
+    "PolicyConfigError",
+    "PolicyEngine",
+    "PolicySettings",
+    "TraceView",
+    "Verdict",
+    "any_value_to_python",
+    "build_engine",
+    "installed_policies",
+    "load_policy_class",
+]

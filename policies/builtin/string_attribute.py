@@ -1,0 +1,87 @@
+"""``string_attribute``: keep (or, inverted, veto) traces by a string attribute's value."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from policies.model import Policy, Verdict
+from policies.trace import StringValueProbe, TraceView
+
+__all__ = ["StringAttribute", "StringAttributeConfig"]
+
+_DEFAULT_CACHE_SIZE = 128  # the Collector's size when cache_max_size <= 0
+
+
+class StringAttributeConfig(BaseModel):
+    """Fields of ``string_attribute``, as in the OTel Collector."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str
+    """Attribute key, looked up on span and resource attributes."""
+    enabled_regex_matching: bool = False
+    """Treat ``values`` as regular expressions (unanchored search, as Go's MatchString)."""
+    values: list[str]
+    """Exact values (or patterns) that match."""
+    cache_max_size: int = Field(default=0, ge=0)
+    """Size of the per-policy cache of regex results; 0 means 128."""
+    invert_match: bool = False
+    """Return the Collector's inverted verdicts: a match vetoes the trace."""
+
+    @field_validator("values")
+    @classmethod
+    def _patterns_compile(cls, values: list[str], info: ValidationInfo) -> list[str]:
+        # enabled_regex_matching is declared before values so it is validated first.
+        if info.data.get("enabled_regex_matching"):
+            for index, pattern in enumerate(values):
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ValueError(f"values[{index}] {pattern!r} is not a regex: {exc}") from exc
+        return values
+
+
+class StringAttribute(Policy):
+    """Match string values of attribute ``key`` against ``values``.
+
+    Not inverted: SAMPLED if any value matches, else NOT_SAMPLED. Inverted: a match gives
+    INVERTED_NOT_SAMPLED (drop, whatever else says keep), no match INVERTED_SAMPLED. Empty
+    and non-string values never match, as the Collector skips them on spans.
+    """
+
+    Config = StringAttributeConfig
+
+    def __init__(self, name: str, config: StringAttributeConfig) -> None:
+        super().__init__(name, config)
+        self._key = config.key
+        self._invert = config.invert_match
+        # Exact values are probed in the encoded trace; patterns need the decoded values.
+        self._probe: StringValueProbe | None = None
+        self._search: Callable[[str], bool] | None = None
+        if config.enabled_regex_matching:
+            searches = tuple(re.compile(value).search for value in config.values)
+            size = config.cache_max_size or _DEFAULT_CACHE_SIZE
+            self._search = functools.lru_cache(maxsize=size)(
+                lambda value: any(search(value) for search in searches)
+            )
+        else:
+            self._probe = StringValueProbe(config.key, config.values)
+
+    def evaluate(self, trace: TraceView, now: float) -> Verdict:
+        """Match the values of ``key`` on the trace's resources and spans."""
+        if self._search is None:
+            assert self._probe is not None
+            matched = self._probe.matches(trace)
+        else:
+            search = self._search
+            matched = any(
+                isinstance(value, str) and value and search(value)
+                for value in trace.attribute_values(self._key)
+            )
+        if self._invert:
+            return Verdict.INVERTED_NOT_SAMPLED if matched else Verdict.INVERTED_SAMPLED
+        return Verdict.SAMPLED if matched else Verdict.NOT_SAMPLED

@@ -1,0 +1,228 @@
+"""The policy engine: builds the configured policies once, then decides every trace.
+
+Combination follows the OpenTelemetry Collector (``processor.go``, ``makeDecision``):
+any DROPPED drops the trace; else any INVERTED_NOT_SAMPLED drops it; else any SAMPLED keeps
+it; else an INVERTED_SAMPLED keeps it only if no policy said NOT_SAMPLED; else it is
+dropped. Caudal adds ``sample_percentage`` on any policy, applied to its keep verdicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from policies.errors import ErrorLocation, PolicyConfigError
+from policies.hashing import fnv1a_64, ratio_threshold
+from policies.model import Decision, Policy, Verdict
+from policies.registry import load_policy_class
+from policies.trace import TraceView
+
+__all__ = ["PolicyConfigError", "PolicyEngine", "PolicySettings", "build_engine"]
+
+_SAMPLED: Final = Verdict.SAMPLED
+_NOT_SAMPLED: Final = Verdict.NOT_SAMPLED
+_INVERTED_SAMPLED: Final = Verdict.INVERTED_SAMPLED
+_INVERTED_NOT_SAMPLED: Final = Verdict.INVERTED_NOT_SAMPLED
+_DROPPED_VERDICT: Final = Verdict.DROPPED
+_DROPPED: Final = Decision(kept=False, policy=None, probability=0.0)
+
+
+class PolicySettings(BaseModel):
+    """The keys every policy entry has, whatever its type."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(min_length=1)
+    """Unique name, written on kept spans as ``sampling.policy``."""
+    type: str = Field(min_length=1)
+    """Built-in or plugin type name, or ``package.module:ClassName``."""
+    sample_percentage: float = Field(default=100.0, gt=0, le=100, allow_inf_nan=False)
+    """Keep only this share of the traces the policy would keep, chosen by trace ID."""
+
+
+_SETTINGS_KEYS: Final = frozenset(PolicySettings.model_fields)
+
+
+class PolicyEngine:
+    """Evaluates every policy on a trace and combines the verdicts into a :class:`Decision`.
+
+    Holds no clock and no I/O; ``decide`` is safe to call from any worker and gives the
+    same answer for the same trace everywhere (``sample_percentage`` hashes the trace ID).
+    A policy that raises is ignored for that trace, as the Collector ignores evaluation
+    errors, and counted in ``evaluation_errors`` (policy name -> count) for metrics.
+    """
+
+    __slots__ = ("policies", "sample_percentages", "evaluation_errors", "_slots")
+
+    def __init__(
+        self, policies: Sequence[Policy], sample_percentages: Mapping[str, float] | None = None
+    ) -> None:
+        """Use ``policies`` in this order; ``sample_percentages`` maps policy names to
+        percentages in (0, 100] (100 when absent). Prefer :func:`build_engine` for configs."""
+        percentages = dict(sample_percentages or {})
+        errors = _check_engine_inputs(policies, percentages)
+        if errors:
+            raise PolicyConfigError(errors)
+        self.policies: Final = tuple(policies)
+        self.sample_percentages: Final = {p.name: percentages.get(p.name, 100.0) for p in policies}
+        self.evaluation_errors: dict[str, int] = {}
+        slots = []
+        for policy in self.policies:
+            percentage = self.sample_percentages[policy.name]
+            threshold = None if percentage >= 100 else ratio_threshold(percentage / 100)
+            kept = Decision(True, policy.name, policy.probability() * percentage / 100)
+            slots.append((policy.evaluate, fnv1a_64(policy.name.encode()), threshold, kept))
+        self._slots: Final = tuple(slots)
+
+    def decide(self, trace: TraceView, now: float) -> Decision:
+        """Evaluate the policies on ``trace`` at time ``now`` (Unix seconds) and decide."""
+        sampled: Decision | None = None
+        inverted: Decision | None = None
+        not_sampled = vetoed = False
+        for evaluate, seed, threshold, kept in self._slots:
+            try:
+                verdict = evaluate(trace, now)
+            except Exception:
+                self._count_error(kept)
+                continue
+            if verdict is _SAMPLED or verdict is _INVERTED_SAMPLED:
+                # sample_percentage: hash(name + trace ID) so policies draw independently.
+                if threshold is not None and fnv1a_64(trace.trace_id, seed) > threshold:
+                    not_sampled = True
+                elif verdict is _SAMPLED:
+                    if sampled is None:
+                        sampled = kept
+                elif inverted is None:
+                    inverted = kept
+            elif verdict is _NOT_SAMPLED:
+                not_sampled = True
+            elif verdict is _INVERTED_NOT_SAMPLED:
+                vetoed = True
+            elif verdict is _DROPPED_VERDICT:
+                return _DROPPED  # nothing can undo a drop; the Collector stops here too
+            else:
+                self._count_error(kept)
+        if vetoed:
+            return _DROPPED
+        if sampled is not None:
+            return sampled
+        if inverted is not None and not not_sampled:
+            return inverted
+        return _DROPPED
+
+    def _count_error(self, kept: Decision) -> None:
+        name = kept.policy or ""
+        self.evaluation_errors[name] = self.evaluation_errors.get(name, 0) + 1
+
+    def __repr__(self) -> str:
+        return f"PolicyEngine(policies={[p.name for p in self.policies]!r})"
+
+
+def build_engine(raw: Sequence[Mapping[str, object]]) -> PolicyEngine:
+    """Validate a policy list (the ``policies:`` section) and build its engine.
+
+    Each entry has ``name``, ``type``, optional ``sample_percentage`` and the type's own
+    fields, either beside them or, as the OTel Collector writes them, under a key named
+    after the type (``{name: slow, type: latency, latency: {threshold_ms: 5000}}``).
+    Raises :class:`PolicyConfigError` with every problem in every entry.
+    """
+    errors: list[tuple[ErrorLocation, str]] = []
+    policies: list[Policy] = []
+    percentages: dict[str, float] = {}
+    first_index: dict[str, int] = {}
+    for index, entry in enumerate(raw):
+        name = entry.get("name") if isinstance(entry, Mapping) else None
+        if isinstance(name, str) and name:
+            if name in first_index:
+                message = f"duplicate policy name {name!r} (policy {first_index[name]})"
+                errors.append(((index, "name"), message))
+            first_index.setdefault(name, index)
+        built = _build_one(index, entry, errors)
+        if built is not None:
+            policy, percentage = built
+            policies.append(policy)
+            percentages[policy.name] = percentage
+    if errors:
+        raise PolicyConfigError(errors)
+    return PolicyEngine(policies, percentages)
+
+
+def _build_one(
+    index: int, entry: object, errors: list[tuple[ErrorLocation, str]]
+) -> tuple[Policy, float] | None:
+    if not isinstance(entry, Mapping):
+        errors.append(((index,), "Input should be a valid dictionary"))
+        return None
+    before = len(errors)
+    try:
+        settings = PolicySettings.model_validate(
+            {k: v for k, v in entry.items() if k in _SETTINGS_KEYS}
+        )
+    except ValidationError as exc:
+        _extend(errors, (index,), exc)
+        settings = None
+    policy_class: type[Policy] | None = None
+    type_name = entry.get("type")
+    if isinstance(type_name, str) and type_name:
+        try:
+            policy_class = load_policy_class(type_name)
+        except PolicyConfigError as exc:
+            errors.extend(((index, "type", *loc), msg) for loc, msg in exc.errors)
+    if policy_class is None or not isinstance(type_name, str):
+        return None
+    fields, prefix = _policy_fields(index, type_name, entry, errors)
+    try:
+        config = policy_class.Config.model_validate(fields)
+    except ValidationError as exc:
+        _extend(errors, (index, *prefix), exc)
+        return None
+    if settings is None or len(errors) > before:
+        return None
+    try:
+        policy = policy_class(settings.name, config)
+    except PolicyConfigError as exc:  # nested policies (``and``) report their own locations
+        nested = (*prefix, policy_class.sub_policies_field or "")
+        errors.extend(((index, *nested, *loc), msg) for loc, msg in exc.errors)
+        return None
+    except Exception as exc:  # a plugin's constructor can fail in any way; report it
+        errors.append(((index,), f"cannot create {type_name!r} policy: {exc}"))
+        return None
+    return policy, settings.sample_percentage
+
+
+def _policy_fields(
+    index: int, type_name: str, entry: Mapping[str, object], errors: list[tuple[ErrorLocation, str]]
+) -> tuple[object, tuple[str, ...]]:
+    rest = {k: v for k, v in entry.items() if k not in _SETTINGS_KEYS}
+    if type_name not in rest:
+        return rest, ()
+    nested = rest.pop(type_name)
+    for key in rest:
+        message = f"Extra inputs are not permitted (fields of {type_name} go under {type_name!r})"
+        errors.append(((index, key), message))
+    return nested, (type_name,)
+
+
+def _extend(
+    errors: list[tuple[ErrorLocation, str]], prefix: ErrorLocation, exc: ValidationError
+) -> None:
+    errors.extend(((*prefix, *error["loc"]), error["msg"]) for error in exc.errors())
+
+
+def _check_engine_inputs(
+    policies: Sequence[Policy], percentages: Mapping[str, float]
+) -> list[tuple[ErrorLocation, str]]:
+    errors: list[tuple[ErrorLocation, str]] = []
+    seen: set[str] = set()
+    for index, policy in enumerate(policies):
+        if policy.name in seen:
+            errors.append(((index, "name"), f"duplicate policy name {policy.name!r}"))
+        seen.add(policy.name)
+    for name, percentage in percentages.items():
+        if name not in seen:
+            errors.append(((), f"sample_percentage given for unknown policy {name!r}"))
+        elif not 0 < percentage <= 100:
+            errors.append(((), f"sample_percentage of {name!r} must be in (0, 100]"))
+    return errors

@@ -1,0 +1,1 @@
+"""Pure, fast tests of the policy engine (no broker, no clock)."""

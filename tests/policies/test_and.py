@@ -1,0 +1,71 @@
+"""and: every sub-policy must keep; an inverted match inside only fails the `and`."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from policies import PolicyConfigError, Verdict, build_engine
+from streams.config import DEFAULT_POLICIES
+from tests.policies.traces import batch, make_span, view
+
+NOT_VIP_TEN_PERCENT = {
+    "name": "rest",
+    "type": "and",
+    "and_sub_policy": [
+        {
+            "name": "not-vip",
+            "type": "string_attribute",
+            "key": "user.tier",
+            "values": ["vip"],
+            "invert_match": True,
+        },
+        {"name": "ten", "type": "probabilistic", "sampling_percentage": 10},
+    ],
+}
+
+
+def vip(trace_id: bytes, tier: str = "vip"):
+    span = make_span(attributes={"user.tier": tier})
+    return view(batch([span], {"service.name": "web"}), trace_id=trace_id)
+
+
+def test_inverted_sub_policy_fails_only_the_and() -> None:
+    engine = build_engine(
+        [
+            {"name": "vip", "type": "string_attribute", "key": "user.tier", "values": ["vip"]},
+            NOT_VIP_TEN_PERCENT,
+        ]
+    )
+    decision = engine.decide(vip(os.urandom(16)), 0.0)
+    assert decision.kept and decision.policy == "vip"
+    rest = engine.policies[1]
+    assert rest.evaluate(vip(os.urandom(16)), 0.0) is Verdict.NOT_SAMPLED
+    assert rest.probability() == pytest.approx(0.1)
+
+
+def test_rest_is_kept_at_its_sub_policy_rate() -> None:
+    engine = build_engine([NOT_VIP_TEN_PERCENT])
+    # Random IDs: like the Collector's, the hash is meant for random trace IDs, not counters.
+    ids = [os.urandom(16) for _ in range(20_000)]
+    kept = sum(engine.decide(vip(t, "basic"), 0.0).kept for t in ids)
+    assert abs(kept - 2000) <= 3.29 * (20_000 * 0.1 * 0.9) ** 0.5 + 1
+    assert not any(engine.decide(vip(t), 0.0).kept for t in ids[:2000])
+
+
+def test_default_rules_keep_vip_at_half() -> None:
+    engine = build_engine(DEFAULT_POLICIES)
+    ids = [os.urandom(16) for _ in range(20_000)]
+    kept = [engine.decide(vip(t), 0.0) for t in ids]
+    share = sum(d.kept for d in kept) / len(ids)
+    assert abs(share - 0.5) <= 3.29 * (0.25 / len(ids)) ** 0.5
+    assert {d.policy for d in kept if d.kept} == {"vip-users"}
+    assert {d.probability for d in kept if d.kept} == {0.5}
+
+
+def test_sub_policy_errors_carry_their_path() -> None:
+    bad = {"name": "b", "type": "and", "and_sub_policy": [{"name": "x", "type": "latency"}]}
+    with pytest.raises(PolicyConfigError) as exc:
+        build_engine([bad])
+    assert [loc for loc, _ in exc.value.errors] == [(0, "and_sub_policy", 0, "threshold_ms")]

@@ -1,0 +1,122 @@
+"""Property tests: arbitrary traces never break the view or the engine."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+from policies import TraceView, any_value_to_python, build_engine
+from policies.trace import StringValueProbe
+from tests.policies.traces import any_value
+
+# Few keys and values so that collisions (and look-alike bytes) actually happen.
+KEYS = st.sampled_from(["", "k", "service.name", "user.tier", "x" * 130, "\n\x01k"])
+STRINGS = st.sampled_from(["", "v", "vip", "payments", "k", "\n\x01k\x12\x03\n\x01v"])
+SCALARS = st.one_of(STRINGS, st.integers(-3, 3), st.booleans(), st.floats(allow_nan=False))
+VALUES = st.one_of(
+    SCALARS, st.lists(SCALARS, max_size=2), st.dictionaries(STRINGS, SCALARS, max_size=2)
+)
+ATTRIBUTES = st.lists(st.tuples(KEYS, VALUES), max_size=4)
+
+
+def key_values(pairs: list[tuple[str, object]]) -> list[KeyValue]:
+    return [KeyValue(key=k, value=any_value(v)) for k, v in pairs]
+
+
+@st.composite
+def spans(draw: st.DrawFn) -> Span:
+    start = draw(st.integers(0, 2**63))
+    span = Span(
+        trace_id=draw(st.binary(min_size=16, max_size=16)),
+        span_id=draw(st.binary(min_size=8, max_size=8)),
+        parent_span_id=draw(st.sampled_from([b"", b"\x00" * 7 + b"\x01"])),
+        trace_state=draw(st.sampled_from(["", "a=1"])),
+        start_time_unix_nano=start,
+        end_time_unix_nano=draw(st.integers(0, 2**64 - 1)),
+        attributes=key_values(draw(ATTRIBUTES)),
+    )
+    span.status.code = draw(st.sampled_from([0, 1, 2]))
+    if draw(st.booleans()):
+        span.events.add(name="e", attributes=key_values(draw(ATTRIBUTES)))
+    return span
+
+
+@st.composite
+def resource_spans(draw: st.DrawFn) -> ResourceSpans:
+    scopes = [
+        ScopeSpans(spans=draw(st.lists(spans(), max_size=3)))
+        for _ in range(draw(st.integers(0, 2)))
+    ]
+    resource = Resource(attributes=key_values(draw(ATTRIBUTES)))
+    return ResourceSpans(resource=resource, scope_spans=scopes)
+
+
+TRACES = st.tuples(st.binary(min_size=16, max_size=16), st.lists(resource_spans(), max_size=3))
+
+ENGINE = build_engine(
+    [
+        {"name": "errors", "type": "status_code", "status_codes": ["ERROR"]},
+        {"name": "slow", "type": "latency", "threshold_ms": 2000, "upper_threshold_ms": 90000},
+        {
+            "name": "critical",
+            "type": "string_attribute",
+            "key": "service.name",
+            "values": ["payments"],
+        },
+        {
+            "name": "not-vip",
+            "type": "string_attribute",
+            "key": "user.tier",
+            "values": ["v.p"],
+            "enabled_regex_matching": True,
+            "invert_match": True,
+            "sample_percentage": 50,
+        },
+        {"name": "rand", "type": "probabilistic", "sampling_percentage": 20},
+    ]
+)
+
+
+def naive_values(batches: list[ResourceSpans], key: str) -> list[object]:
+    found = [
+        any_value_to_python(a.value) for b in batches for a in b.resource.attributes if a.key == key
+    ]
+    for batch in batches:
+        for scope in batch.scope_spans:
+            for span in scope.spans:
+                found += [any_value_to_python(a.value) for a in span.attributes if a.key == key]
+    return found
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(TRACES)
+def test_decide_is_deterministic_and_well_formed(trace: tuple[bytes, list[ResourceSpans]]) -> None:
+    trace_id, batches = trace
+    first = ENGINE.decide(TraceView.from_resource_spans(trace_id, batches), 0.0)
+    again = ENGINE.decide(TraceView.from_resource_spans(trace_id, batches), 1e9)
+    assert first == again
+    assert first.kept == (first.policy is not None)
+    assert (0 < first.probability <= 1) if first.kept else first.probability == 0.0
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(TRACES, KEYS, STRINGS)
+def test_view_agrees_with_a_naive_walk(
+    trace: tuple[bytes, list[ResourceSpans]], key: str, wanted: str
+) -> None:
+    trace_id, batches = trace
+    view = TraceView.from_resource_spans(trace_id, batches)
+    all_spans = [s for b in batches for sc in b.scope_spans for s in sc.spans]
+    assert view.span_count == len(all_spans)
+    assert view.start_unix_nano == min((s.start_time_unix_nano for s in all_spans), default=0)
+    assert view.end_unix_nano == max((s.end_time_unix_nano for s in all_spans), default=0)
+    assert view.status_codes == {s.status.code for s in all_spans}
+    expected = naive_values(batches, key)
+    assert list(view.attribute_values(key)) == expected
+    probe = StringValueProbe(key, [wanted])
+    assert probe.matches(view) == (
+        bool(wanted) and wanted in [v for v in expected if isinstance(v, str)]
+    )

@@ -1,0 +1,82 @@
+"""Trace buffer and decision cache on an in-memory stand-in for the Faust table."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from streams.buffer import TraceBuffer, decode_value
+from streams.decide import DecisionCache, Remembered
+
+
+class MemoryStore:
+    """The TableStore interface over dicts, recording changelog writes."""
+
+    def __init__(self) -> None:
+        self.data: dict[int, dict[bytes, bytes]] = defaultdict(dict)
+        self.changelog: list[tuple[int, bytes, bytes | None]] = []
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        return self.data[partition].get(key)
+
+    def put(self, partition: int, key: bytes, value: bytes) -> None:
+        self.data[partition][key] = value
+        self.changelog.append((partition, key, value))
+
+    def delete(self, partition: int, key: bytes) -> None:
+        self.data[partition].pop(key, None)
+        self.changelog.append((partition, key, None))
+
+    def items(self, partition: int):
+        return iter(list(self.data[partition].items()))
+
+
+def test_fragments_append_and_window_starts_at_first_span() -> None:
+    store = MemoryStore()
+    buffer = TraceBuffer(store, wait=10.0, max_traces=100)  # type: ignore[arg-type]
+    buffer.append(2, b"t" * 16, "acme", b"AA", now=100.0)
+    buffer.append(2, b"t" * 16, "other", b"BB", now=105.0)
+    assert buffer.pop_due(109.9, limit=10) == []
+    [(trace_id, entry)] = buffer.pop_due(110.0, limit=10)
+    trace = buffer.load(trace_id, entry)
+    assert trace is not None
+    assert (trace.first_seen, trace.tenant, trace.otlp) == (100.0, "acme", b"AABB")
+    assert len(buffer) == 0
+
+
+def test_full_buffer_decides_oldest_early_never_drops() -> None:
+    store = MemoryStore()
+    buffer = TraceBuffer(store, wait=10.0, max_traces=3)  # type: ignore[arg-type]
+    for i in range(5):
+        buffer.append(0, bytes([i]) * 16, "t", b"x", now=float(i))
+    due = buffer.pop_due(5.0, limit=100)
+    assert [tid[0] for tid, _ in due] == [0, 1]
+    assert len(buffer) == 3
+
+
+def test_rebuild_restores_queue_in_deadline_order() -> None:
+    store = MemoryStore()
+    buffer = TraceBuffer(store, wait=10.0, max_traces=100)  # type: ignore[arg-type]
+    buffer.append(1, b"b" * 16, "t", b"x", now=2.0)
+    buffer.append(0, b"a" * 16, "t", b"x", now=1.0)
+    again = TraceBuffer(store, wait=10.0, max_traces=100)  # type: ignore[arg-type]
+    again.rebuild([0, 1])
+    assert [tid for tid, _ in again.pop_due(100.0, 10)] == [b"a" * 16, b"b" * 16]
+    assert decode_value(store.data[0][b"a" * 16]).tenant == "t"
+
+
+def test_decision_cache_is_bounded_and_persisted() -> None:
+    store = MemoryStore()
+    cache = DecisionCache(store, kept=2, dropped=1, ttl=60.0)  # type: ignore[arg-type]
+    for i in range(3):
+        d = Remembered(float(i), 0, True, "errors", 1.0, "acme")
+        cache.remember(bytes([i]) * 16, d)
+        cache.persist(bytes([i]) * 16, d)
+    cache.evict(now=3.0)
+    assert cache.get(b"\0" * 16) is None
+    assert cache.get(b"\2" * 16) == Remembered(2.0, 0, True, "errors", 1.0, "acme")
+    assert b"\0" * 16 not in store.data[0]
+    cache.evict(now=1000.0)  # past the TTL
+    assert cache.get(b"\2" * 16) is None
+    restored = DecisionCache(store, kept=2, dropped=1, ttl=60.0)  # type: ignore[arg-type]
+    restored.rebuild([0])
+    assert restored.get(b"\2" * 16) is None

@@ -1,0 +1,79 @@
+"""Configuration: defaults, key-path errors, environment overrides, `caudal validate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streams.cli import main
+from streams.config import ConfigError, load_settings, parse_duration
+
+
+def test_defaults_are_the_five_rules() -> None:
+    settings = load_settings(None, environ={})
+    assert [p["name"] for p in settings.policies] == [
+        "errors",
+        "slow",
+        "critical-services",
+        "vip-users",
+        "baseline",
+    ]
+    assert settings.decision.wait == 10.0
+    assert settings.kafka.input_topic == "otlp_spans"
+    settings.build_engine()
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("10s", 10.0), ("500ms", 0.5), ("5m", 300.0), ("1h", 3600.0), (2, 2.0)]
+)
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_three_mistakes_are_all_reported(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        """
+decision:
+  wait: ten seconds
+policies:
+  - {name: slow, type: latency, threshold_ms: fast}
+tenants:
+  acme: {exporters: [nowhere]}
+"""
+    )
+    assert main(["validate", "-c", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "decision.wait:" in err
+    assert "policies.0.threshold_ms:" in err
+    assert "tenants.acme.exporters.0: unknown exporter 'nowhere'" in err
+    assert "3 error(s)" in err
+
+
+def test_unknown_keys_and_bad_yaml_are_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("kafka: {bootstrap: x}\n")
+    with pytest.raises(ConfigError, match=r"kafka\.bootstrap: Extra inputs are not permitted"):
+        load_settings(path, environ={})
+    path.write_text("kafka: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(path, environ={})
+
+
+def test_environment_overrides_the_kafka_section(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("kafka: {bootstrap_servers: 'a:9092'}\n")
+    settings = load_settings(
+        path,
+        environ={"CAUDAL_BOOTSTRAP_SERVERS": "b:9092", "CAUDAL_SECURITY_SASL_USERNAME": "u"},
+    )
+    assert settings.kafka.bootstrap_servers == "b:9092"
+    assert settings.kafka.security == {"sasl.username": "u"}
+
+
+def test_valid_file_passes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "good.yaml"
+    path.write_text("decision: {wait: 5s}\n")
+    assert main(["validate", "-c", str(path)]) == 0
+    assert "valid" in capsys.readouterr().out

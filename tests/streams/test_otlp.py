@@ -1,0 +1,103 @@
+"""OTLP codecs: split by trace ID, fragment packing, OTLP/JSON."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
+
+from streams.generate import build_trace
+from streams.otlp import (
+    BadInput,
+    decode_request,
+    fragments_of,
+    pack_index,
+    request_to_json,
+    split_by_trace,
+    unpack_index,
+)
+
+
+def _spans(request: ExportTraceServiceRequest) -> list[tuple[str, bytes, bytes]]:
+    return sorted(
+        (rs.resource.attributes[0].value.string_value, span.trace_id, span.span_id)
+        for rs in request.resource_spans
+        for ss in rs.scope_spans
+        for span in ss.spans
+    )
+
+
+def _mixed_request(seed: int, traces: int) -> ExportTraceServiceRequest:
+    """Spans of several traces interleaved inside shared resource blocks."""
+    rng = random.Random(seed)
+    merged: dict[str, ResourceSpans] = {}
+    for _ in range(traces):
+        _, blocks = build_trace(rng, "ordinary", "t", 1, spans=rng.randint(1, 6))
+        for rs in blocks:
+            service = rs.resource.attributes[0].value.string_value
+            target = merged.setdefault(service, ResourceSpans(resource=rs.resource))
+            if not target.scope_spans:
+                target.scope_spans.add(scope=rs.scope_spans[0].scope)
+            target.scope_spans[0].spans.extend(rs.scope_spans[0].spans)
+    return ExportTraceServiceRequest(resource_spans=list(merged.values()))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 8))
+def test_split_keeps_every_span_with_its_resource(seed: int, traces: int) -> None:
+    request = _mixed_request(seed, traces)
+    groups, invalid = split_by_trace(request)
+    assert invalid is None
+    value, index = pack_index(list(fragments_of(groups)))
+    rebuilt = ExportTraceServiceRequest.FromString(value)
+    assert _spans(rebuilt) == _spans(request)
+    for trace_id, fragment in unpack_index(value, index):
+        part = ExportTraceServiceRequest.FromString(fragment)
+        assert {
+            s.trace_id for rs in part.resource_spans for ss in rs.scope_spans for s in ss.spans
+        } == {trace_id}
+
+
+def test_invalid_trace_ids_are_separated() -> None:
+    request = _mixed_request(1, 2)
+    request.resource_spans[0].scope_spans[0].spans[0].trace_id = b"short"
+    groups, invalid = split_by_trace(request)
+    assert invalid is not None
+    assert [
+        s.trace_id for rs in invalid.resource_spans for ss in rs.scope_spans for s in ss.spans
+    ] == [b"short"]
+    total = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+    kept = sum(
+        len(ss.spans) for blocks in groups.values() for rs in blocks for ss in rs.scope_spans
+    )
+    assert kept == total - 1
+
+
+@given(st.binary(max_size=200))
+def test_decoder_never_raises_anything_but_bad_input(data: bytes) -> None:
+    try:
+        split_by_trace(decode_request(data))
+    except BadInput as exc:
+        assert exc.reason in {"empty", "invalid_protobuf"}
+
+
+def test_json_round_trip_uses_hex_ids() -> None:
+    request = _mixed_request(3, 2)
+    text = request_to_json(request)
+    span = json.loads(text)["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    assert len(span["traceId"]) == 32 and int(span["traceId"], 16) >= 0
+    back = decode_request(text.encode(), "otlp_json")
+    assert _spans(back) == _spans(request)
+
+
+def test_bad_json_and_bad_index() -> None:
+    with pytest.raises(BadInput) as exc:
+        decode_request(b"{not json", "otlp_json")
+    assert exc.value.reason == "invalid_json"
+    with pytest.raises(BadInput):
+        list(unpack_index(b"abc", b"x" * 7))
