@@ -81,10 +81,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from streams.generate import GeneratorOptions, run_generator
     from streams.kafka import ensure_topics, make_producer
 
-    settings = _settings(args)
-    kafka = settings.kafka
-    ensure_topics(kafka, [(kafka.input_topic, kafka.partitions)])
-    producer = make_producer(kafka)
     options = GeneratorOptions(
         traces=args.traces,
         rate=args.rate,
@@ -93,7 +89,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         tenant_via=args.tenant_via,
         parts=args.parts,
         spread=args.spread,
+        mix=_parse_mix(args.mix),
     )
+    settings = _settings(args)
+    kafka = settings.kafka
+    ensure_topics(kafka, [(kafka.input_topic, kafka.partitions)])
+    producer = make_producer(kafka)
     deadline = time.monotonic() + args.duration if args.duration else None
 
     def produce(value: bytes, headers: list[tuple[str, bytes]]) -> None:
@@ -116,6 +117,29 @@ def cmd_generate(args: argparse.Namespace) -> int:
     producer.flush(30)
     print(f"generated {made if made >= 0 else 'some'} traces into {kafka.input_topic}")
     return 0
+
+
+def _parse_mix(text: str) -> dict[str, float]:
+    """`error=0.05,slow=0.05,...` → weights per trace kind."""
+    from streams.generate import DEFAULT_MIX
+
+    if not text:
+        return dict(DEFAULT_MIX)
+    mix: dict[str, float] = {}
+    for item in text.split(","):
+        kind, _, weight = item.partition("=")
+        if kind.strip() not in DEFAULT_MIX:
+            raise SystemExit(
+                f"caudal generate: unknown trace kind {kind!r} in --mix "
+                f"(kinds: {', '.join(DEFAULT_MIX)})"
+            )
+        try:
+            mix[kind.strip()] = float(weight)
+        except ValueError:
+            raise SystemExit(
+                f"caudal generate: weight of {kind!r} in --mix is not a number"
+            ) from None
+    return mix
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -186,6 +210,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant-via", choices=["resource", "header"], default="resource")
     p.add_argument("--parts", type=int, default=3, help="pieces each trace is sent in")
     p.add_argument("--spread", type=float, default=2.0, help="seconds between a trace's pieces")
+    p.add_argument(
+        "--mix",
+        default="",
+        help="kinds and weights: error=0.05,slow=0.05,critical=0.05,vip=0.1,ordinary=0.75",
+    )
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("demo", help="run everything locally with a live summary")

@@ -7,6 +7,7 @@ lines to `<output>/<tenant>.jsonl`.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -95,7 +96,7 @@ def run_demo(duration: float = 0, output: str = "./demo-output", rate: float = 2
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="caudal-demo-"))
     metrics_port = free_port()
-    broker = LocalBroker(log_path=work / "broker.log").start()
+    broker = LocalBroker(log_path=work / "broker.log")
     config = {
         "kafka": {"bootstrap_servers": broker.bootstrap, "partitions": 4},
         "decision": {"wait": "5s"},
@@ -106,8 +107,6 @@ def run_demo(duration: float = 0, output: str = "./demo-output", rate: float = 2
     }
     config_path = work / "caudal.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    print(f"broker {broker.bootstrap} | worker log {work / 'worker.log'} | output {out}")
-    worker = start_worker(config_path, work / "worker.log")
     stop = threading.Event()
 
     def generate() -> None:
@@ -126,7 +125,12 @@ def run_demo(duration: float = 0, output: str = "./demo-output", rate: float = 2
     generator = threading.Thread(target=generate, name="demo-generator", daemon=True)
     started = time.monotonic()
     code = 0
+    worker: subprocess.Popen[bytes] | None = None
+    worker_code = -1
     try:
+        broker.start()
+        print(f"broker {broker.bootstrap} | worker log {work / 'worker.log'} | output {out}")
+        worker = start_worker(config_path, work / "worker.log")
         generator.start()
         while not duration or time.monotonic() - started < duration:
             time.sleep(
@@ -141,9 +145,12 @@ def run_demo(duration: float = 0, output: str = "./demo-output", rate: float = 2
         print("stopping")
     finally:
         stop.set()
-        generator.join(15)
-        worker_code = stop_process(worker)
+        if generator.is_alive():
+            generator.join(15)
+        if worker is not None:
+            worker_code = stop_process(worker)
         broker.stop()
+        shutil.rmtree(work / "state", ignore_errors=True)
     files = sorted(p.name for p in out.glob("*.jsonl"))
     print(f"worker exit code {worker_code}; kept traces in {out}: {', '.join(files) or 'none'}")
     return code or (0 if worker_code == 0 else 1)
