@@ -22,12 +22,12 @@ from streams.buffer import TraceBuffer
 from streams.config import Settings
 from streams.decide import Decider, DecisionCache
 from streams.export import ExportLoop
-from streams.kafka import ensure_topics, make_producer, send_dead_letter
+from streams.kafka import client_config, ensure_topics, make_producer, send_dead_letter
 from streams.metrics import SPANS_RECEIVED, WORKER_READY, serve_metrics
 from streams.otlp import BadInput, decode_request, fragments_of, split_by_trace, unpack_index
 from streams.route import TenantResolver
 from streams.split import INDEX_HEADER, TENANT_HEADER, SplitStage, span_count
-from streams.state import TableStore
+from streams.state import TableStore, bind_to_commits, verify_end_offsets
 
 __all__ = ["Worker", "build_worker", "run_worker"]
 
@@ -159,10 +159,6 @@ def build_worker(settings: Settings) -> Worker:
         broker_heartbeat_interval=1,
         producer_max_request_size=16 * 1024 * 1024,
         consumer_max_fetch_size=16 * 1024 * 1024,
-        # Brokers that report the end offset of a multi-record batch as its base offset + 1
-        # (tansu does) would make Faust refuse to start after a restart; the RocksDB state is
-        # ahead of that figure, never behind it, so the check only gets in the way.
-        recovery_consistency_check=False,
     )
     topic = app.topic(
         source_topic,
@@ -178,9 +174,12 @@ def build_worker(settings: Settings) -> Worker:
     )
     decision = settings.decision
     producer = make_producer(kafka)
-    buffer = TraceBuffer(TableStore(traces), decision.wait, decision.max_traces)
+    trace_store, decision_store = TableStore(traces, producer), TableStore(decisions, producer)
+    bind_to_commits(app, producer, [trace_store, decision_store])
+    verify_end_offsets(app, client_config(kafka))
+    buffer = TraceBuffer(trace_store, decision.wait, decision.max_traces)
     dc = decision.decision_cache
-    cache = DecisionCache(TableStore(decisions), dc.kept, dc.dropped, dc.ttl)
+    cache = DecisionCache(decision_store, dc.kept, dc.dropped, dc.ttl)
     decider = Decider(settings.build_engine(), buffer, cache, producer, kafka.sampled_topic)
     worker = Worker(settings, app, buffer, cache, decider, producer)
     intake = Intake(worker, TenantResolver(settings.tenant_from, settings.default_tenant), direct)
