@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import rocksdict
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from faust.types import TP
 
@@ -26,6 +27,12 @@ __all__ = ["ChangelogError", "TableStore", "bind_to_commits", "verify_end_offset
 
 # Faust keeps its own bookkeeping (the persisted changelog offset) in the same database.
 _FAUST_METADATA = b"__faust\0"
+
+# The changelog, not RocksDB's write-ahead log, is what makes the tables durable: a crash loses
+# the memtable, including Faust's persisted-offset key written with it, so recovery replays
+# the changelog from the last flushed offset. Skipping the WAL makes each write ~3x cheaper.
+_NO_WAL = rocksdict.WriteOptions()
+_NO_WAL.disable_wal = True
 
 
 class ChangelogError(RuntimeError):
@@ -42,11 +49,17 @@ class TableStore:
         self.producer = producer
         self.topic = table.changelog_topic.get_topic_name()
         self._acked: dict[int, int] = {}
+        self._configured: dict[int, Any] = {}
         self.failures = 0
 
     def _db(self, partition: int) -> Any:
-        # faust.stores.rocksdb.Store keeps one rocksdict.Rdict per partition.
-        return self.table.data._db_for_partition(partition)
+        # faust.stores.rocksdb.Store keeps one rocksdict.Rdict per partition (reopened after
+        # a rebalance, hence the identity check).
+        db = self.table.data._db_for_partition(partition)
+        if self._configured.get(partition) is not db:
+            db.set_write_options(_NO_WAL)
+            self._configured[partition] = db
+        return db
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         """The stored value, or None."""
