@@ -22,11 +22,18 @@ from streams.buffer import TraceBuffer
 from streams.config import Settings
 from streams.decide import Decider, DecisionCache
 from streams.export import ExportLoop
-from streams.kafka import client_config, ensure_topics, make_producer, send_dead_letter
+from streams.kafka import (
+    INDEX_HEADER,
+    TENANT_HEADER,
+    client_config,
+    ensure_topics,
+    make_producer,
+    send_dead_letter,
+)
 from streams.metrics import SPANS_RECEIVED, WORKER_READY, serve_metrics
 from streams.otlp import BadInput, decode_request, fragments_of, split_by_trace, unpack_index
 from streams.route import TenantResolver
-from streams.split import INDEX_HEADER, TENANT_HEADER, SplitStage, span_count
+from streams.split import SplitStage, span_count
 from streams.state import TableStore, bind_to_commits, verify_end_offsets
 
 __all__ = ["Worker", "build_worker", "run_worker"]
@@ -120,7 +127,9 @@ class Intake:
             SPANS_RECEIVED.labels(tenant).inc(span_count(groups[trace_id]))
             self._take(message.partition, trace_id, tenant, fragment, now)
 
-    def _take(self, partition: int, trace_id: bytes, tenant: str, fragment: bytes, now: float):
+    def _take(
+        self, partition: int, trace_id: bytes, tenant: str, fragment: bytes, now: float
+    ) -> None:
         worker = self.worker
         if trace_id not in worker.buffer:
             decided = worker.cache.get(trace_id)

@@ -20,7 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from policies import Decision, PolicyEngine, TraceView
 from streams.buffer import Pending, TraceBuffer
-from streams.export import SPAN_COUNT_HEADER
+from streams.kafka import SPAN_COUNT_HEADER
 from streams.metrics import DECISION_LAG, DECISIONS, LATE_SPANS
 from streams.otlp import annotate_kept
 from streams.state import TableStore

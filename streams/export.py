@@ -17,15 +17,13 @@ from confluent_kafka import Consumer, KafkaError, Message
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from streams.config import ExporterConfig, KafkaConfig, Settings
-from streams.kafka import client_config, make_producer, rewind
+from streams.kafka import SPAN_COUNT_HEADER, client_config, make_producer, rewind
 from streams.metrics import SPANS_EXPORTED
 from streams.otlp import request_to_json
 
-__all__ = ["SPAN_COUNT_HEADER", "ExportLoop", "Exporter", "FileExporter", "KafkaExporter"]
+__all__ = ["ExportLoop", "Exporter", "FileExporter", "KafkaExporter"]
 
 log = logging.getLogger(__name__)
-
-SPAN_COUNT_HEADER = "caudal-span-count"
 
 
 class Exporter(Protocol):

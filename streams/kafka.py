@@ -14,6 +14,9 @@ from streams.metrics import DEAD_LETTERS
 
 __all__ = [
     "DLQ_REASON_HEADER",
+    "INDEX_HEADER",
+    "SPAN_COUNT_HEADER",
+    "TENANT_HEADER",
     "client_config",
     "ensure_topics",
     "make_producer",
@@ -23,7 +26,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Record headers Caudal reads and writes.
 DLQ_REASON_HEADER = "caudal-dlq-reason"
+INDEX_HEADER = "caudal-index"  # caudal-spans: (trace ID, length) of each packed fragment
+TENANT_HEADER = "caudal-tenant"  # caudal-spans: the tenant resolved by the split stage
+SPAN_COUNT_HEADER = "caudal-span-count"  # caudal-sampled: spans in the trace
 
 
 def client_config(kafka: KafkaConfig, **extra: Any) -> dict[str, Any]:

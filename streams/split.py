@@ -18,10 +18,18 @@ import zlib
 from collections import defaultdict
 from collections.abc import Iterable
 
-from confluent_kafka import Consumer, KafkaError, Message
+from confluent_kafka import Consumer, KafkaError, Message, Producer
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from streams.config import Settings
-from streams.kafka import client_config, make_producer, rewind, send_dead_letter
+from streams.kafka import (
+    INDEX_HEADER,
+    TENANT_HEADER,
+    client_config,
+    make_producer,
+    rewind,
+    send_dead_letter,
+)
 from streams.metrics import SPANS_RECEIVED
 from streams.otlp import (
     BadInput,
@@ -34,8 +42,7 @@ from streams.otlp import (
 from streams.route import TenantResolver
 
 __all__ = [
-    "INDEX_HEADER",
-    "TENANT_HEADER",
+    "DeadLetterSink",
     "SplitStage",
     "partition_for",
     "split_messages",
@@ -44,8 +51,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-INDEX_HEADER = "caudal-index"
-TENANT_HEADER = "caudal-tenant"
 MAX_RECORD_BYTES = 900 * 1024  # below Kafka's default 1 MB message limit
 
 
@@ -99,14 +104,21 @@ def split_messages(
 class DeadLetterSink:
     """Send unusable input messages (or the unusable part of one) to the dead-letter topic."""
 
-    def __init__(self, producer: object, topic: str) -> None:
+    def __init__(self, producer: Producer, topic: str) -> None:
         self.producer = producer
         self.topic = topic
 
-    def __call__(self, msg: Message, reason: str, detail: str, part: object = None) -> None:
-        value = part.SerializeToString() if part is not None else msg.value()  # type: ignore[attr-defined]
+    def __call__(
+        self,
+        msg: Message,
+        reason: str,
+        detail: str,
+        part: ExportTraceServiceRequest | None = None,
+    ) -> None:
+        """Dead-letter `msg`, or only `part` of it (the spans that could not be used)."""
+        value = part.SerializeToString() if part is not None else msg.value()
         send_dead_letter(
-            self.producer,  # type: ignore[arg-type]
+            self.producer,
             self.topic,
             value,
             reason=reason,
