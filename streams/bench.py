@@ -11,6 +11,7 @@ Also: decision lag p50/p99 (from the worker's histogram), peak RSS, RSS per 1,00
 from __future__ import annotations
 
 import random
+import shutil
 import tempfile
 import time
 import uuid
@@ -179,6 +180,7 @@ def run_bench(
         stop_process(worker)
         if broker is not None:
             broker.stop()
+        shutil.rmtree(work / "state", ignore_errors=True)
 
 
 def _total(samples: dict, name: str) -> float:
