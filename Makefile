@@ -5,10 +5,12 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test lint install clean
 
-$(BIN)/caudal: pyproject.toml
+$(BIN)/caudal: pyproject.toml tests/plugins/example/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	# The example policy plugin, installed as a user would install theirs.
+	$(BIN)/pip install --quiet --no-deps -e tests/plugins/example
 	@touch $@
 
 install: $(BIN)/caudal

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import faust
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from streams.buffer import TraceBuffer
-from streams.config import Settings
-from streams.decide import Decider, DecisionCache
+from streams.config import ConfigError, Settings, load_settings
+from streams.decide import Decider, DecisionCache, PolicySets
 from streams.export import ExportLoop
 from streams.kafka import (
     INDEX_HEADER,
@@ -30,7 +32,7 @@ from streams.kafka import (
     make_producer,
     send_dead_letter,
 )
-from streams.metrics import SPANS_RECEIVED, WORKER_READY, serve_metrics
+from streams.metrics import CONFIG_RELOADS, SPANS_RECEIVED, WORKER_READY, serve_metrics
 from streams.otlp import BadInput, decode_request, fragments_of, split_by_trace, unpack_index
 from streams.route import TenantResolver
 from streams.split import SplitStage, span_count
@@ -140,7 +142,61 @@ class Intake:
         worker.buffer.append(partition, trace_id, tenant, fragment, now)
 
 
-def build_worker(settings: Settings) -> Worker:
+class PolicyReloader:
+    """Reload policies (global and per tenant) on SIGHUP or when the config file changes.
+
+    Buffered traces stay where they are and are decided once, by whichever policies are
+    current when their window closes. A file that does not validate is rejected with every
+    error logged, and the running policies stay.
+    """
+
+    def __init__(self, path: Path, decider: Decider, settings: Settings) -> None:
+        self.path = path
+        self.decider = decider
+        self.settings = settings
+        self.mtime = self._mtime()
+
+    def _mtime(self) -> float:
+        try:
+            return self.path.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    def check(self) -> None:
+        """Reload if the file changed since it was last read."""
+        mtime = self._mtime()
+        if mtime != self.mtime:
+            self.mtime = mtime
+            self.reload("file changed")
+
+    def reload(self, reason: str) -> None:
+        """Validate the file again and swap in its policies, or keep the old ones."""
+        try:
+            new = load_settings(self.path)
+        except ConfigError as exc:
+            CONFIG_RELOADS.labels("failure").inc()
+            for path, message in exc.errors:
+                log.error("config reload rejected reason=%r key=%s error=%r", reason, path, message)
+            log.error("config reload rejected, policies unchanged file=%s", self.path)
+            return
+        self.decider.policy_sets = PolicySets.from_settings(new)
+        CONFIG_RELOADS.labels("success").inc()
+        ignored = [
+            name
+            for name in ("kafka", "decision", "exporters", "tenant_from", "default_tenant")
+            if getattr(new, name) != getattr(self.settings, name)
+        ]
+        log.info(
+            "policies reloaded reason=%r policies=%d tenant_sets=%d",
+            reason,
+            len(new.policies),
+            len(self.decider.policy_sets.by_tenant),
+        )
+        if ignored:
+            log.warning("changes need a restart to apply sections=%s", ",".join(ignored))
+
+
+def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
     """Create topics, the Faust app, its tables, agent and timer, and the helper threads."""
     kafka = settings.kafka
     direct = kafka.input_keyed_by_trace_id
@@ -189,7 +245,9 @@ def build_worker(settings: Settings) -> Worker:
     buffer = TraceBuffer(trace_store, decision.wait, decision.max_traces)
     dc = decision.decision_cache
     cache = DecisionCache(decision_store, dc.kept, dc.dropped, dc.ttl)
-    decider = Decider(settings.build_engine(), buffer, cache, producer, kafka.sampled_topic)
+    decider = Decider(
+        PolicySets.from_settings(settings), buffer, cache, producer, kafka.sampled_topic
+    )
     worker = Worker(settings, app, buffer, cache, decider, producer)
     intake = Intake(worker, TenantResolver(settings.tenant_from, settings.default_tenant), direct)
 
@@ -241,6 +299,17 @@ def build_worker(settings: Settings) -> Worker:
         worker.ready = False
         WORKER_READY.set(0)
 
+    if config_path is not None:
+        reloader = PolicyReloader(config_path, decider, settings)
+
+        @app.timer(2.0, name="reload-policies")
+        async def watch_config() -> None:
+            reloader.check()
+
+        @app.task
+        async def on_sighup() -> None:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.reload, "SIGHUP")
+
     if not direct:
         worker.threads.append(SplitStage(settings, worker.stop))
     routed = {name for tenant in settings.tenants.values() for name in tenant.exporters}
@@ -249,7 +318,7 @@ def build_worker(settings: Settings) -> Worker:
     return worker
 
 
-def run_worker(settings: Settings, loglevel: str = "info") -> None:
-    """Run one worker until it is told to stop."""
+def run_worker(settings: Settings, config_path: Path | None = None, loglevel: str = "info") -> None:
+    """Run one worker until it is told to stop; policies reload from `config_path`."""
     serve_metrics(settings.metrics.host, settings.metrics.port)
-    build_worker(settings).run(loglevel)
+    build_worker(settings, config_path).run(loglevel)

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from streams.config import ConfigError, Settings, load_settings
 
@@ -52,7 +53,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Run one worker."""
     from streams.app import run_worker
 
-    run_worker(_settings(args), loglevel=args.loglevel)
+    path = Path(args.config) if args.config else None
+    run_worker(_settings(args), path, loglevel=args.loglevel)
     return 0
 
 
@@ -162,6 +164,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_decide(args: argparse.Namespace) -> int:
+    """Decide captured traces offline and print one JSON line per trace."""
+    from streams.dryrun import decide_inputs
+    from streams.otlp import BadInput
+
+    settings = _settings(args)
+    inputs = []
+    for path in args.paths or ["-"]:
+        if path == "-":
+            inputs.append(("<stdin>", sys.stdin.buffer.read()))
+        else:
+            inputs.append((path, Path(path).read_bytes()))
+    try:
+        decide_inputs(settings, inputs)
+    except BadInput as exc:
+        print(f"caudal decide: {exc.detail}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_policies(args: argparse.Namespace) -> int:
     """List installed policy types and their configuration fields."""
     from policies import installed_policies
@@ -229,6 +251,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", help="use this broker instead of a local one")
     p.add_argument("--policies-only", action="store_true", help="policy engine only")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("decide", help="decide captured OTLP traces offline (a dry run)")
+    with_config(p)
+    p.add_argument("paths", nargs="*", help="OTLP/JSON or protobuf files; none or '-': stdin")
+    p.set_defaults(func=cmd_decide)
 
     p = sub.add_parser("policies", help="list installed policy types")
     p.set_defaults(func=cmd_policies)

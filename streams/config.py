@@ -81,9 +81,18 @@ class DecisionConfig(_Model):
 
 
 class TenantConfig(_Model):
-    """One tenant's route: the exporters its kept traces go to."""
+    """One tenant's route (the exporters its kept traces go to) and its own policies."""
 
     exporters: list[str] = []
+    # None: the global list. A list replaces it, or follows it with `extends: default`.
+    policies: list[dict[str, Any]] | None = None
+    extends: Literal["default"] | None = None
+
+    def policy_list(self, global_policies: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        """The tenant's effective policy list, or None when it uses the global one."""
+        if self.policies is None:
+            return None
+        return [*global_policies, *self.policies] if self.extends else list(self.policies)
 
 
 class ExporterConfig(_Model):
@@ -186,6 +195,15 @@ class Settings(_Model):
         """The policy engine for `policies` (validated at load, so this does not fail)."""
         return build_engine(self.policies)
 
+    def build_tenant_engines(self) -> dict[str, PolicyEngine]:
+        """Engines of the tenants that have their own policy sets."""
+        engines = {}
+        for tenant, config in self.tenants.items():
+            policies = config.policy_list(self.policies)
+            if policies is not None:
+                engines[tenant] = build_engine(policies)
+        return engines
+
     def exporters_for(self, tenant: str) -> list[str]:
         """Exporter names a tenant's kept traces go to: its own route, else the default's."""
         route = self.tenants.get(tenant) or self.tenants.get(self.default_tenant)
@@ -245,17 +263,49 @@ def validate_mapping(raw: object, source: str = "<config>") -> Settings:
         for err in exc.errors():
             message = err["msg"].removeprefix("Value error, ")
             errors.append((_key_path(tuple(err["loc"])), message))
-    policies_raw = raw.get("policies", DEFAULT_POLICIES)
-    if isinstance(policies_raw, list):
-        try:
-            build_engine(policies_raw)
-        except PolicyConfigError as exc:
-            errors += [(_key_path(("policies", *loc)), msg) for loc, msg in exc.errors]
+    errors += _policy_errors(raw)
     errors += _unknown_exporters(raw)
     if errors:
         raise ConfigError(source, errors)
     assert settings is not None
     return settings
+
+
+def _policy_errors(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    """Errors of the global policy list and of every tenant's own list, with key paths."""
+    errors: list[tuple[str, str]] = []
+    global_policies = raw.get("policies", DEFAULT_POLICIES)
+    lists: list[tuple[tuple[str, ...], object, int]] = [(("policies",), global_policies, 0)]
+    tenants = raw.get("tenants")
+    if isinstance(tenants, dict):
+        for name, tenant in tenants.items():
+            if isinstance(tenant, dict) and isinstance(tenant.get("policies"), list):
+                own = tenant["policies"]
+                # With `extends: default` the tenant's entries follow the global ones: check
+                # them together (names must stay unique) and report the tenant's own indexes.
+                if tenant.get("extends") == "default" and isinstance(global_policies, list):
+                    lists.append(
+                        (
+                            ("tenants", str(name), "policies"),
+                            [*global_policies, *own],
+                            len(global_policies),
+                        )
+                    )
+                else:
+                    lists.append((("tenants", str(name), "policies"), own, 0))
+    for prefix, policies, offset in lists:
+        if not isinstance(policies, list):
+            continue
+        try:
+            build_engine(policies)
+        except PolicyConfigError as exc:
+            for loc, msg in exc.errors:
+                if offset and loc and isinstance(loc[0], int):
+                    if loc[0] < offset:
+                        continue  # a global entry's error, already reported under `policies`
+                    loc = (loc[0] - offset, *loc[1:])
+                errors.append((_key_path((*prefix, *loc)), msg))
+    return errors
 
 
 def _unknown_exporters(raw: dict[str, Any]) -> list[tuple[str, str]]:

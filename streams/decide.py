@@ -20,12 +20,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from policies import Decision, PolicyEngine, TraceView
 from streams.buffer import Pending, TraceBuffer
+from streams.config import Settings
 from streams.kafka import SPAN_COUNT_HEADER
 from streams.metrics import DECISION_LAG, DECISIONS, LATE_SPANS
 from streams.otlp import annotate_kept
 from streams.state import TableStore
 
-__all__ = ["DecisionCache", "Decider", "Remembered"]
+__all__ = ["DecisionCache", "Decider", "PolicySets", "Remembered"]
 
 _DECISION = struct.Struct(">dBd")
 
@@ -110,6 +111,23 @@ class DecisionCache:
             self.entries[decision.kept][trace_id] = decision
 
 
+@dataclass(frozen=True)
+class PolicySets:
+    """The engine every tenant uses: the global one, or the tenant's own set."""
+
+    default: PolicyEngine
+    by_tenant: dict[str, PolicyEngine] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PolicySets:
+        """Build every engine a configuration describes (validated at load: cannot fail)."""
+        return cls(settings.build_engine(), settings.build_tenant_engines())
+
+    def for_tenant(self, tenant: str) -> PolicyEngine:
+        """The engine that decides this tenant's traces."""
+        return self.by_tenant.get(tenant, self.default)
+
+
 @dataclass
 class DecidedBatch:
     """Decisions of one timer tick awaiting the broker's acknowledgement of kept traces."""
@@ -123,13 +141,13 @@ class Decider:
 
     def __init__(
         self,
-        engine: PolicyEngine,
+        policy_sets: PolicySets,
         buffer: TraceBuffer,
         cache: DecisionCache,
         producer: object,
         sampled_topic: str,
     ) -> None:
-        self.engine = engine
+        self.policy_sets = policy_sets
         self.buffer = buffer
         self.cache = cache
         self.producer = producer
@@ -144,7 +162,8 @@ class Decider:
                 continue
             request = ExportTraceServiceRequest.FromString(trace.otlp)
             view = TraceView.from_resource_spans(trace_id, request.resource_spans)
-            decision: Decision = self.engine.decide(view, now)
+            engine = self.policy_sets.for_tenant(trace.tenant)
+            decision: Decision = engine.decide(view, now)
             policy = decision.policy or "none"
             remembered = Remembered(
                 now, entry.partition, decision.kept, policy, decision.probability, trace.tenant

@@ -15,6 +15,7 @@ __all__ = [
     "TRACES_DECIDED_EARLY",
     "WORKER_READY",
     "BUFFER_BYTES",
+    "CONFIG_RELOADS",
     "serve_metrics",
 ]
 
@@ -50,6 +51,11 @@ SPANS_EXPORTED = Counter(
     "caudal_spans_exported",
     "Spans written by an exporter, per exporter, tenant and outcome.",
     ["exporter", "tenant", "outcome"],
+)
+CONFIG_RELOADS = Counter(
+    "caudal_config_reloads",
+    "Policy reloads (SIGHUP or a change of the config file), per outcome (success, failure).",
+    ["outcome"],
 )
 WORKER_READY = Gauge(
     "caudal_worker_ready",

@@ -77,3 +77,50 @@ def test_valid_file_passes(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
     path.write_text("decision: {wait: 5s}\n")
     assert main(["validate", "-c", str(path)]) == 0
     assert "valid" in capsys.readouterr().out
+
+
+def test_tenant_policy_sets_replace_or_extend(tmp_path: Path) -> None:
+    from streams.decide import PolicySets
+
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        """
+policies:
+  - {name: errors, type: status_code, status_codes: [ERROR]}
+tenants:
+  default: {exporters: [file]}
+  acme:
+    exporters: [file]
+    policies: [{name: all, type: always_sample}]
+  globex:
+    exporters: [file]
+    extends: default
+    policies: [{name: slow, type: latency, threshold_ms: 500}]
+"""
+    )
+    sets = PolicySets.from_settings(load_settings(path, environ={}))
+    assert [p.name for p in sets.for_tenant("acme").policies] == ["all"]
+    assert [p.name for p in sets.for_tenant("globex").policies] == ["errors", "slow"]
+    assert [p.name for p in sets.for_tenant("anyone").policies] == ["errors"]
+
+
+def test_tenant_policy_errors_have_their_own_key_paths(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        """
+policies:
+  - {name: errors, type: status_code, status_codes: [ERROR]}
+tenants:
+  default: {exporters: [file]}
+  acme:
+    extends: default
+    policies:
+      - {name: errors, type: always_sample}
+      - {name: slow, type: latency, threshold_ms: later}
+"""
+    )
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, environ={})
+    paths = [p for p, _ in exc.value.errors]
+    assert "tenants.acme.policies.0.name" in paths  # duplicates the extended global name
+    assert "tenants.acme.policies.1.threshold_ms" in paths
