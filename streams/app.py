@@ -34,7 +34,7 @@ from streams.kafka import (
 )
 from streams.metrics import CONFIG_RELOADS, SPANS_RECEIVED, WORKER_READY, serve_metrics
 from streams.otlp import BadInput, decode_request, fragments_of, split_by_trace, unpack_index
-from streams.route import TenantResolver
+from streams.route import TenantResolver, TenantRoutes
 from streams.split import SplitStage, span_count
 from streams.state import TableStore, bind_to_commits, verify_end_offsets
 
@@ -123,10 +123,12 @@ class Intake:
                 key=message.key,
                 origin=(message.topic, message.partition, message.offset),
             )
-        header_tenant = self.resolver.from_headers(headers)
+        hints = self.resolver.hints(headers)
         for trace_id, fragment in fragments_of(groups):
-            tenant = self.resolver.resolve(header_tenant, groups[trace_id])
-            SPANS_RECEIVED.labels(tenant).inc(span_count(groups[trace_id]))
+            tenant = self.resolver.resolve(hints, groups[trace_id])
+            SPANS_RECEIVED.labels(self.worker.settings.tenant_label(tenant)).inc(
+                span_count(groups[trace_id])
+            )
             self._take(message.partition, trace_id, tenant, fragment, now)
 
     def _take(
@@ -245,8 +247,9 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
     buffer = TraceBuffer(trace_store, decision.wait, decision.max_traces)
     dc = decision.decision_cache
     cache = DecisionCache(decision_store, dc.kept, dc.dropped, dc.ttl)
+    routes = TenantRoutes(settings)
     decider = Decider(
-        PolicySets.from_settings(settings), buffer, cache, producer, kafka.sampled_topic
+        PolicySets.from_settings(settings), routes, buffer, cache, producer, kafka.sampled_topic
     )
     worker = Worker(settings, app, buffer, cache, decider, producer)
     intake = Intake(worker, TenantResolver(settings.tenant_from, settings.default_tenant), direct)
@@ -277,6 +280,7 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
         try:
             buffer.rebuild(partitions)
             cache.rebuild(partitions)
+            routes.set_share(len(partitions) / kafka.partitions)
         except Exception as exc:
             # Faust drops exceptions raised in recovery callbacks; without this the worker
             # would report ready and never decide anything.
@@ -314,7 +318,7 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
         worker.threads.append(SplitStage(settings, worker.stop))
     routed = {name for tenant in settings.tenants.values() for name in tenant.exporters}
     for name in sorted(routed):
-        worker.threads.append(ExportLoop(name, settings, worker.stop))
+        worker.threads.append(ExportLoop(name, settings, worker.stop, producer))
     return worker
 
 

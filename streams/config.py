@@ -81,9 +81,15 @@ class DecisionConfig(_Model):
 
 
 class TenantConfig(_Model):
-    """One tenant's route (the exporters its kept traces go to) and its own policies."""
+    """One tenant's route (the exporters its kept traces go to), quota, redaction, policies."""
 
     exporters: list[str] = []
+    # Kept spans per second for this tenant, counted in whole traces (all workers together).
+    quota_spans_per_second: float | None = Field(default=None, gt=0)
+    quota_burst_spans: int | None = Field(default=None, ge=1)
+    # Over quota: drop the trace, or keep it only if it has an error span.
+    quota_action: Literal["drop", "errors_only"] = "drop"
+    redaction: RedactionConfig | None = None
     # None: the global list. A list replaces it, or follows it with `extends: default`.
     policies: list[dict[str, Any]] | None = None
     extends: Literal["default"] | None = None
@@ -95,16 +101,64 @@ class TenantConfig(_Model):
         return [*global_policies, *self.policies] if self.extends else list(self.policies)
 
 
+class BatchConfig(_Model):
+    """How many kept traces an exporter sends at once, and how long it waits to fill a batch."""
+
+    max_traces: int = Field(default=500, ge=1)
+    max_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    timeout: Duration = 0.2
+
+
+class RetryConfig(_Model):
+    """Retries of a batch on 429, 502, 503, 504, timeouts and connection errors."""
+
+    enabled: bool = True
+    initial_interval: Duration = 5.0
+    multiplier: float = Field(default=2.0, ge=1.0)
+    max_interval: Duration = 30.0
+    max_retries: int = Field(default=5, ge=0)
+    max_elapsed_time: Duration = 300.0
+
+
+class CircuitBreakerConfig(_Model):
+    """Stop calling a failing backend for a while; the sampled topic holds the backlog."""
+
+    failure_threshold: int = Field(default=5, ge=1)
+    open_duration: Duration = 60.0
+    reopen_duration: Duration = 300.0
+
+
+class TLSConfig(_Model):
+    """TLS for an OTLP/HTTP backend (https endpoints)."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure_skip_verify: bool = False
+
+
 class ExporterConfig(_Model):
     """A backend kept traces are written to."""
 
-    type: Literal["file", "kafka"]
-    # file: a directory; one OTLP/JSON-lines file per tenant is written in it.
+    type: Literal["otlp_http", "kafka", "file"]
+    # otlp_http: base URL (`/v1/traces` is appended) or the full `traces_endpoint`.
+    endpoint: str | None = None
+    traces_endpoint: str | None = None
+    encoding: Literal["proto", "json"] = "proto"
+    compression: Literal["gzip", "none"] = "gzip"
+    headers: dict[str, str] = {}
+    timeout: Duration = 10.0
+    tls: TLSConfig = TLSConfig()
+    # file: a directory; one OTLP/JSON-lines file per tenant, rotated at max_bytes.
     path: str | None = None
+    max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    max_files: int = Field(default=5, ge=1)
     # kafka: the topic and, when it is another cluster, its bootstrap servers.
     topic: str | None = None
     bootstrap_servers: str | None = None
-    batch_size: int = Field(default=500, ge=1)
+    batch: BatchConfig = BatchConfig()
+    retry: RetryConfig = RetryConfig()
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
 
     @model_validator(mode="after")
     def _check_target(self) -> ExporterConfig:
@@ -112,7 +166,59 @@ class ExporterConfig(_Model):
             raise ValueError("a file exporter needs 'path' (a directory)")
         if self.type == "kafka" and not self.topic:
             raise ValueError("a kafka exporter needs 'topic'")
+        if self.type == "otlp_http" and not (self.endpoint or self.traces_endpoint):
+            raise ValueError("an otlp_http exporter needs 'endpoint' (or 'traces_endpoint')")
         return self
+
+    @property
+    def url(self) -> str:
+        """Where an otlp_http exporter POSTs."""
+        if self.traces_endpoint:
+            return self.traces_endpoint
+        return (self.endpoint or "").rstrip("/") + "/v1/traces"
+
+
+class RedactionRule(_Model):
+    """What to do with attributes whose key matches (exactly, or by regex)."""
+
+    key: str | None = None
+    key_regex: str | None = None
+    action: Literal["delete", "hash", "mask"]
+
+    @model_validator(mode="after")
+    def _one_key(self) -> RedactionRule:
+        if (self.key is None) == (self.key_regex is None):
+            raise ValueError("give exactly one of 'key' or 'key_regex'")
+        if self.key_regex is not None:
+            _compile(self.key_regex)
+        return self
+
+
+class ValueRule(_Model):
+    """A regex replaced in every string attribute value (e-mail addresses, card numbers)."""
+
+    pattern: str
+    replacement: str = "****"
+
+    @model_validator(mode="after")
+    def _valid(self) -> ValueRule:
+        _compile(self.pattern)
+        return self
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"invalid regex {pattern!r}: {exc}") from exc
+
+
+class RedactionConfig(_Model):
+    """PII redaction on span, event and resource attributes before traces leave Caudal."""
+
+    rules: list[RedactionRule] = []
+    values: list[ValueRule] = []
+    hash_salt: str = ""
 
 
 class WorkerConfig(_Model):
@@ -164,7 +270,7 @@ DEFAULT_POLICIES: list[dict[str, Any]] = [
     },
 ]
 
-TENANT_SOURCE = re.compile(r"^(header|resource):[\w.\-]+$")
+TENANT_SOURCE = re.compile(r"^(header|resource|baggage):[\w.\-]+$")
 
 
 class Settings(_Model):
@@ -174,8 +280,11 @@ class Settings(_Model):
     decision: DecisionConfig = DecisionConfig()
     policies: list[dict[str, Any]] = Field(default_factory=lambda: list(DEFAULT_POLICIES))
     tenants: dict[str, TenantConfig] = {"default": TenantConfig(exporters=["file"])}
-    tenant_from: list[str] = ["header:x-tenant-id", "resource:tenant.id"]
+    tenant_from: list[str] = ["header:x-tenant-id", "resource:tenant.id", "baggage:tenant"]
     default_tenant: str = "default"
+    # A tenant with no entry in `tenants`: use the default tenant's route, or drop (counted).
+    unknown_tenant: Literal["default", "drop"] = "default"
+    redaction: RedactionConfig = RedactionConfig()
     exporters: dict[str, ExporterConfig] = {
         "file": ExporterConfig(type="file", path="./caudal-output")
     }
@@ -187,7 +296,8 @@ class Settings(_Model):
         for source in self.tenant_from:
             if not TENANT_SOURCE.match(source):
                 raise ValueError(
-                    f"tenant_from: {source!r} is not 'header:NAME' or 'resource:ATTRIBUTE'"
+                    f"tenant_from: {source!r} is not 'header:NAME', 'resource:ATTRIBUTE' "
+                    "or 'baggage:ENTRY'"
                 )
         return self
 
@@ -208,6 +318,11 @@ class Settings(_Model):
         """Exporter names a tenant's kept traces go to: its own route, else the default's."""
         route = self.tenants.get(tenant) or self.tenants.get(self.default_tenant)
         return route.exporters if route else []
+
+    def tenant_label(self, tenant: str) -> str:
+        """The tenant name for metric labels: unknown tenants count as the default one, so
+        clients cannot create unbounded label values."""
+        return tenant if tenant in self.tenants else self.default_tenant
 
 
 class ConfigError(ValueError):

@@ -22,8 +22,15 @@ from policies import Decision, PolicyEngine, TraceView
 from streams.buffer import Pending, TraceBuffer
 from streams.config import Settings
 from streams.kafka import SPAN_COUNT_HEADER
-from streams.metrics import DECISION_LAG, DECISIONS, LATE_SPANS
+from streams.metrics import (
+    DECISION_LAG,
+    DECISIONS,
+    LATE_SPANS,
+    QUOTA_DROPS,
+    UNKNOWN_TENANT_DROPS,
+)
 from streams.otlp import annotate_kept
+from streams.route import TenantRoutes
 from streams.state import TableStore
 
 __all__ = ["DecisionCache", "Decider", "PolicySets", "Remembered"]
@@ -142,12 +149,14 @@ class Decider:
     def __init__(
         self,
         policy_sets: PolicySets,
+        routes: TenantRoutes,
         buffer: TraceBuffer,
         cache: DecisionCache,
         producer: object,
         sampled_topic: str,
     ) -> None:
         self.policy_sets = policy_sets
+        self.routes = routes
         self.buffer = buffer
         self.cache = cache
         self.producer = producer
@@ -164,15 +173,24 @@ class Decider:
             view = TraceView.from_resource_spans(trace_id, request.resource_spans)
             engine = self.policy_sets.for_tenant(trace.tenant)
             decision: Decision = engine.decide(view, now)
-            policy = decision.policy or "none"
-            remembered = Remembered(
-                now, entry.partition, decision.kept, policy, decision.probability, trace.tenant
-            )
+            kept, policy = decision.kept, decision.policy or "none"
+            label = self.routes.label(trace.tenant)
+            if kept:
+                refused = self.routes.admit(trace.tenant, view.span_count, view.has_error, now)
+                if refused == "quota":
+                    QUOTA_DROPS.labels(label, policy).inc()
+                elif refused:
+                    UNKNOWN_TENANT_DROPS.inc()
+                if refused:
+                    kept, policy = False, refused
+            probability = decision.probability if kept else 0.0
+            remembered = Remembered(now, entry.partition, kept, policy, probability, trace.tenant)
             self.cache.remember(trace_id, remembered)
-            if decision.kept:
-                annotate_kept(request, policy, decision.probability)
+            if kept:
+                annotate_kept(request, policy, probability)
+                self.routes.redact(trace.tenant, request)
                 self._produce(trace_id, trace.tenant, request, view.span_count, batch)
-            DECISIONS.labels(policy, "kept" if decision.kept else "dropped", trace.tenant).inc()
+            DECISIONS.labels(policy if kept else "none", "kept" if kept else "dropped", label).inc()
             DECISION_LAG.observe(max(0.0, now - entry.deadline))
             batch.items.append((trace_id, entry, remembered))
         return batch
@@ -185,6 +203,7 @@ class Decider:
                 decision.policy,
                 decision.probability,
             )
+            self.routes.redact(decision.tenant, request)
             self._produce(trace_id, decision.tenant, request, spans, None)
             LATE_SPANS.labels("kept").inc(spans)
         else:

@@ -82,9 +82,10 @@ def decide_inputs(
                 traces.setdefault(trace_id, []).extend(blocks)
     resolver = TenantResolver(settings.tenant_from, settings.default_tenant)
     policy_sets = PolicySets.from_settings(settings)
+    no_headers = resolver.hints({})  # files carry no Kafka headers
     now = time.time()
     for trace_id, blocks in traces.items():
-        tenant = resolver.resolve(None, blocks)
+        tenant = resolver.resolve(no_headers, blocks)
         view = TraceView.from_resource_spans(trace_id, blocks)
         decision = policy_sets.for_tenant(tenant).decide(view, now)
         record = {

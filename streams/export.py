@@ -1,113 +1,104 @@
-"""Exporters: kept traces from `caudal-sampled` to each tenant's backends.
+"""Export: kept traces from `caudal-sampled` to each tenant's backends.
 
-Each exporter has its own consumer group on `caudal-sampled`, so a slow or dead backend holds
-back only its own progress. Offsets are committed only after the backend accepted the batch; on
-failure the batch is read again after a backoff, so a backend outage loses nothing.
+Each exporter has its own consumer group on `caudal-sampled` and its own thread, so a slow or
+dead backend holds back only its own progress. Offsets are committed only after the backend
+accepted the batch (or rejected it for good: then the batch is in the dead-letter topic).
+
+A batch that fails with a retryable error is retried on a schedule (initial interval, doubling,
+capped; `Retry-After` honoured). Consecutive failures open the exporter's circuit breaker: no
+calls for `open_duration`, then one probe (half-open); a success closes it, a failure opens it
+again for `reopen_duration`. Nothing is dropped meanwhile: the batch waits, and the backlog waits
+in Kafka. The exporter's state is exported as `caudal_exporter_state`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
-from pathlib import Path
-from typing import Protocol
+from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from streams.config import ExporterConfig, KafkaConfig, Settings
-from streams.kafka import SPAN_COUNT_HEADER, client_config, make_producer, rewind
-from streams.metrics import SPANS_EXPORTED
-from streams.otlp import request_to_json
+from streams.backends import PermanentError, RetryableError, build_backend
+from streams.config import CircuitBreakerConfig, Settings
+from streams.kafka import SPAN_COUNT_HEADER, client_config, send_dead_letter
+from streams.metrics import (
+    CIRCUIT_OPENS,
+    EXPORT_BATCHES,
+    EXPORT_RETRIES,
+    EXPORTER_BACKLOG,
+    EXPORTER_STATE,
+    SPANS_EXPORTED,
+)
 
-__all__ = ["ExportLoop", "Exporter", "FileExporter", "KafkaExporter"]
+__all__ = ["STATES", "CircuitBreaker", "ExportLoop"]
 
 log = logging.getLogger(__name__)
 
-
-class Exporter(Protocol):
-    """A backend: `write` returns only once the backend holds the traces, else raises."""
-
-    def write(self, tenant: str, traces: list[bytes]) -> None:
-        """Deliver OTLP ExportTraceServiceRequest payloads, one per trace."""
-
-    def close(self) -> None:
-        """Release connections and files."""
+STATES = ("idle", "sending", "backoff", "open", "half_open", "failed")
 
 
-class FileExporter:
-    """OTLP/JSON lines, one file per tenant (`<path>/<tenant>.jsonl`), one line per trace."""
+class CircuitBreaker:
+    """Closed → open after `failure_threshold` consecutive failures → half-open after the open
+    duration → closed on a success, or open again (for `reopen_duration`) on a failure."""
 
-    def __init__(self, path: str) -> None:
-        self.dir = Path(path)
-        self.dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, config: CircuitBreakerConfig) -> None:
+        self.config = config
+        self.failures = 0
+        self.open_until: float | None = None
+        self.half_open = False
 
-    def write(self, tenant: str, traces: list[bytes]) -> None:
-        """Append one JSON line per trace and flush it to the file."""
-        lines = [
-            request_to_json(ExportTraceServiceRequest.FromString(payload)) + "\n"
-            for payload in traces
-        ]
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in tenant) or "_"
-        with open(self.dir / f"{safe}.jsonl", "a", encoding="utf-8") as out:
-            out.writelines(lines)
+    def wait_time(self, now: float) -> float:
+        """Seconds until a call is allowed (0: now). Passing the open period half-opens it."""
+        if self.open_until is None:
+            return 0.0
+        if now < self.open_until:
+            return self.open_until - now
+        self.open_until = None
+        self.half_open = True
+        return 0.0
 
-    def close(self) -> None:
-        """Nothing to release: every write opens and closes its file."""
+    def success(self) -> None:
+        """A call went through: close."""
+        self.failures = 0
+        self.half_open = False
 
+    def failure(self, now: float) -> bool:
+        """A call failed; return True if this opened the breaker."""
+        if self.half_open:
+            self.half_open = False
+            self.open_until = now + self.config.reopen_duration
+            return True
+        self.failures += 1
+        if self.failures >= self.config.failure_threshold:
+            self.force_open(now)
+            return True
+        return False
 
-class KafkaExporter:
-    """OTLP protobuf to a Kafka topic (key = tenant), on this cluster or another."""
-
-    def __init__(self, kafka: KafkaConfig, topic: str, bootstrap_servers: str | None) -> None:
-        target = (
-            kafka.model_copy(update={"bootstrap_servers": bootstrap_servers})
-            if (bootstrap_servers)
-            else kafka
-        )
-        self.topic = topic
-        self.producer = make_producer(target)
-
-    def write(self, tenant: str, traces: list[bytes]) -> None:
-        """Produce and wait for every acknowledgement."""
-        errors: list[object] = []
-        for payload in traces:
-            self.producer.produce(
-                self.topic,
-                key=tenant.encode(),
-                value=payload,
-                on_delivery=lambda err, _m: errors.append(err) if err else None,
-            )
-        remaining = self.producer.flush(30)
-        if errors or remaining:
-            raise RuntimeError(f"kafka exporter: {len(errors)} failed, {remaining} unacknowledged")
-
-    def close(self) -> None:
-        """Flush what is left."""
-        self.producer.flush(10)
-
-
-def build_exporter(name: str, config: ExporterConfig, kafka: KafkaConfig) -> Exporter:
-    """The exporter described by one `exporters.NAME` entry."""
-    if config.type == "file":
-        assert config.path is not None
-        return FileExporter(config.path)
-    assert config.topic is not None
-    return KafkaExporter(kafka, config.topic, config.bootstrap_servers)
+    def force_open(self, now: float) -> None:
+        """Open for `open_duration` (also used when a batch ran out of retries)."""
+        self.failures = 0
+        self.open_until = now + self.config.open_duration
 
 
 class ExportLoop(threading.Thread):
-    """Feed one exporter from `caudal-sampled`, committing only what it accepted."""
+    """Feed one exporter from `caudal-sampled`, committing only what it delivered."""
 
-    def __init__(self, name: str, settings: Settings, stop: threading.Event) -> None:
+    def __init__(self, name: str, settings: Settings, stop: threading.Event, producer: Any) -> None:
         super().__init__(name=f"caudal-export-{name}", daemon=True)
         self.exporter_name = name
         self.settings = settings
         self.stop = stop
+        self.producer = producer  # for dead letters
         self.config = settings.exporters[name]
-        self.exporter = build_exporter(name, self.config, settings.kafka)
+        self.backend = build_backend(self.config, settings.kafka)
+        self.breaker = CircuitBreaker(self.config.circuit_breaker)
         self.routes: dict[str, bool] = {}
+        self.revoked = False
+        self.state = ""
+        self.set_state("idle")
         kafka = settings.kafka
         self.consumer = Consumer(
             client_config(
@@ -118,59 +109,198 @@ class ExportLoop(threading.Thread):
                     "auto.offset.reset": "earliest",
                     "session.timeout.ms": 6000,
                     "heartbeat.interval.ms": 1000,
+                    "max.poll.interval.ms": 600_000,
                 },
             )
         )
+        self._backlog_at = 0.0
+
+    def set_state(self, state: str) -> None:
+        """Move the state machine (one-hot gauge per state)."""
+        if state != self.state:
+            for known in STATES:
+                EXPORTER_STATE.labels(self.exporter_name, known).set(1 if known == state else 0)
+            self.state = state
 
     def _routed_here(self, tenant: str) -> bool:
         routed = self.routes.get(tenant)
         if routed is None:
-            routed = self.routes[tenant] = self.exporter_name in self.settings.exporters_for(tenant)
+            routed = self.exporter_name in self.settings.exporters_for(tenant)
+            self.routes[tenant] = routed
         return routed
 
+    def _on_revoke(self, _consumer: Consumer, _partitions: list[TopicPartition]) -> None:
+        # A batch in hand now belongs to the partitions' next owner: abandon it uncommitted.
+        self.revoked = True
+
     def run(self) -> None:
-        self.consumer.subscribe([self.settings.kafka.sampled_topic])
-        backoff = 1.0
+        self.consumer.subscribe([self.settings.kafka.sampled_topic], on_revoke=self._on_revoke)
+        batch = self.config.batch
         try:
             while not self.stop.is_set():
+                self.revoked = False
                 messages = [
                     m
-                    for m in self.consumer.consume(self.config.batch_size, timeout=0.2)
+                    for m in self.consumer.consume(batch.max_traces, timeout=batch.timeout)
                     if m.error() is None or m.error().code() != KafkaError._PARTITION_EOF
                 ]
+                self._observe_backlog()
                 if not messages:
                     continue
-                try:
-                    self._export(messages)
-                except Exception as exc:  # a backend failure must never kill the loop
-                    log.warning(
-                        "export failed exporter=%s error=%s retry_in=%.0fs",
-                        self.exporter_name,
-                        exc,
-                        backoff,
-                    )
-                    rewind(self.consumer, messages)
-                    self.stop.wait(backoff)
-                    backoff = min(backoff * 2, 30.0)
-                    continue
-                backoff = 1.0
-                self.consumer.commit(asynchronous=False)
+                if self._deliver(messages) and not self.revoked:
+                    self.consumer.commit(asynchronous=False)
+                self.set_state("idle")
         finally:
-            self.exporter.close()
+            self.backend.close()
             self.consumer.close()
 
-    def _export(self, messages: list[Message]) -> None:
-        by_tenant: dict[str, list[bytes]] = defaultdict(list)
+    def _deliver(self, messages: list[Message]) -> bool:
+        """Deliver a batch, retrying as configured; False if it must be read again."""
+        pending: dict[str, list[bytes]] = defaultdict(list)
         spans: dict[str, int] = defaultdict(int)
         for msg in messages:
             if msg.error() is not None:
-                raise RuntimeError(f"consume error: {msg.error()}")
+                log.warning(
+                    "export consume error exporter=%s error=%s", self.exporter_name, msg.error()
+                )
+                return False
             tenant = (msg.key() or b"").decode("utf-8", "replace")
-            if not self._routed_here(tenant):
+            if self._routed_here(tenant):
+                pending[tenant].append(msg.value() or b"")
+                spans[tenant] += int(dict(msg.headers() or ()).get(SPAN_COUNT_HEADER, b"0"))
+        retry = self.config.retry
+        interval, retries, started = retry.initial_interval, 0, time.monotonic()
+        while pending:
+            if self.stop.is_set() or self.revoked:
+                return False
+            wait = self.breaker.wait_time(time.monotonic())
+            if wait > 0:
+                self.set_state("open")
+                self._pause(wait)
                 continue
-            by_tenant[tenant].append(msg.value())
-            headers = dict(msg.headers() or ())
-            spans[tenant] += int(headers.get(SPAN_COUNT_HEADER, b"0"))
-        for tenant, traces in by_tenant.items():
-            self.exporter.write(tenant, traces)
-            SPANS_EXPORTED.labels(self.exporter_name, tenant, "success").inc(spans[tenant])
+            self.set_state("half_open" if self.breaker.half_open else "sending")
+            failure = self._send(pending, spans)
+            if failure is None:
+                self.breaker.success()
+                EXPORT_BATCHES.labels(self.exporter_name, "success").inc()
+                return True
+            EXPORT_BATCHES.labels(self.exporter_name, "failure").inc()
+            now = time.monotonic()
+            exhausted = (
+                not retry.enabled
+                or retries >= retry.max_retries
+                or (now - started >= retry.max_elapsed_time)
+            )
+            if self.breaker.failure(now) or exhausted:
+                if exhausted:
+                    # Out of retries, yet dropping would lose data: hold the batch and let
+                    # the breaker space out the attempts from now on.
+                    self.breaker.force_open(now)
+                    interval, retries, started = retry.initial_interval, 0, now
+                CIRCUIT_OPENS.labels(self.exporter_name).inc()
+                log.warning(
+                    "circuit opened exporter=%s error=%s for=%.0fs",
+                    self.exporter_name,
+                    failure,
+                    self.breaker.wait_time(now),
+                )
+                continue
+            retries += 1
+            EXPORT_RETRIES.labels(self.exporter_name).inc()
+            delay = failure.retry_after if failure.retry_after is not None else interval
+            interval = min(interval * retry.multiplier, retry.max_interval)
+            log.info(
+                "export retry exporter=%s error=%s attempt=%d in=%.1fs",
+                self.exporter_name,
+                failure,
+                retries,
+                delay,
+            )
+            self.set_state("backoff")
+            self._pause(delay)
+        return True
+
+    def _send(
+        self, pending: dict[str, list[bytes]], spans: dict[str, int]
+    ) -> RetryableError | None:
+        """Try every tenant still pending; delivered and rejected ones leave `pending`."""
+        for tenant in list(pending):
+            try:
+                self.backend.write(tenant, pending[tenant])
+            except PermanentError as exc:
+                self.set_state("failed")
+                self._dead_letter(tenant, pending.pop(tenant), exc)
+                SPANS_EXPORTED.labels(self.exporter_name, self._label(tenant), "dead_letter").inc(
+                    spans[tenant]
+                )
+                continue
+            except RetryableError as exc:
+                return exc
+            except Exception as exc:  # an unexpected backend failure is retried, never fatal
+                log.exception("export failed exporter=%s", self.exporter_name)
+                return RetryableError(f"{type(exc).__name__}: {exc}")
+            del pending[tenant]
+            SPANS_EXPORTED.labels(self.exporter_name, self._label(tenant), "success").inc(
+                spans[tenant]
+            )
+        return None
+
+    def _label(self, tenant: str) -> str:
+        return self.settings.tenant_label(tenant)
+
+    def _dead_letter(self, tenant: str, traces: list[bytes], exc: PermanentError) -> None:
+        log.warning(
+            "export rejected exporter=%s tenant=%s status=%d traces=%d",
+            self.exporter_name,
+            tenant,
+            exc.status,
+            len(traces),
+        )
+        for payload in traces:
+            send_dead_letter(
+                self.producer,
+                self.settings.kafka.dlq_topic,
+                payload,
+                reason="exporter_rejected",
+                detail=str(exc),
+                key=tenant.encode(),
+                headers=[
+                    ("caudal-dlq-exporter", self.exporter_name.encode()),
+                    ("caudal-dlq-status", str(exc.status).encode()),
+                    ("caudal-dlq-body", exc.body),
+                ],
+            )
+        self.producer.flush(30)
+
+    def _pause(self, seconds: float) -> None:
+        """Wait without fetching, but keep polling so the group keeps this member."""
+        assignment = self.consumer.assignment()
+        if assignment:
+            self.consumer.pause(assignment)
+        deadline = time.monotonic() + seconds
+        try:
+            while not self.stop.is_set() and not self.revoked:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self.stop.wait(min(remaining, 0.5))
+                self.consumer.poll(0)
+        finally:
+            if assignment and not self.revoked:
+                self.consumer.resume(assignment)
+
+    def _observe_backlog(self) -> None:
+        """Messages of `caudal-sampled` not yet delivered by this exporter (every ~5 s)."""
+        now = time.monotonic()
+        if now - self._backlog_at < 5:
+            return
+        self._backlog_at = now
+        backlog = 0
+        try:
+            for tp in self.consumer.position(self.consumer.assignment()):
+                _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                if tp.offset >= 0 and high >= 0:
+                    backlog += max(0, high - tp.offset)
+        except Exception:  # watermarks are best effort; never stop exporting for them
+            return
+        EXPORTER_BACKLOG.labels(self.exporter_name).set(backlog)

@@ -7,14 +7,21 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_se
 __all__ = [
     "DEAD_LETTERS",
     "DECISIONS",
+    "EXPORTER_BACKLOG",
+    "EXPORTER_STATE",
+    "EXPORT_BATCHES",
+    "EXPORT_RETRIES",
     "DECISION_LAG",
     "LATE_SPANS",
+    "QUOTA_DROPS",
     "SPANS_EXPORTED",
     "SPANS_RECEIVED",
     "TRACES_BUFFERED",
     "TRACES_DECIDED_EARLY",
+    "UNKNOWN_TENANT_DROPS",
     "WORKER_READY",
     "BUFFER_BYTES",
+    "CIRCUIT_OPENS",
     "CONFIG_RELOADS",
     "serve_metrics",
 ]
@@ -57,9 +64,41 @@ CONFIG_RELOADS = Counter(
     "Policy reloads (SIGHUP or a change of the config file), per outcome (success, failure).",
     ["outcome"],
 )
+QUOTA_DROPS = Counter(
+    "caudal_quota_drops",
+    "Kept traces dropped because their tenant was over quota, per tenant and keeping policy.",
+    ["tenant", "policy"],
+)
+UNKNOWN_TENANT_DROPS = Counter(
+    "caudal_unknown_tenant_drops",
+    "Kept traces of tenants with no configuration, dropped (unknown_tenant: drop).",
+)
 WORKER_READY = Gauge(
     "caudal_worker_ready",
     "1 once the worker has joined its group and recovered its tables; 0 during a rebalance.",
+)
+EXPORTER_STATE = Gauge(
+    "caudal_exporter_state",
+    "1 for the exporter's current state (idle, sending, backoff, open, half_open, failed).",
+    ["exporter", "state"],
+)
+EXPORT_BATCHES = Counter(
+    "caudal_export_batches",
+    "Export attempts of a batch, per exporter and outcome.",
+    ["exporter", "outcome"],
+)
+EXPORT_RETRIES = Counter(
+    "caudal_export_retries",
+    "Batches retried after a retryable failure, per exporter.",
+    ["exporter"],
+)
+CIRCUIT_OPENS = Counter(
+    "caudal_circuit_breaker_opens", "Times an exporter's circuit breaker opened.", ["exporter"]
+)
+EXPORTER_BACKLOG = Gauge(
+    "caudal_exporter_backlog",
+    "Records of caudal-sampled this exporter has not delivered yet (its consumer lag).",
+    ["exporter"],
 )
 DEAD_LETTERS = Counter(
     "caudal_dead_letters", "Messages sent to the dead-letter topic, per reason.", ["reason"]

@@ -1,43 +1,151 @@
-"""Routing: which tenant a trace belongs to, and the record that carries a kept trace onward."""
+"""Routing: which tenant a trace belongs to, and what a tenant's kept traces go through.
+
+Tenant sources (`tenant_from`), in order, the first present wins:
+- `header:NAME`: a Kafka header of the input message (the ingest gateway sets `x-tenant-id`);
+- `resource:ATTRIBUTE`: a string resource attribute such as `tenant.id`;
+- `baggage:ENTRY`: a W3C baggage entry, from the message's `baggage` header, else from a span
+  attribute of that name (where a BaggageSpanProcessor copied the entry onto spans).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import urllib.parse
+from collections.abc import Mapping, Sequence
 
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
-__all__ = ["TenantResolver"]
+from streams.config import Settings
+from streams.redact import Redactor
+
+__all__ = ["TenantResolver", "TenantRoutes", "TokenBucket", "parse_baggage"]
+
+
+def parse_baggage(header: bytes | str) -> dict[str, str]:
+    """Entries of a W3C `baggage` header (`k1=v1,k2=v2;prop`), values percent-decoded."""
+    text = header.decode("utf-8", "replace") if isinstance(header, bytes) else header
+    entries = {}
+    for member in text.split(","):
+        pair = member.split(";", 1)[0]
+        key, sep, value = pair.partition("=")
+        if sep and key.strip():
+            entries[key.strip()] = urllib.parse.unquote(value.strip())
+    return entries
 
 
 class TenantResolver:
-    """Resolve a tenant from `tenant_from` sources, in order; the first present wins.
-
-    Sources are `header:NAME` (a Kafka header of the input message, set by the ingest gateway)
-    and `resource:ATTRIBUTE` (a string resource attribute such as `tenant.id`).
-    """
+    """Resolve a tenant from the configured sources; `default` when none is present."""
 
     def __init__(self, sources: Sequence[str], default: str) -> None:
         self.default = default
         self._order = [tuple(s.split(":", 1)) for s in sources]
 
-    def from_headers(self, headers: dict[str, bytes]) -> str | None:
-        """The tenant named by the message's headers, if a header source is configured."""
+    def hints(self, headers: Mapping[str, bytes]) -> list[str | None]:
+        """What the message's headers say, per source (computed once per message)."""
+        baggage: dict[str, str] | None = None
+        hints: list[str | None] = []
         for kind, name in self._order:
+            value: str | None = None
             if kind == "header":
-                value = headers.get(name)
-                if value:
-                    return value.decode("utf-8", "replace")
-        return None
+                raw = headers.get(name)
+                value = raw.decode("utf-8", "replace") if raw else None
+            elif kind == "baggage":
+                if baggage is None:
+                    raw = headers.get("baggage")
+                    baggage = parse_baggage(raw) if raw else {}
+                value = baggage.get(name) or None
+            hints.append(value)
+        return hints
 
-    def resolve(self, header_tenant: str | None, blocks: Sequence[ResourceSpans]) -> str:
-        """Tenant of a trace given its message's header tenant and its resource blocks."""
-        for kind, name in self._order:
-            if kind == "header":
-                if header_tenant:
-                    return header_tenant
-                continue
-            for rs in blocks:
-                for kv in rs.resource.attributes:
-                    if kv.key == name and kv.value.string_value:
-                        return str(kv.value.string_value)
+    def resolve(self, hints: Sequence[str | None], blocks: Sequence[ResourceSpans]) -> str:
+        """Tenant of a trace given its message's hints and its resource blocks."""
+        for (kind, name), hint in zip(self._order, hints, strict=True):
+            if hint:
+                return hint
+            if kind == "resource":
+                for rs in blocks:
+                    for kv in rs.resource.attributes:
+                        if kv.key == name and kv.value.string_value:
+                            return str(kv.value.string_value)
+            elif kind == "baggage":
+                for rs in blocks:
+                    for ss in rs.scope_spans:
+                        for span in ss.spans:
+                            for kv in span.attributes:
+                                if kv.key == name and kv.value.string_value:
+                                    return str(kv.value.string_value)
         return self.default
+
+
+class TokenBucket:
+    """Spans per second with a burst; a trace is admitted whole or not at all."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.updated: float | None = None
+
+    def take(self, spans: int, now: float) -> bool:
+        """Admit `spans` if the bucket holds that many tokens (time `now`, Unix seconds)."""
+        if self.updated is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= spans:
+            self.tokens -= spans
+            return True
+        return False
+
+
+class TenantRoutes:
+    """Per-tenant rules applied to kept traces: known tenants, quotas, redaction.
+
+    Quotas are per tenant across all workers. Each worker owns a share of the `caudal-spans`
+    partitions and trace IDs spread evenly over them, so a worker admits `quota × share`
+    spans per second, where share = its partitions / all partitions (updated on rebalance).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.default = settings.default_tenant
+        self.drop_unknown = settings.unknown_tenant == "drop"
+        global_redactor = Redactor(settings.redaction)
+        self.redactors = {
+            name: Redactor(tenant.redaction) if tenant.redaction else global_redactor
+            for name, tenant in settings.tenants.items()
+        }
+        self.global_redactor = global_redactor
+        self.share = 1.0
+        self.buckets: dict[str, TokenBucket] = {}
+        self.set_share(1.0)
+
+    def set_share(self, share: float) -> None:
+        """Scale the quotas to this worker's share of the partitions."""
+        self.share = share
+        self.buckets = {}
+        for name, tenant in self.settings.tenants.items():
+            if tenant.quota_spans_per_second:
+                rate = tenant.quota_spans_per_second * share
+                burst = (tenant.quota_burst_spans or tenant.quota_spans_per_second) * share
+                self.buckets[name] = TokenBucket(rate, max(burst, 1.0))
+
+    def label(self, tenant: str) -> str:
+        """The tenant name used in metric labels (see Settings.tenant_label)."""
+        return self.settings.tenant_label(tenant)
+
+    def admit(self, tenant: str, spans: int, has_error: bool, now: float) -> str | None:
+        """None if a kept trace goes on to export, else why not (`unknown_tenant`, `quota`)."""
+        known = tenant in self.settings.tenants
+        if not known and self.drop_unknown:
+            return "unknown_tenant"
+        bucket = self.buckets.get(tenant if known else self.default)
+        if bucket is None or bucket.take(spans, now):
+            return None
+        route = self.settings.tenants[tenant if known else self.default]
+        if route.quota_action == "errors_only" and has_error:
+            return None
+        return "quota"
+
+    def redact(self, tenant: str, request: ExportTraceServiceRequest) -> None:
+        """Apply the tenant's redaction (or the global one) in place."""
+        self.redactors.get(tenant, self.global_redactor).apply(request)

@@ -91,13 +91,13 @@ def split_messages(
         elif not groups:
             dead_letter(msg, "no_spans", "the request holds no spans")
             continue
-        header_tenant = resolver.from_headers(headers)
+        hints = resolver.hints(headers)
         for tid, blocks in groups.items():
-            tenant = resolver.resolve(header_tenant, blocks)
+            tenant = resolver.resolve(hints, blocks)
             received[tenant] += span_count(blocks)
             batch[(partition_for(tid, partitions), tenant)].extend(fragments_of({tid: blocks}))
     for tenant, count in received.items():
-        SPANS_RECEIVED.labels(tenant).inc(count)
+        SPANS_RECEIVED.labels(settings.tenant_label(tenant)).inc(count)
     return batch
 
 
