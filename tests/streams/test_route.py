@@ -1,0 +1,116 @@
+"""Tenant resolution, quotas and redaction."""
+
+from __future__ import annotations
+
+import hashlib
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span
+
+from streams.config import RedactionConfig, validate_mapping
+from streams.redact import MASK, Redactor
+from streams.route import TenantResolver, TenantRoutes, TokenBucket, parse_baggage
+
+
+def kv(key: str, value: str) -> KeyValue:
+    return KeyValue(key=key, value=AnyValue(string_value=value))
+
+
+def block(resource: dict[str, str], span_attrs: dict[str, str] | None = None) -> ResourceSpans:
+    rs = ResourceSpans(resource=Resource(attributes=[kv(k, v) for k, v in resource.items()]))
+    span = rs.scope_spans.add().spans.add(trace_id=b"t" * 16, span_id=b"s" * 8)
+    span.attributes.extend(kv(k, v) for k, v in (span_attrs or {}).items())
+    return rs
+
+
+def test_baggage_header_parsing() -> None:
+    assert parse_baggage(b"tenant=acme%20co;p=1, user=x") == {"tenant": "acme co", "user": "x"}
+
+
+def test_sources_in_order_first_present_wins() -> None:
+    resolver = TenantResolver(["header:x-tenant-id", "resource:tenant.id", "baggage:tenant"], "d")
+    assert (
+        resolver.resolve(resolver.hints({"x-tenant-id": b"h"}), [block({"tenant.id": "r"})]) == "h"
+    )
+    assert resolver.resolve(resolver.hints({}), [block({"tenant.id": "r"})]) == "r"
+    hints = resolver.hints({"baggage": b"tenant=b"})
+    assert resolver.resolve(hints, [block({})]) == "b"
+    assert resolver.resolve(resolver.hints({}), [block({}, {"tenant": "s"})]) == "s"
+    assert resolver.resolve(resolver.hints({}), [block({})]) == "d"
+
+
+def test_token_bucket_admits_whole_traces() -> None:
+    bucket = TokenBucket(rate=100, burst=100)
+    assert bucket.take(60, now=0.0)
+    assert not bucket.take(60, now=0.0)  # 40 left: the trace is refused whole
+    assert bucket.take(60, now=0.2)  # 40 + 20 refilled
+
+
+def test_routes_quota_unknown_and_errors_only() -> None:
+    settings = validate_mapping(
+        {
+            "unknown_tenant": "drop",
+            "tenants": {
+                "default": {"exporters": ["file"]},
+                "small": {"exporters": ["file"], "quota_spans_per_second": 10},
+                "soft": {
+                    "exporters": ["file"],
+                    "quota_spans_per_second": 10,
+                    "quota_action": "errors_only",
+                },
+            },
+        }
+    )
+    routes = TenantRoutes(settings)
+    assert routes.admit("stranger", 5, False, 0.0) == "unknown_tenant"
+    assert routes.label("stranger") == "default"
+    assert routes.admit("small", 10, False, 0.0) is None
+    assert routes.admit("small", 1, False, 0.0) == "quota"
+    assert routes.admit("soft", 10, False, 0.0) is None
+    assert routes.admit("soft", 5, True, 0.0) is None  # over quota, but it has an error
+    assert routes.admit("soft", 5, False, 0.0) == "quota"
+    routes.set_share(0.5)  # half the partitions: half the rate
+    assert routes.buckets["small"].rate == 5
+
+
+def test_redaction_on_resource_span_and_event_attributes() -> None:
+    redactor = Redactor(
+        RedactionConfig.model_validate(
+            {
+                "rules": [
+                    {"key": "user.email", "action": "hash"},
+                    {"key_regex": "^http\\.request\\.header\\.", "action": "delete"},
+                    {"key": "user.name", "action": "mask"},
+                ],
+                "values": [
+                    {"pattern": "[\\w.+-]+@[\\w-]+\\.[\\w.]+", "replacement": "<email>"},
+                    {"pattern": "\\b(?:\\d[ -]?){13,16}\\b", "replacement": "<card>"},
+                ],
+                "hash_salt": "s",
+            }
+        )
+    )
+    rs = block(
+        {"host.owner": "ops@example.com"},
+        {
+            "user.email": "a@b.io",
+            "http.request.header.cookie": "secret",
+            "user.name": "Ann",
+            "note": "paid with 4111 1111 1111 1111",
+        },
+    )
+    span: Span = rs.scope_spans[0].spans[0]
+    span.events.add(name="e").attributes.append(kv("msg", "mail me at x@y.org"))
+    request = ExportTraceServiceRequest(resource_spans=[rs])
+    redactor.apply(request)
+    rs = request.resource_spans[0]  # the request holds its own copy
+    span = rs.scope_spans[0].spans[0]
+    attrs = {a.key: a.value.string_value for a in span.attributes}
+    assert attrs["user.email"] == hashlib.sha256(b"sa@b.io").hexdigest()
+    assert "http.request.header.cookie" not in attrs
+    assert attrs["user.name"] == MASK
+    assert attrs["note"] == "paid with <card>"
+    assert span.events[0].attributes[0].value.string_value == "mail me at <email>"
+    assert rs.resource.attributes[0].value.string_value == "<email>"
