@@ -58,6 +58,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """Run the OTLP ingest gateway."""
+    from streams.ingest import run_ingest
+
+    settings = _settings(args)
+    if args.metrics_port is not None:
+        ingest = settings.ingest.model_copy(update={"metrics_port": args.metrics_port})
+        settings = settings.model_copy(update={"ingest": ingest})
+    run_ingest(settings)
+    return 0
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     """Run the local development broker until Ctrl-C or SIGTERM."""
     from streams.broker import LocalBroker
@@ -211,6 +223,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, help="Prometheus port (one per worker; 0: off)")
     p.add_argument("--loglevel", default="info")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("ingest", help="run the OTLP/HTTP and OTLP/gRPC ingest gateway")
+    with_config(p)
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers (overrides the file)")
+    p.add_argument("--metrics-port", type=int, help="Prometheus port (0: off)")
+    p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("validate", help="check a config file and print every error")
     with_config(p, required=True)

@@ -221,6 +221,33 @@ class RedactionConfig(_Model):
     hash_salt: str = ""
 
 
+class IngestTLSConfig(_Model):
+    """TLS for the ingest listeners (both use the same certificate)."""
+
+    cert_file: str
+    key_file: str
+
+
+class IngestConfig(_Model):
+    """The OTLP ingest gateway (`caudal ingest`)."""
+
+    http: str = "127.0.0.1:4318"
+    grpc: str = "127.0.0.1:4317"
+    # Bearer token -> tenant. Empty: no authentication (development only).
+    tokens: dict[str, str] = {}
+    trust_client_tenant: bool = False
+    max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # Bytes handed to Kafka and not yet acknowledged: the gateway's memory bound.
+    max_inflight_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    warn_at: float = Field(default=0.5, gt=0, lt=1)
+    throttle_at: float = Field(default=0.8, gt=0, lt=1)
+    unavailable_at: float = Field(default=0.95, gt=0, le=1)
+    # Spans per second per tenant; over it, 429 / RESOURCE_EXHAUSTED.
+    rate_limits: dict[str, float] = {}
+    tls: IngestTLSConfig | None = None
+    metrics_port: int = Field(default=9465, ge=0, le=65535)
+
+
 class WorkerConfig(_Model):
     """Per-process settings: where state lives. Give each worker on one machine its own."""
 
@@ -290,6 +317,7 @@ class Settings(_Model):
     }
     worker: WorkerConfig = WorkerConfig()
     metrics: MetricsConfig = MetricsConfig()
+    ingest: IngestConfig = IngestConfig()
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:
