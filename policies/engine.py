@@ -3,23 +3,33 @@
 Combination follows the OpenTelemetry Collector (``processor.go``, ``makeDecision``):
 any DROPPED drops the trace; else any INVERTED_NOT_SAMPLED drops it; else any SAMPLED keeps
 it; else an INVERTED_SAMPLED keeps it only if no policy said NOT_SAMPLED; else it is
-dropped. Caudal adds ``sample_percentage`` on any policy, applied to its keep verdicts.
+dropped. As in the Collector, ``drop`` policies are evaluated before all others and a drop
+ends the evaluation. Caudal adds ``sample_percentage`` on any policy (nested ones too),
+applied to its keep verdicts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from policies.errors import ErrorLocation, PolicyConfigError
 from policies.hashing import fnv1a_64, ratio_threshold
-from policies.model import Decision, Policy, Verdict
+from policies.model import Decision, Match, Policy, Verdict
 from policies.registry import load_policy_class
 from policies.trace import TraceView
 
-__all__ = ["PolicyConfigError", "PolicyEngine", "PolicySettings", "build_engine"]
+__all__ = [
+    "PolicyConfigError",
+    "PolicyEngine",
+    "PolicySettings",
+    "SubPolicy",
+    "build_engine",
+    "build_sub_policies",
+]
 
 _SAMPLED: Final = Verdict.SAMPLED
 _NOT_SAMPLED: Final = Verdict.NOT_SAMPLED
@@ -27,6 +37,8 @@ _INVERTED_SAMPLED: Final = Verdict.INVERTED_SAMPLED
 _INVERTED_NOT_SAMPLED: Final = Verdict.INVERTED_NOT_SAMPLED
 _DROPPED_VERDICT: Final = Verdict.DROPPED
 _DROPPED: Final = Decision(kept=False, policy=None, probability=0.0)
+
+Evaluate = Callable[[TraceView, float], Verdict]
 
 
 class PolicySettings(BaseModel):
@@ -45,13 +57,59 @@ class PolicySettings(BaseModel):
 _SETTINGS_KEYS: Final = frozenset(PolicySettings.model_fields)
 
 
+@dataclass(frozen=True, slots=True)
+class SubPolicy:
+    """A policy nested in ``and``, ``drop`` or ``composite`` (see :func:`build_sub_policies`)."""
+
+    policy: Policy
+    evaluate: Evaluate
+    """The policy's ``evaluate`` with its ``sample_percentage`` applied (a thinned-out keep
+    becomes NOT_SAMPLED), as the engine applies it to top-level policies."""
+    probability: float
+    """``policy.probability()`` times its ``sample_percentage`` / 100."""
+
+    @property
+    def name(self) -> str:
+        """The sub-policy's name."""
+        return self.policy.name
+
+
+class _Explained:
+    """Adapts a policy overriding ``evaluate_match``: keeps the last match for the decision."""
+
+    __slots__ = ("policy", "share", "match")
+
+    def __init__(self, policy: Policy, share: float) -> None:
+        self.policy = policy
+        self.share = share
+        self.match: Match | None = None
+
+    def evaluate(self, trace: TraceView, now: float) -> Verdict:
+        verdict, self.match = self.policy.evaluate_match(trace, now)
+        return verdict
+
+    def decision(self) -> Decision:
+        match, share = self.match, self.share
+        if match is None:
+            return Decision(True, self.policy.name, self.policy.probability() * share)
+        return Decision(True, self.policy.name, match.probability * share, match.sub_policy)
+
+
+# One evaluation step: evaluate, sample_percentage seed and threshold (None at 100 %), the
+# decision if it keeps (or the adapter that makes it), whether no later policy needs to run
+# once this one kept the trace, and the policy name for error counts.
+_Slot = tuple[Evaluate, int, "int | None", "Decision | _Explained", bool, str]
+
+
 class PolicyEngine:
     """Evaluates every policy on a trace and combines the verdicts into a :class:`Decision`.
 
-    Holds no clock and no I/O; ``decide`` is safe to call from any worker and gives the
-    same answer for the same trace everywhere (``sample_percentage`` hashes the trace ID).
-    A policy that raises is ignored for that trace, as the Collector ignores evaluation
-    errors, and counted in ``evaluation_errors`` (policy name -> count) for metrics.
+    Holds no clock and no I/O; ``decide`` gives the same answer for the same trace on every
+    worker (``sample_percentage`` hashes the trace ID), except for the rate-limiting policies,
+    whose answer depends on the traces decided before. A policy that raises is ignored for that
+    trace, as the Collector ignores evaluation errors, and counted in ``evaluation_errors``
+    (policy name -> count) for metrics. Once a trace is kept, policies that can neither veto
+    nor keep state are skipped: they cannot change the decision.
     """
 
     __slots__ = ("policies", "sample_percentages", "evaluation_errors", "_slots")
@@ -59,8 +117,8 @@ class PolicyEngine:
     def __init__(
         self, policies: Sequence[Policy], sample_percentages: Mapping[str, float] | None = None
     ) -> None:
-        """Use ``policies`` in this order; ``sample_percentages`` maps policy names to
-        percentages in (0, 100] (100 when absent). Prefer :func:`build_engine` for configs."""
+        """Use ``policies`` in this order (``drop`` first); ``sample_percentages`` maps policy
+        names to percentages in (0, 100] (100 when absent). Prefer :func:`build_engine`."""
         percentages = dict(sample_percentages or {})
         errors = _check_engine_inputs(policies, percentages)
         if errors:
@@ -68,24 +126,36 @@ class PolicyEngine:
         self.policies: Final = tuple(policies)
         self.sample_percentages: Final = {p.name: percentages.get(p.name, 100.0) for p in policies}
         self.evaluation_errors: dict[str, int] = {}
-        slots = []
-        for policy in self.policies:
+        ordered = [p for p in policies if p.evaluated_first]
+        ordered += [p for p in policies if not p.evaluated_first]
+        needed = [p.may_veto() or p.keeps_state() for p in ordered]
+        slots: list[_Slot] = []
+        for index, policy in enumerate(ordered):
             percentage = self.sample_percentages[policy.name]
             threshold = None if percentage >= 100 else ratio_threshold(percentage / 100)
-            kept = Decision(True, policy.name, policy.probability() * percentage / 100)
-            slots.append((policy.evaluate, fnv1a_64(policy.name.encode()), threshold, kept))
+            share = percentage / 100
+            evaluate: Evaluate = policy.evaluate
+            kept: Decision | _Explained
+            if type(policy).evaluate_match is not Policy.evaluate_match:
+                kept = _Explained(policy, share)
+                evaluate = kept.evaluate
+            else:
+                kept = Decision(True, policy.name, policy.probability() * share)
+            seed = fnv1a_64(policy.name.encode())
+            last = not any(needed[index + 1 :])
+            slots.append((evaluate, seed, threshold, kept, last, policy.name))
         self._slots: Final = tuple(slots)
 
     def decide(self, trace: TraceView, now: float) -> Decision:
         """Evaluate the policies on ``trace`` at time ``now`` (Unix seconds) and decide."""
-        sampled: Decision | None = None
-        inverted: Decision | None = None
+        sampled: Decision | _Explained | None = None
+        inverted: Decision | _Explained | None = None
         not_sampled = vetoed = False
-        for evaluate, seed, threshold, kept in self._slots:
+        for evaluate, seed, threshold, kept, last, name in self._slots:
             try:
                 verdict = evaluate(trace, now)
             except Exception:
-                self._count_error(kept)
+                self.evaluation_errors[name] = self.evaluation_errors.get(name, 0) + 1
                 continue
             if verdict is _SAMPLED or verdict is _INVERTED_SAMPLED:
                 # sample_percentage: hash(name + trace ID) so policies draw independently.
@@ -94,6 +164,8 @@ class PolicyEngine:
                 elif verdict is _SAMPLED:
                     if sampled is None:
                         sampled = kept
+                        if last:
+                            break
                 elif inverted is None:
                     inverted = kept
             elif verdict is _NOT_SAMPLED:
@@ -103,18 +175,14 @@ class PolicyEngine:
             elif verdict is _DROPPED_VERDICT:
                 return _DROPPED  # nothing can undo a drop; the Collector stops here too
             else:
-                self._count_error(kept)
+                self.evaluation_errors[name] = self.evaluation_errors.get(name, 0) + 1
         if vetoed:
             return _DROPPED
         if sampled is not None:
-            return sampled
+            return sampled if isinstance(sampled, Decision) else sampled.decision()
         if inverted is not None and not not_sampled:
-            return inverted
+            return inverted if isinstance(inverted, Decision) else inverted.decision()
         return _DROPPED
-
-    def _count_error(self, kept: Decision) -> None:
-        name = kept.policy or ""
-        self.evaluation_errors[name] = self.evaluation_errors.get(name, 0) + 1
 
     def __repr__(self) -> str:
         return f"PolicyEngine(policies={[p.name for p in self.policies]!r})"
@@ -128,9 +196,43 @@ def build_engine(raw: Sequence[Mapping[str, object]]) -> PolicyEngine:
     after the type (``{name: slow, type: latency, latency: {threshold_ms: 5000}}``).
     Raises :class:`PolicyConfigError` with every problem in every entry.
     """
+    built = _build_policies(raw)
+    return PolicyEngine([p for p, _ in built], {p.name: pct for p, pct in built})
+
+
+def build_sub_policies(raw: Sequence[Mapping[str, object]]) -> tuple[SubPolicy, ...]:
+    """Validate and build the nested policy list of a combining policy.
+
+    Entries are written as in :func:`build_engine` (``sample_percentage`` included). Raises
+    :class:`PolicyConfigError` with locations relative to the list; the engine prefixes them
+    with the combining policy's location and its ``sub_policies_field``.
+    """
+    return tuple(
+        SubPolicy(policy, _thinned(policy, percentage), policy.probability() * percentage / 100)
+        for policy, percentage in _build_policies(raw)
+    )
+
+
+def _thinned(policy: Policy, percentage: float) -> Evaluate:
+    evaluate = policy.evaluate
+    if percentage >= 100:
+        return evaluate
+    seed = fnv1a_64(policy.name.encode())
+    threshold = ratio_threshold(percentage / 100)
+
+    def thinned(trace: TraceView, now: float) -> Verdict:
+        verdict = evaluate(trace, now)
+        if verdict is _SAMPLED or verdict is _INVERTED_SAMPLED:
+            if fnv1a_64(trace.trace_id, seed) > threshold:
+                return _NOT_SAMPLED
+        return verdict
+
+    return thinned
+
+
+def _build_policies(raw: Sequence[Mapping[str, object]]) -> list[tuple[Policy, float]]:
     errors: list[tuple[ErrorLocation, str]] = []
-    policies: list[Policy] = []
-    percentages: dict[str, float] = {}
+    built: list[tuple[Policy, float]] = []
     first_index: dict[str, int] = {}
     for index, entry in enumerate(raw):
         name = entry.get("name") if isinstance(entry, Mapping) else None
@@ -139,14 +241,12 @@ def build_engine(raw: Sequence[Mapping[str, object]]) -> PolicyEngine:
                 message = f"duplicate policy name {name!r} (policy {first_index[name]})"
                 errors.append(((index, "name"), message))
             first_index.setdefault(name, index)
-        built = _build_one(index, entry, errors)
-        if built is not None:
-            policy, percentage = built
-            policies.append(policy)
-            percentages[policy.name] = percentage
+        one = _build_one(index, entry, errors)
+        if one is not None:
+            built.append(one)
     if errors:
         raise PolicyConfigError(errors)
-    return PolicyEngine(policies, percentages)
+    return built
 
 
 def _build_one(

@@ -26,6 +26,16 @@ def fnv1a_64(data: bytes, seed: int = FNV64_OFFSET) -> int:
     ``seed`` is the running hash state: FNV is a stream, so hashing ``salt + data`` equals
     hashing ``data`` from the state left by ``salt``. Callers precompute that state once.
     """
+    if len(data) == 16:
+        # Unrolled for the 16-byte trace ID, ~20 % faster than the loop. Reducing mod 2**64
+        # every fourth byte gives the same result: XOR with a byte only touches the low 8
+        # bits, and a product mod 2**64 depends only on its factors mod 2**64.
+        b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15 = data
+        p, m = FNV64_PRIME, MAX_UINT64
+        h = (((((seed ^ b0) * p ^ b1) * p ^ b2) * p ^ b3) * p) & m
+        h = (((((h ^ b4) * p ^ b5) * p ^ b6) * p ^ b7) * p) & m
+        h = (((((h ^ b8) * p ^ b9) * p ^ b10) * p ^ b11) * p) & m
+        return (((((h ^ b12) * p ^ b13) * p ^ b14) * p ^ b15) * p) & m
     h = seed
     for byte in data:
         h = ((h ^ byte) * FNV64_PRIME) & MAX_UINT64

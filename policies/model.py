@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 from policies.trace import TraceView
 
-__all__ = ["Decision", "NoFields", "Policy", "Verdict"]
+__all__ = ["Decision", "Match", "NoFields", "Policy", "Verdict"]
 
 
 class Verdict(enum.Enum):
@@ -36,18 +36,30 @@ class NoFields(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+@dataclass(frozen=True, slots=True)
+class Match:
+    """Which sub-policy made a combining policy (``composite``) keep a trace."""
+
+    sub_policy: str
+    """The sub-policy's name."""
+    probability: float
+    """The sub-policy's probability (its ``probability()`` times its ``sample_percentage``)."""
+
+
 class Policy(abc.ABC):
     """A sampling rule, configured once and then asked about every trace.
 
     Subclasses set ``Config`` to a pydantic model of their own fields (the engine handles the
     common ``name``, ``type`` and ``sample_percentage``), accept an instance of it in
-    ``__init__`` and precompute there whatever ``evaluate`` needs. ``evaluate`` must be a pure
-    function of the trace and ``now``: no clock, no I/O, no logging.
+    ``__init__`` and precompute there whatever ``evaluate`` needs. ``evaluate`` must be a
+    function of the trace, ``now`` and the policy's own state: no clock, no I/O, no logging.
     """
 
     Config: ClassVar[type[BaseModel]] = NoFields
     sub_policies_field: ClassVar[str | None] = None
     """The config field holding nested policies, if any: their errors are reported under it."""
+    evaluated_first: ClassVar[bool] = False
+    """Evaluate before all other policies (``drop``), as the Collector orders drop policies."""
 
     def __init__(self, name: str, config: BaseModel) -> None:
         self.name = name
@@ -64,6 +76,30 @@ class Policy(abc.ABC):
         """
         return 1.0
 
+    def evaluate_match(self, trace: TraceView, now: float) -> tuple[Verdict, Match | None]:
+        """Like :meth:`evaluate`, also naming the sub-policy behind a SAMPLED verdict.
+
+        Only combining policies whose probability depends on the matching sub-policy
+        (``composite``) override it; the engine then reports that sub-policy and probability.
+        """
+        return self.evaluate(trace, now), None
+
+    def may_veto(self) -> bool:
+        """Whether :meth:`evaluate` can return INVERTED_NOT_SAMPLED or DROPPED.
+
+        With :meth:`keeps_state`, lets the engine stop at the first keep when no later policy
+        can change the decision. True is the safe default; built-ins say exactly.
+        """
+        return True
+
+    def keeps_state(self) -> bool:
+        """Whether :meth:`evaluate` changes state that later decisions read (rate limits).
+
+        Such a policy is evaluated for every trace, as the Collector does. True is the safe
+        default; built-ins say exactly.
+        """
+        return True
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, config={self.config!r})"
 
@@ -75,8 +111,10 @@ class Decision:
     ``policy`` is the first policy (in configuration order) whose verdict kept the trace and
     ``probability`` the chance with which it keeps such a trace (its own probability times its
     ``sample_percentage``); both are ``None`` and ``0.0`` when the trace is dropped.
+    ``sub_policy`` names the sub-policy of a ``composite`` that matched, else ``None``.
     """
 
     kept: bool
     policy: str | None
     probability: float
+    sub_policy: str | None = None

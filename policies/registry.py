@@ -21,10 +21,18 @@ ENTRY_POINT_GROUP: Final = "caudal.policies"
 _BUILTIN_POLICIES: Final = {
     "always_sample": "policies.builtin.always_sample:AlwaysSample",
     "and": "policies.builtin.and_policy:And",
+    "boolean_attribute": "policies.builtin.boolean_attribute:BooleanAttribute",
+    "bytes_limiting": "policies.builtin.bytes_limiting:BytesLimiting",
+    "composite": "policies.builtin.composite:Composite",
+    "drop": "policies.builtin.drop:Drop",
     "latency": "policies.builtin.latency:Latency",
+    "numeric_attribute": "policies.builtin.numeric_attribute:NumericAttribute",
     "probabilistic": "policies.builtin.probabilistic:Probabilistic",
+    "rate_limiting": "policies.builtin.rate_limiting:RateLimiting",
+    "span_count": "policies.builtin.span_count:SpanCount",
     "status_code": "policies.builtin.status_code:StatusCode",
     "string_attribute": "policies.builtin.string_attribute:StringAttribute",
+    "trace_state": "policies.builtin.trace_state:TraceState",
 }
 
 # The registry cache: type name -> class, filled on first use of each type.

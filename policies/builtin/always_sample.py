@@ -23,3 +23,11 @@ class AlwaysSample(Policy):
     def evaluate(self, trace: TraceView, now: float) -> Verdict:
         """Return SAMPLED."""
         return Verdict.SAMPLED
+
+    def may_veto(self) -> bool:
+        """Never: always SAMPLED."""
+        return False
+
+    def keeps_state(self) -> bool:
+        """No state."""
+        return False

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from policies.engine import build_sub_policies
 from policies.model import Policy, Verdict
 from policies.trace import TraceView
 
@@ -29,20 +30,23 @@ class AndConfig(BaseModel):
 
 
 class And(Policy):
-    """SAMPLED if no sub-policy says NOT_SAMPLED, INVERTED_NOT_SAMPLED or DROPPED."""
+    """SAMPLED if no sub-policy says NOT_SAMPLED, INVERTED_NOT_SAMPLED or DROPPED.
+
+    Sub-policies run in order and the first failing one ends the evaluation (``and.go``); an
+    error in a sub-policy is an error of the ``and``. A sub-policy's ``sample_percentage``
+    applies before the ``and`` sees its verdict.
+    """
 
     Config = AndConfig
     sub_policies_field: ClassVar[str | None] = "and_sub_policy"
 
     def __init__(self, name: str, config: AndConfig) -> None:
         super().__init__(name, config)
-        from policies.engine import build_engine  # the engine builds policies, this one too
-
-        engine = build_engine(config.and_sub_policy)
-        self._subs = tuple(p.evaluate for p in engine.policies)
+        self.sub_policies = build_sub_policies(config.and_sub_policy)
+        self._subs = tuple(sub.evaluate for sub in self.sub_policies)
         self._probability = 1.0
-        for policy in engine.policies:
-            self._probability *= policy.probability()
+        for sub in self.sub_policies:
+            self._probability *= sub.probability
 
     def evaluate(self, trace: TraceView, now: float) -> Verdict:
         """Stop at the first sub-policy that would not keep the trace."""
@@ -54,3 +58,11 @@ class And(Policy):
     def probability(self) -> float:
         """The product of the sub-policies' probabilities (independent draws)."""
         return self._probability
+
+    def may_veto(self) -> bool:
+        """Never: SAMPLED or NOT_SAMPLED, whatever the sub-policies say."""
+        return False
+
+    def keeps_state(self) -> bool:
+        """Whether a sub-policy keeps state (it is evaluated until one fails)."""
+        return any(sub.policy.keeps_state() for sub in self.sub_policies)

@@ -52,3 +52,11 @@ class Probabilistic(Policy):
     def probability(self) -> float:
         """Return ``sampling_percentage / 100``."""
         return self._probability
+
+    def may_veto(self) -> bool:
+        """Never: SAMPLED or NOT_SAMPLED."""
+        return False
+
+    def keeps_state(self) -> bool:
+        """No state."""
+        return False

@@ -38,10 +38,20 @@ class StatusCode(Policy):
 
     def __init__(self, name: str, config: StatusCodeConfig) -> None:
         super().__init__(name, config)
-        self._codes = frozenset(_CODES[code] for code in config.status_codes)
+        # UNSET (0) last: OK and ERROR are answered by a search, UNSET needs the span count.
+        self._codes = tuple(sorted({_CODES[code] for code in config.status_codes}, reverse=True))
 
     def evaluate(self, trace: TraceView, now: float) -> Verdict:
-        """Compare the trace's status codes (collected once on the view) with the wanted ones."""
-        if self._codes.isdisjoint(trace.status_codes):
-            return Verdict.NOT_SAMPLED
-        return Verdict.SAMPLED
+        """Ask the view for each wanted code (a cheap search proves OK or ERROR absent)."""
+        for code in self._codes:
+            if trace.has_status(code):
+                return Verdict.SAMPLED
+        return Verdict.NOT_SAMPLED
+
+    def may_veto(self) -> bool:
+        """Never: SAMPLED or NOT_SAMPLED."""
+        return False
+
+    def keeps_state(self) -> bool:
+        """No state."""
+        return False

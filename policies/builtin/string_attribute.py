@@ -57,31 +57,39 @@ class StringAttribute(Policy):
 
     def __init__(self, name: str, config: StringAttributeConfig) -> None:
         super().__init__(name, config)
-        self._key = config.key
         self._invert = config.invert_match
         # Exact values are probed in the encoded trace; patterns need the decoded values.
-        self._probe: StringValueProbe | None = None
-        self._search: Callable[[str], bool] | None = None
+        self._matches: Callable[[TraceView], bool]
         if config.enabled_regex_matching:
             searches = tuple(re.compile(value).search for value in config.values)
             size = config.cache_max_size or _DEFAULT_CACHE_SIZE
-            self._search = functools.lru_cache(maxsize=size)(
+            search = functools.lru_cache(maxsize=size)(
                 lambda value: any(search(value) for search in searches)
             )
+            key = config.key
+
+            def matches(trace: TraceView) -> bool:
+                return any(
+                    isinstance(value, str) and value and search(value)
+                    for value in trace.attribute_values(key)
+                )
+
+            self._matches = matches
         else:
-            self._probe = StringValueProbe(config.key, config.values)
+            self._matches = StringValueProbe(config.key, config.values).matches
+        if config.invert_match:
+            self._verdicts = (Verdict.INVERTED_SAMPLED, Verdict.INVERTED_NOT_SAMPLED)
+        else:
+            self._verdicts = (Verdict.NOT_SAMPLED, Verdict.SAMPLED)
 
     def evaluate(self, trace: TraceView, now: float) -> Verdict:
         """Match the values of ``key`` on the trace's resources and spans."""
-        if self._search is None:
-            assert self._probe is not None
-            matched = self._probe.matches(trace)
-        else:
-            search = self._search
-            matched = any(
-                isinstance(value, str) and value and search(value)
-                for value in trace.attribute_values(self._key)
-            )
-        if self._invert:
-            return Verdict.INVERTED_NOT_SAMPLED if matched else Verdict.INVERTED_SAMPLED
-        return Verdict.SAMPLED if matched else Verdict.NOT_SAMPLED
+        return self._verdicts[self._matches(trace)]
+
+    def may_veto(self) -> bool:
+        """With ``invert_match``: a match gives INVERTED_NOT_SAMPLED."""
+        return self._invert
+
+    def keeps_state(self) -> bool:
+        """No state (the regex cache only remembers results)."""
+        return False

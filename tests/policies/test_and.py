@@ -69,3 +69,30 @@ def test_sub_policy_errors_carry_their_path() -> None:
     with pytest.raises(PolicyConfigError) as exc:
         build_engine([bad])
     assert [loc for loc, _ in exc.value.errors] == [(0, "and_sub_policy", 0, "threshold_ms")]
+
+
+def test_probability_is_the_product_with_sub_sample_percentages() -> None:
+    entry = {
+        "name": "both",
+        "type": "and",
+        "and_sub_policy": [
+            {"name": "tenth", "type": "probabilistic", "sampling_percentage": 10},
+            {"name": "half-of-all", "type": "always_sample", "sample_percentage": 50},
+        ],
+    }
+    engine = build_engine([entry])
+    assert engine.policies[0].probability() == pytest.approx(0.05)
+    kept = [engine.decide(vip(os.urandom(16)), 0.0) for _ in range(4000)]
+    assert all(d.probability == pytest.approx(0.05) for d in kept if d.kept)
+    assert abs(sum(d.kept for d in kept) - 200) <= 3.29 * (4000 * 0.05 * 0.95) ** 0.5 + 1
+
+
+def test_state_follows_the_sub_policies() -> None:
+    rest = build_engine([NOT_VIP_TEN_PERCENT]).policies[0]
+    assert not rest.keeps_state() and not rest.may_veto()
+    limited = {
+        "name": "limited",
+        "type": "and",
+        "and_sub_policy": [{"name": "r", "type": "rate_limiting", "spans_per_second": 5}],
+    }
+    assert build_engine([limited]).policies[0].keeps_state()

@@ -7,6 +7,8 @@ import random
 from typing import ClassVar
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict
 
 from policies import (
@@ -253,7 +255,10 @@ def test_every_kind_of_entry_error_is_collected() -> None:
     ]
     messages = dict(caught.value.errors)
     assert "duplicate policy name 'a' (policy 0)" in messages[(1, "name")]
-    assert "installed: always_sample, and, latency, probabilistic" in messages[(5, "type")]
+    # Built-ins listed by name (plugins installed in the environment may sit among them).
+    assert (
+        "installed: always_sample, and, boolean_attribute, bytes_limiting" in messages[(5, "type")]
+    )
     assert "go under 'latency'" in messages[(6, "threshold_ms")]
 
 
@@ -325,3 +330,119 @@ def test_the_five_product_rules() -> None:
     assert engine.decide(trace, 0.0) == Decision(True, "slow", 1.0)
     trace = TraceView.from_resource_spans(trace_id, [shop_trace(trace_id)])
     assert engine.decide(trace, 0.0) == Decision(True, "critical", 1.0)
+
+
+class QuietConfig(BaseModel):
+    """Fields of the plugin below."""
+
+    model_config = ConfigDict(extra="forbid")
+    verdict: Verdict = Verdict.SAMPLED
+    veto: bool = False
+    state: bool = False
+
+
+class Quiet(Policy):
+    """A plugin declaring whether it may veto or keeps state, counting its calls."""
+
+    Config: ClassVar[type[BaseModel]] = QuietConfig
+
+    def __init__(self, name: str, config: QuietConfig) -> None:
+        super().__init__(name, config)
+        self.config_ = config
+        self.calls = 0
+
+    def evaluate(self, trace: TraceView, now: float) -> Verdict:
+        self.calls += 1
+        return self.config_.verdict
+
+    def may_veto(self) -> bool:
+        return self.config_.veto
+
+    def keeps_state(self) -> bool:
+        return self.config_.state
+
+
+def quiet(index: int, verdict: Verdict, veto: bool = False, state: bool = False) -> Quiet:
+    return Quiet(f"q{index}", QuietConfig(verdict=verdict, veto=veto, state=state))
+
+
+def test_stops_at_the_first_keep_when_nothing_later_can_change_it() -> None:
+    engine = PolicyEngine([quiet(0, N), quiet(1, S), quiet(2, S), quiet(3, N)])
+    assert engine.decide(TRACE, 0.0) == Decision(True, "q1", 1.0)
+    assert [p.calls for p in engine.policies if isinstance(p, Quiet)] == [1, 1, 0, 0]
+    # A later policy that may veto, or that keeps state, is still evaluated.
+    for later in (quiet(2, IS, veto=True), quiet(2, N, state=True)):
+        engine = PolicyEngine([quiet(0, S), quiet(1, N), later])
+        engine.decide(TRACE, 0.0)
+        assert later.calls == 1
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(st.tuples(st.sampled_from(list(Verdict)), st.booleans(), st.booleans()), max_size=6)
+)
+def test_decisions_equal_the_collectors_combination_of_all_verdicts(
+    specs: list[tuple[Verdict, bool, bool]],
+) -> None:
+    # A plugin must declare may_veto() to return the vetoing verdicts.
+    specs = [(v, veto or v in (INS, D), state) for v, veto, state in specs]
+    engine = PolicyEngine([quiet(i, *spec) for i, spec in enumerate(specs)])
+    verdicts = [v for v, _, _ in specs]
+    first = {v: f"q{verdicts.index(v)}" for v in reversed(verdicts)}
+    if D in first or INS in first:
+        expected = Decision(False, None, 0.0)
+    elif S in first:
+        expected = Decision(True, first[S], 1.0)
+    elif IS in first and N not in first:
+        expected = Decision(True, first[IS], 1.0)
+    else:
+        expected = Decision(False, None, 0.0)
+    assert engine.decide(TRACE, 0.0) == expected
+
+
+def test_drop_policies_run_first_so_dropped_traces_spend_no_budget() -> None:
+    engine = build_engine(
+        [
+            {"name": "budget", "type": "rate_limiting", "spans_per_second": 15},
+            {
+                "name": "no-tests",
+                "type": "drop",
+                "drop_sub_policy": [
+                    {"name": "test", "type": "string_attribute", "key": "test", "values": ["1"]}
+                ],
+            },
+        ]
+    )
+    test_trace = view(*(make_span(attributes={"test": "1"}) for _ in range(10)))
+    real_trace = view(*(make_span() for _ in range(10)))
+    assert engine.decide(test_trace, 5.0) == Decision(False, None, 0.0)
+    # Had "budget" seen the dropped trace first, 10 + 10 spans would exceed 15.
+    assert engine.decide(real_trace, 5.0) == Decision(True, "budget", 1.0)
+
+
+def test_nested_sample_percentage_and_sub_policy_in_decisions() -> None:
+    engine = build_engine(
+        [
+            {
+                "name": "c",
+                "type": "composite",
+                "sample_percentage": 20,
+                "max_total_spans_per_second": 100,
+                "composite_sub_policy": [
+                    {"name": "tenth", "type": "probabilistic", "sampling_percentage": 10},
+                    {"name": "rest", "type": "always_sample", "sample_percentage": 50},
+                ],
+                "rate_allocation": [
+                    {"policy": "tenth", "percent": 50},
+                    {"policy": "rest", "percent": 50},
+                ],
+            }
+        ]
+    )
+    found = set()
+    for index, trace_id in enumerate(ids(3000, seed=3)):
+        decision = engine.decide(view(make_span(trace_id=trace_id), trace_id=trace_id), index)
+        if decision.kept:
+            found.add((decision.sub_policy, round(decision.probability, 6)))
+    # The composite's probability is its matching sub-policy's, times both percentages.
+    assert found == {("tenth", 0.02), ("rest", 0.1)}

@@ -8,7 +8,8 @@ from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-from policies import TraceView, any_value_to_python, build_engine
+from policies import TraceView, Verdict, any_value_to_python, build_engine
+from policies.builtin.latency import Latency, LatencyConfig
 from policies.trace import StringValueProbe
 from tests.policies.traces import any_value
 
@@ -120,3 +121,56 @@ def test_view_agrees_with_a_naive_walk(
     assert probe.matches(view) == (
         bool(wanted) and wanted in [v for v in expected if isinstance(v, str)]
     )
+
+
+def go_latency(all_spans: list[Span], lower: int, upper: int) -> bool:
+    """latency.go, line by line, with Go's int64 time arithmetic."""
+
+    def signed(ts: int) -> int:
+        return ts - (1 << 64) if ts >= 1 << 63 else ts
+
+    low = high = 0
+    for span in all_spans:
+        if low == 0 or span.start_time_unix_nano < low:
+            low = span.start_time_unix_nano
+        if high == 0 or span.end_time_unix_nano > high:
+            high = span.end_time_unix_nano
+        delta = max(-(1 << 63), min((1 << 63) - 1, signed(high) - signed(low)))
+        ms = abs(delta) // 1_000_000 * (1 if delta >= 0 else -1)  # Milliseconds() truncates
+        if (ms >= lower) if upper == 0 else (lower < ms <= upper):
+            return True
+    return False
+
+
+LATENCIES = [
+    Latency("l", LatencyConfig(threshold_ms=t, upper_threshold_ms=u))
+    for t, u in [(0, 0), (1000, 0), (1000, 5000), (0, 1)]
+]
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(TRACES)
+def test_facts_and_latency_agree_with_a_naive_walk(
+    trace: tuple[bytes, list[ResourceSpans]],
+) -> None:
+    trace_id, batches = trace
+    view = TraceView.from_resource_spans(trace_id, batches)
+    all_spans = [s for b in batches for sc in b.scope_spans for s in sc.spans]
+    assert view.span_times() == tuple(
+        (s.start_time_unix_nano, s.end_time_unix_nano) for s in all_spans
+    )
+    assert view.trace_states == tuple(s.trace_state for s in all_spans if s.trace_state)
+    for code in (0, 1, 2):
+        assert view.has_status(code) == any(s.status.code == code for s in all_spans)
+    services = {
+        a.value.string_value
+        for b in batches
+        for a in b.resource.attributes
+        if a.key == "service.name" and a.value.WhichOneof("value") == "string_value"
+    }
+    assert view.services == services - {""}
+    for policy in LATENCIES:
+        config = policy.config
+        assert isinstance(config, LatencyConfig)
+        expected = go_latency(all_spans, config.threshold_ms, config.upper_threshold_ms)
+        assert (policy.evaluate(view, 0.0) is Verdict.SAMPLED) == expected

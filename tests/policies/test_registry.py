@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import tomllib
 from importlib.metadata import EntryPoint
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
 from pydantic import BaseModel, ConfigDict
 
+import policies.builtin as builtin
 import policies.registry as registry
 from policies import (
     Policy,
@@ -18,7 +21,7 @@ from policies import (
     installed_policies,
     load_policy_class,
 )
-from policies.builtin import AlwaysSample, Latency, Probabilistic, StatusCode, StringAttribute
+from policies.builtin import Latency
 from tests.policies.traces import batch, make_span, view
 
 
@@ -52,16 +55,33 @@ PLUGIN = f"{__name__}:KeepTenant"
 
 
 def test_builtins_by_name() -> None:
+    # The Collector's tail_sampling set (without ottl_condition), same names.
     builtins = {
-        "always_sample": AlwaysSample,
-        "latency": Latency,
-        "probabilistic": Probabilistic,
-        "status_code": StatusCode,
-        "string_attribute": StringAttribute,
+        "always_sample": builtin.AlwaysSample,
+        "and": builtin.And,
+        "boolean_attribute": builtin.BooleanAttribute,
+        "bytes_limiting": builtin.BytesLimiting,
+        "composite": builtin.Composite,
+        "drop": builtin.Drop,
+        "latency": builtin.Latency,
+        "numeric_attribute": builtin.NumericAttribute,
+        "probabilistic": builtin.Probabilistic,
+        "rate_limiting": builtin.RateLimiting,
+        "span_count": builtin.SpanCount,
+        "status_code": builtin.StatusCode,
+        "string_attribute": builtin.StringAttribute,
+        "trace_state": builtin.TraceState,
     }
     installed = installed_policies()
     assert {name: installed[name] for name in builtins} == builtins
+    assert set(builtin.__all__) == {cls.__name__ for cls in builtins.values()}
     assert load_policy_class("latency") is Latency
+
+
+def test_pyproject_declares_every_builtin() -> None:
+    pyproject = Path(__file__).parents[2] / "pyproject.toml"
+    declared = tomllib.loads(pyproject.read_text())["project"]["entry-points"]["caudal.policies"]
+    assert declared == registry._BUILTIN_POLICIES
 
 
 def test_plugin_by_import_path() -> None:
@@ -83,7 +103,7 @@ def test_plugin_fields_are_validated_like_builtins() -> None:
     [
         (
             "nope",
-            "unknown policy type 'nope'; installed: always_sample, and, latency, probabilistic",
+            "unknown policy type 'nope'; installed: always_sample, and, boolean_attribute",
         ),
         ("no_such_module_xyz:Thing", "cannot import 'no_such_module_xyz'"),
         (f"{__name__}:Missing", "has no attribute 'Missing'"),

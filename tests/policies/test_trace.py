@@ -145,3 +145,38 @@ def test_view_keeps_spans_in_trace_order() -> None:
     trace = view(*spans)
     assert [s.name for s in trace.spans] == ["s0", "s1", "s2"]
     assert all(isinstance(s, Span) for s in trace.spans)
+
+
+def test_encoded_is_the_batches_back_to_back() -> None:
+    first, second = batch([make_span()]), batch([make_span(), make_span()])
+    trace = TraceView.from_resource_spans(TRACE_ID, [first, second])
+    assert trace.encoded == first.SerializeToString() + second.SerializeToString()
+    assert trace.byte_size == len(trace.encoded)
+
+
+def test_span_times_in_trace_order_and_completeness() -> None:
+    trace = view(make_span(start_ms=5, duration_ms=1), make_span(start_ms=0, duration_ms=2))
+    assert trace.times_complete
+    assert trace.span_times() == (
+        (BASE_NS + 5_000_000, BASE_NS + 6_000_000),
+        (BASE_NS, BASE_NS + 2_000_000),
+    )
+    zero = Span(start_time_unix_nano=0, end_time_unix_nano=BASE_NS)
+    trace = view(make_span(), zero)
+    assert not trace.times_complete
+    assert trace.start_unix_nano == 0  # a span without a start counts as 0
+    assert trace.span_times()[1] == (0, BASE_NS)
+    late = Span(start_time_unix_nano=1 << 63, end_time_unix_nano=(1 << 63) + 1)
+    assert not view(late).times_complete  # beyond int64 nanoseconds
+
+
+def test_trace_states_and_status_lookups() -> None:
+    trace = view(
+        make_span(trace_state="a=1"), make_span(), make_span(trace_state="b=2", status=ERROR)
+    )
+    assert trace.trace_states == ("a=1", "b=2")
+    assert trace.has_status(ERROR) and trace.has_status(0) and not trace.has_status(OK)
+    # An attribute encoding like a status code (int value 2) must not fool the search.
+    decoy = view(make_span(attributes={"n": 2}))
+    assert not decoy.has_status(ERROR) and decoy.status_codes == {0}
+    assert view(make_span(status=OK)).status_codes == {OK}

@@ -1,0 +1,95 @@
+"""Flattened decoding: every span of a trace merged into one message by a single C-level parse.
+
+Python pays ~0.3-1 µs for each protobuf object it touches (upb builds a wrapper per message),
+so walking a 10-span trace costs more than every policy check together. This module instead
+serializes the trace's ``ResourceSpans`` once (C) and parses the bytes (C) as look-alike message
+types whose nested fields are *singular*. The protobuf rule "a singular message field seen
+several times is merged, repeated fields append" then folds all resources into one resource
+and all spans into one span whose fields are lists, in trace order:
+
+- ``resource.attributes``: every resource attribute (each an encoded ``KeyValue``), batch
+  after batch;
+- ``scope_spans.spans.start_time_unix_nano`` / ``end_time_unix_nano``: the span times that are
+  non-zero (proto3 omits zeros, so a list shorter than the span count means a zero time);
+- ``scope_spans.spans.status.code``: the non-UNSET status codes;
+- ``scope_spans.spans.trace_state``: the non-empty W3C tracestates;
+- ``scope_spans.spans.attributes``: every span attribute (encoded ``KeyValue``; events and
+  links stay out, as in the Collector), span after span.
+
+:func:`count_spans` parses the same bytes a second way (one entry per span) for the exact count.
+Unknown fields (names, ids, events, ...) are skipped by the parser and cost nothing in Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Final
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
+
+__all__ = ["count_spans", "encode", "flatten"]
+
+_F = descriptor_pb2.FieldDescriptorProto
+_PACKAGE = "caudal.flat"
+
+# message -> [(field name, number, type, message type or None, repeated)], numbers as in OTLP.
+_Field = tuple[str, int, int, "str | None", bool]
+_SCHEMA: Final[dict[str, list[_Field]]] = {
+    "Trace": [
+        ("resource", 1, _F.TYPE_MESSAGE, "Resource", False),
+        ("scope_spans", 2, _F.TYPE_MESSAGE, "Scope", False),
+    ],
+    "Resource": [("attributes", 1, _F.TYPE_BYTES, None, True)],
+    "Scope": [("spans", 2, _F.TYPE_MESSAGE, "Span", False)],
+    "Span": [
+        ("trace_state", 3, _F.TYPE_STRING, None, True),
+        ("start_time_unix_nano", 7, _F.TYPE_FIXED64, None, True),
+        ("end_time_unix_nano", 8, _F.TYPE_FIXED64, None, True),
+        ("attributes", 9, _F.TYPE_BYTES, None, True),
+        ("status", 15, _F.TYPE_MESSAGE, "Status", False),
+    ],
+    "Status": [("code", 3, _F.TYPE_INT32, None, True)],
+    "Counter": [("scope_spans", 2, _F.TYPE_MESSAGE, "CounterScope", False)],
+    "CounterScope": [("spans", 2, _F.TYPE_BYTES, None, True)],
+}
+
+
+def _message_classes() -> dict[str, Any]:
+    pool = descriptor_pool.DescriptorPool()
+    file = descriptor_pb2.FileDescriptorProto(
+        name="caudal/flat.proto", package=_PACKAGE, syntax="proto3"
+    )
+    for message_name, fields in _SCHEMA.items():
+        message = file.message_type.add(name=message_name)
+        for name, number, kind, type_name, repeated in fields:
+            field = message.field.add(name=name, number=number, type=kind)
+            field.label = _F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL
+            if type_name is not None:
+                field.type_name = f".{_PACKAGE}.{type_name}"
+    pool.Add(file)
+    return {
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
+        for name in _SCHEMA
+    }
+
+
+_CLASSES: Final = _message_classes()
+_parse_trace: Final = _CLASSES["Trace"].FromString
+_parse_counter: Final = _CLASSES["Counter"].FromString
+_serialize: Final = ResourceSpans.SerializeToString  # unbound: ~15 % cheaper than a bound call
+
+
+def encode(resource_spans: Iterable[ResourceSpans]) -> bytes:
+    """Serialize the batches back to back (what a ``TracesData`` would hold, minus tags)."""
+    return b"".join(map(_serialize, resource_spans))
+
+
+def flatten(encoded: bytes) -> Any:
+    """Parse :func:`encode` output as one merged ``Trace`` (see the module docstring)."""
+    return _parse_trace(encoded)
+
+
+def count_spans(encoded: bytes) -> int:
+    """The exact number of spans in :func:`encode` output."""
+    return len(_parse_counter(encoded).scope_spans.spans)
