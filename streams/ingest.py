@@ -99,15 +99,14 @@ class Gateway:
         kafka = settings.kafka
         self.topic = kafka.input_topic
         self.partitions = kafka.partitions
-        self.producer = make_producer(
-            kafka,
-            **{
-                "linger.ms": 5,
-                "message.timeout.ms": 15_000,
-                "queue.buffering.max.kbytes": 2 * self.config.max_inflight_bytes // 1024,
-                "error_cb": self._on_kafka_error,
-            },
-        )
+        self._producer_options = {
+            "linger.ms": 5,
+            "message.timeout.ms": 15_000,
+            "queue.buffering.max.kbytes": 2 * self.config.max_inflight_bytes // 1024,
+            "error_cb": self._on_kafka_error,
+        }
+        self.producer = make_producer(kafka, **self._producer_options)
+        self.pending: set[asyncio.Future[None]] = set()
         self.buckets = {
             tenant: TokenBucket(rate, rate) for tenant, rate in self.config.rate_limits.items()
         }
@@ -137,14 +136,38 @@ class Gateway:
     def _on_kafka_error(self, err: Any) -> None:
         from confluent_kafka import KafkaError
 
-        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+        # A single connection failure (_TRANSPORT) is retried by librdkafka; only "all brokers
+        # down" means Kafka is away. The probe thread says when it is back.
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
             if not self.kafka_down:
                 log.warning("kafka unreachable error=%s", err)
             self.kafka_down = True
+        elif err.fatal():
+            log.error("kafka producer failed error=%s", err)
+            self.kafka_down = True
 
     def _poll(self) -> None:
+        from confluent_kafka import KafkaException
+
         while not self.stop.is_set():
-            self.producer.poll(0.05)
+            try:
+                self.producer.poll(0.05)
+            except KafkaException as exc:
+                # A fatal producer error (a broker that lost the idempotent producer's state,
+                # for one) leaves the producer unusable: start a new one.
+                log.error("kafka producer failed, starting a new one error=%s", exc)
+                self._replace_producer()
+
+    def _replace_producer(self) -> None:
+        old = self.producer
+        self.producer = make_producer(self.settings.kafka, **self._producer_options)
+        with self.lock:
+            pending, self.pending = self.pending, set()
+            self.inflight = 0
+        assert self.loop is not None
+        for future in pending:  # their records will never be acknowledged: clients retry
+            self.loop.call_soon_threadsafe(_fail, future, "producer replaced")
+        old.purge()
 
     def _probe(self) -> None:
         """While Kafka is unreachable, check every 2 s whether it is back."""
@@ -156,6 +179,9 @@ class Gateway:
             except Exception as exc:  # still down: keep answering 503
                 log.info("kafka still unreachable error=%s", exc)
                 continue
+            # A producer that lived through the outage may be stuck with state the broker no
+            # longer knows (idempotence sequence numbers, stale leaders): start afresh.
+            self._replace_producer()
             log.info("kafka reachable again")
             self.kafka_down = False
 
@@ -243,6 +269,8 @@ class Gateway:
 
         with self.lock:
             self.inflight += size
+            self.pending.add(done)
+        done.add_done_callback(self.pending.discard)
         try:
             for partition, trace_id, value in records:
                 self.producer.produce(

@@ -146,3 +146,153 @@ def test_bad_requests_get_the_documented_status(broker: LocalBroker, tmp_path: P
         assert gateway.proc.poll() is None, "the gateway stays up"
     finally:
         gateway.stop()
+
+
+def _trace_ids(body: bytes) -> set[str]:
+    request = ExportTraceServiceRequest.FromString(body)
+    return {
+        s.trace_id.hex() for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans
+    }
+
+
+def _read_topic(bootstrap: str, topic: str, expect_traces: int) -> dict[str, int]:
+    """Spans per trace ID found in the topic (reads until `expect_traces` or a timeout)."""
+    import time
+    import uuid
+
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex[:6]}",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([topic])
+    counts: dict[str, int] = {}
+    deadline = time.monotonic() + 60
+    idle_since = time.monotonic()
+    while time.monotonic() < deadline:
+        messages = consumer.consume(1000, timeout=0.5)
+        if not messages and len(counts) >= expect_traces and time.monotonic() - idle_since > 2:
+            break
+        for msg in messages:
+            if msg.error() is None:
+                idle_since = time.monotonic()
+                request = ExportTraceServiceRequest.FromString(msg.value())
+                assert msg.key() == bytes.fromhex(next(iter(_trace_ids(msg.value()))))
+                for rs in request.resource_spans:
+                    for ss in rs.scope_spans:
+                        for span in ss.spans:
+                            counts[span.trace_id.hex()] = counts.get(span.trace_id.hex(), 0) + 1
+    consumer.close()
+    return counts
+
+
+def test_broker_outage_answers_503_and_loses_nothing(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from streams.broker import LocalBroker, free_port
+
+    port = free_port()
+    broker = LocalBroker(port=port, log_path=tmp_path / "tansu.log").start()
+    config = {"kafka": {"bootstrap_servers": broker.bootstrap, "partitions": 4}}
+    gateway = IngestProcess(tmp_path, config, {"tokens": TOKENS})
+    auth = {"Authorization": "Bearer token-a"}
+    try:
+        assert post(gateway.http_url, request_bytes(), **auth)[0] == 200
+        broker.stop()
+
+        def refused() -> bool:
+            status, headers, _ = post(gateway.http_url, request_bytes(), **auth)
+            return status == 503 and headers.get("Retry-After") == "5"
+
+        wait_for(refused, 60, "503 with Retry-After while the broker is down")
+
+        sdk = SdkTraces(seed=8)
+        ids = [sdk.make("ordinary", "acme") for _ in range(100)]
+        spans = sdk.spans_by_trace()
+        exporter = HttpExporter(endpoint=gateway.http_url, headers=auth, timeout=5)
+        attempts: list[int] = []
+
+        def client() -> None:
+            for start in range(0, len(ids), 10):
+                batch = [s for t in ids[start : start + 10] for s in spans[t]]
+                tries = 0
+                while exporter.export(batch) != SpanExportResult.SUCCESS:
+                    tries += 1  # the SDK gave up on this attempt; an application retries
+                    time.sleep(0.5)
+                attempts.append(tries)
+
+        sender = threading.Thread(target=client)
+        sender.start()
+        time.sleep(8)
+        assert sender.is_alive(), "nothing can be accepted while Kafka is away"
+        broker = LocalBroker(port=port, log_path=tmp_path / "tansu-2.log").start()
+        sender.join(120)
+        assert not sender.is_alive()
+        counts = _read_topic(broker.bootstrap, "otlp_spans", len(ids))
+        assert {t: n for t, n in counts.items() if t in ids} == {t: len(spans[t]) for t in ids}
+        assert gateway.proc.poll() is None
+    finally:
+        gateway.stop()
+        broker.stop()
+
+
+def test_overload_is_throttled_and_every_accepted_span_is_in_kafka(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    import threading
+    import time
+
+    from streams.broker import LocalBroker  # noqa: F401 (type only)
+
+    pipeline = Pipeline(broker, tmp_path)
+    gateway = IngestProcess(
+        tmp_path, pipeline.config, {"tokens": TOKENS, "max_inflight_bytes": 1024 * 1024}
+    )
+    auth = {"Authorization": "Bearer token-a"}
+    accepted: set[str] = set()
+    statuses: dict[int, int] = {}
+    spans_accepted = [0]
+    lock = threading.Lock()
+    stop_at = time.monotonic() + 10
+
+    def load(seed: int) -> None:
+        n = 0
+        while time.monotonic() < stop_at:
+            body = request_bytes(traces=100, seed=seed * 100_000 + n)
+            n += 1
+            status, _, _ = post(gateway.http_url, body, **auth)
+            with lock:
+                statuses[status] = statuses.get(status, 0) + 1
+                if status == 200:
+                    accepted.update(_trace_ids(body))
+                    spans_accepted[0] += 500
+
+    try:
+        started = time.monotonic()
+        threads = [threading.Thread(target=load, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.monotonic() - started
+        print(
+            f"ingest: {statuses.get(200, 0) / elapsed:.0f} accepted requests/s, "
+            f"{spans_accepted[0] / elapsed:,.0f} spans/s; statuses {statuses}"
+        )
+        assert statuses.get(429, 0) > 0, statuses
+        assert set(statuses) <= {200, 429, 503}, statuses
+        peak_kib = next(
+            int(line.split()[1])
+            for line in Path(f"/proc/{gateway.proc.pid}/status").read_text().splitlines()
+            if line.startswith("VmHWM:")
+        )
+        assert peak_kib < 400 * 1024, f"gateway peak RSS {peak_kib / 1024:.0f} MiB"
+        counts = _read_topic(broker.bootstrap, pipeline.kafka["input_topic"], len(accepted))
+        assert accepted <= set(counts), "a span answered 200 is missing from Kafka"
+    finally:
+        gateway.stop()
