@@ -271,6 +271,7 @@ class Gateway:
             self.inflight += size
             self.pending.add(done)
         done.add_done_callback(self.pending.discard)
+        queued = 0
         try:
             for partition, trace_id, value in records:
                 self.producer.produce(
@@ -281,8 +282,12 @@ class Gateway:
                     headers=headers,
                     on_delivery=on_delivery,
                 )
+                queued += len(value)
         except (BufferError, Exception) as exc:
-            # Records already queued will still be delivered; the client retries the request.
+            # Records already queued will still be delivered (and counted down as they are);
+            # the rest never will. The client retries the request.
+            with self.lock:
+                self.inflight -= size - queued
             raise Refused(503, f"cannot queue for Kafka: {exc}", retry_after=5) from exc
         try:
             await done
