@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 from policies.trace import TraceView
 
-__all__ = ["Decision", "Match", "NoFields", "Policy", "Verdict"]
+__all__ = ["Decision", "Match", "NoFields", "Policy", "Verdict", "match_verdict"]
 
 
 class Verdict(enum.Enum):
@@ -28,6 +28,14 @@ class Verdict(enum.Enum):
     """An ``invert_match`` policy found a match: drop, whatever the other policies say."""
     DROPPED = "dropped"
     """Drop the trace, whatever the other policies say (the ``drop`` policy)."""
+
+
+def match_verdict(matched: bool, invert: bool) -> Verdict:
+    """The verdict of an attribute policy: SAMPLED on a match; with ``invert_match`` (as the
+    Collector), a match is INVERTED_NOT_SAMPLED and no match INVERTED_SAMPLED."""
+    if invert:
+        return Verdict.INVERTED_NOT_SAMPLED if matched else Verdict.INVERTED_SAMPLED
+    return Verdict.SAMPLED if matched else Verdict.NOT_SAMPLED
 
 
 class NoFields(BaseModel):

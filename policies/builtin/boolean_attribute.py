@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, StrictBool
 
-from policies.model import Policy, Verdict
+from policies.model import Policy, Verdict, match_verdict
 from policies.trace import TraceView
 
 __all__ = ["BooleanAttribute", "BooleanAttributeConfig"]
@@ -44,9 +44,7 @@ class BooleanAttribute(Policy):
         """Look for a matching value among the attribute's values, computed once on the view."""
         wanted = self._value
         matched = any((value is True) is wanted for value in trace.attribute_values(self._key))
-        if self._invert:
-            return Verdict.INVERTED_NOT_SAMPLED if matched else Verdict.INVERTED_SAMPLED
-        return Verdict.SAMPLED if matched else Verdict.NOT_SAMPLED
+        return match_verdict(matched, self._invert)
 
     def may_veto(self) -> bool:
         """With ``invert_match``: a match gives INVERTED_NOT_SAMPLED."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from policies.model import Policy, Verdict
+from policies.model import Policy, Verdict, match_verdict
 from policies.trace import TraceView
 
 __all__ = ["NumericAttribute", "NumericAttributeConfig"]
@@ -62,9 +62,7 @@ class NumericAttribute(Policy):
             low <= (value if type(value) is int else 0) <= high
             for value in trace.attribute_values(self._key)
         )
-        if self._invert:
-            return Verdict.INVERTED_NOT_SAMPLED if matched else Verdict.INVERTED_SAMPLED
-        return Verdict.SAMPLED if matched else Verdict.NOT_SAMPLED
+        return match_verdict(matched, self._invert)
 
     def may_veto(self) -> bool:
         """With ``invert_match``: a value in range gives INVERTED_NOT_SAMPLED."""
