@@ -24,6 +24,7 @@ from streams.buffer import TraceBuffer
 from streams.config import ConfigError, Settings, load_settings
 from streams.decide import Decider, DecisionCache, PolicySets
 from streams.export import ExportLoop
+from streams.health import ExportOutcomes, Health, serve_health
 from streams.kafka import (
     INDEX_HEADER,
     TENANT_HEADER,
@@ -32,7 +33,7 @@ from streams.kafka import (
     make_producer,
     send_dead_letter,
 )
-from streams.metrics import CONFIG_RELOADS, SPANS_RECEIVED, WORKER_READY, serve_metrics
+from streams.metrics import CONFIG_RELOADS, SPANS_RECEIVED, WORKER_READY
 from streams.otlp import BadInput, decode_request, fragments_of, split_by_trace, unpack_index
 from streams.route import TenantResolver, TenantRoutes
 from streams.split import SplitStage, span_count
@@ -53,23 +54,32 @@ class Worker:
     cache: DecisionCache
     decider: Decider
     producer: Any
+    health: Health
     threads: list[threading.Thread] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     ready: bool = False
 
-    def run(self, loglevel: str = "info") -> None:
-        """Start the threads and the Faust worker; stop and flush everything on exit."""
+    def run(self, loglevel: str = "info") -> int:
+        """Start the threads and the Faust worker; stop and flush everything; the exit code."""
         for thread in self.threads:
             thread.start()
+        self.health.set_pipeline("starting")
         worker = faust.Worker(self.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+        code = 1
         try:
             worker.execute_from_commandline()
+        except SystemExit as exc:  # mode's worker always ends this way
+            code = exc.code if isinstance(exc.code, int) else 1
         finally:
+            self.health.set_pipeline("draining")
+            self.health.ready = False
             self.stop.set()
             for thread in self.threads:
                 thread.join(timeout=15)
             self.producer.flush(10)
-            log.info("worker stopped")
+            self.health.set_pipeline("stopped")
+            log.info("worker stopped code=%d", code)
+        return code
 
 
 class Intake:
@@ -157,6 +167,7 @@ class PolicyReloader:
         self.decider = decider
         self.settings = settings
         self.mtime = self._mtime()
+        self.reloads = 0
 
     def _mtime(self) -> float:
         try:
@@ -182,6 +193,7 @@ class PolicyReloader:
             log.error("config reload rejected, policies unchanged file=%s", self.path)
             return
         self.decider.policy_sets = PolicySets.from_settings(new)
+        self.reloads += 1
         CONFIG_RELOADS.labels("success").inc()
         ignored = [
             name
@@ -251,7 +263,9 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
     decider = Decider(
         PolicySets.from_settings(settings), routes, buffer, cache, producer, kafka.sampled_topic
     )
-    worker = Worker(settings, app, buffer, cache, decider, producer)
+    outcomes = ExportOutcomes()
+    health = Health(settings, buffered=lambda: len(buffer), outcomes=outcomes)
+    worker = Worker(settings, app, buffer, cache, decider, producer, health)
     intake = Intake(worker, TenantResolver(settings.tenant_from, settings.default_tenant), direct)
 
     @app.agent(topic, name="buffer-spans")
@@ -261,6 +275,7 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
 
     @app.timer(decision.tick, name="decide-due")
     async def decide_due() -> None:
+        health.beat()
         if not worker.ready:
             return
         while True:
@@ -287,7 +302,8 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
             log.exception("buffer recovery failed")
             await app.crash(exc)
             return
-        worker.ready = True
+        worker.ready = health.ready = True
+        health.set_pipeline("running")
         WORKER_READY.set(1)
         log.info(
             "buffer recovered partitions=%s traces=%d decisions=%d",
@@ -300,7 +316,7 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
     async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
         # Until the new assignment is recovered, the timer must not decide traces of
         # partitions that may now belong to another worker.
-        worker.ready = False
+        worker.ready = health.ready = False
         WORKER_READY.set(0)
 
     if config_path is not None:
@@ -317,12 +333,26 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
     if not direct:
         worker.threads.append(SplitStage(settings, worker.stop))
     routed = {name for tenant in settings.tenants.values() for name in tenant.exporters}
-    for name in sorted(routed):
-        worker.threads.append(ExportLoop(name, settings, worker.stop, producer))
+    exporters = [
+        ExportLoop(name, settings, worker.stop, producer, outcomes) for name in sorted(routed)
+    ]
+    worker.threads.extend(exporters)
+    health.exporter_states = lambda: {loop.exporter_name: loop.state for loop in exporters}
+
+    @app.on_before_shutdown.connect
+    async def on_shutdown(app: Any, **kwargs: Any) -> None:
+        health.set_pipeline("draining")
+        health.ready = False
+
+    @app.timer(5.0, name="evaluate-health")
+    async def evaluate_health() -> None:
+        health.evaluate()
+
     return worker
 
 
-def run_worker(settings: Settings, config_path: Path | None = None, loglevel: str = "info") -> None:
+def run_worker(settings: Settings, config_path: Path | None = None, loglevel: str = "info") -> int:
     """Run one worker until it is told to stop; policies reload from `config_path`."""
-    serve_metrics(settings.metrics.host, settings.metrics.port)
-    build_worker(settings, config_path).run(loglevel)
+    worker = build_worker(settings, config_path)
+    serve_health(worker.health, settings.metrics.host, settings.metrics.port)
+    return worker.run(loglevel)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import signal
 import sys
 import threading
@@ -54,8 +56,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from streams.app import run_worker
 
     path = Path(args.config) if args.config else None
-    run_worker(_settings(args), path, loglevel=args.loglevel)
-    return 0
+    code = run_worker(_settings(args), path, loglevel=args.loglevel)
+    # Everything Caudal owns is flushed, committed and closed by now. Faust's consumer thread
+    # can outlive its event loop after a stop (a race in mode's shutdown) and would keep the
+    # interpreter waiting for it forever: end the process here.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:

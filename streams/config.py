@@ -221,6 +221,16 @@ class RedactionConfig(_Model):
     hash_salt: str = ""
 
 
+class HealthConfig(_Model):
+    """Thresholds of the worker's health states (see /status)."""
+
+    degraded_buffer_fill: float = Field(default=0.8, gt=0, le=1)
+    min_export_success: float = Field(default=0.99, ge=0, le=1)
+    max_export_failure: float = Field(default=0.5, ge=0, le=1)
+    # RSS in bytes over which the worker reports itself unhealthy; 0: no limit.
+    memory_limit: int = Field(default=0, ge=0)
+
+
 class IngestTLSConfig(_Model):
     """TLS for the ingest listeners (both use the same certificate)."""
 
@@ -318,6 +328,7 @@ class Settings(_Model):
     worker: WorkerConfig = WorkerConfig()
     metrics: MetricsConfig = MetricsConfig()
     ingest: IngestConfig = IngestConfig()
+    health: HealthConfig = HealthConfig()
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:

@@ -23,6 +23,7 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from streams.backends import PermanentError, RetryableError, build_backend
 from streams.config import CircuitBreakerConfig, Settings
+from streams.health import ExportOutcomes
 from streams.kafka import SPAN_COUNT_HEADER, client_config, send_dead_letter
 from streams.metrics import (
     CIRCUIT_OPENS,
@@ -86,12 +87,20 @@ class CircuitBreaker:
 class ExportLoop(threading.Thread):
     """Feed one exporter from `caudal-sampled`, committing only what it delivered."""
 
-    def __init__(self, name: str, settings: Settings, stop: threading.Event, producer: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        stop: threading.Event,
+        producer: Any,
+        outcomes: ExportOutcomes | None = None,
+    ) -> None:
         super().__init__(name=f"caudal-export-{name}", daemon=True)
         self.exporter_name = name
         self.settings = settings
         self.stop = stop
         self.producer = producer  # for dead letters
+        self.outcomes = outcomes or ExportOutcomes()
         self.config = settings.exporters[name]
         self.backend = build_backend(self.config, settings.kafka)
         self.breaker = CircuitBreaker(self.config.circuit_breaker)
@@ -180,6 +189,7 @@ class ExportLoop(threading.Thread):
                 continue
             self.set_state("half_open" if self.breaker.half_open else "sending")
             failure = self._send(pending, spans)
+            self.outcomes.record(failure is None)
             if failure is None:
                 self.breaker.success()
                 EXPORT_BATCHES.labels(self.exporter_name, "success").inc()

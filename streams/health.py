@@ -1,0 +1,184 @@
+"""Health of a worker: pipeline state, health state with reasons, and the HTTP endpoints.
+
+On the metrics port: `/metrics` (Prometheus), `/healthz` (liveness: the event loop is alive),
+`/readyz` (503 until the worker joined its group and recovered its tables), `/status` (JSON).
+
+Health states, as documented in README: `healthy`; `degraded` when the buffer is over
+`health.degraded_buffer_fill` of `decision.max_traces` or export success is under
+`health.min_export_success` over the last minute; `unhealthy` when the buffer is full, export
+failures are over `health.max_export_failure`, or RSS is over `health.memory_limit`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, generate_latest
+
+from streams.config import Settings
+
+__all__ = ["HEALTH_STATES", "PIPELINE_STATES", "ExportOutcomes", "Health", "serve_health"]
+
+PIPELINE_STATES = ("initializing", "starting", "running", "degraded", "draining", "stopped")
+HEALTH_STATES = ("healthy", "degraded", "unhealthy")
+
+PIPELINE_STATE = Gauge(
+    "caudal_pipeline_state", "1 for the worker's current pipeline state.", ["state"]
+)
+HEALTH_STATE = Gauge("caudal_health_state", "1 for the worker's current health state.", ["state"])
+
+
+class ExportOutcomes:
+    """Batch outcomes of the last minute, shared by all exporters of a worker."""
+
+    def __init__(self, window: float = 60.0) -> None:
+        self.window = window
+        self.events: deque[tuple[float, bool]] = deque()
+        self.lock = threading.Lock()
+
+    def record(self, ok: bool) -> None:
+        """Note one batch attempt."""
+        with self.lock:
+            self.events.append((time.monotonic(), ok))
+
+    def success_ratio(self) -> float | None:
+        """Share of successful attempts in the window, or None without attempts."""
+        cutoff = time.monotonic() - self.window
+        with self.lock:
+            while self.events and self.events[0][0] < cutoff:
+                self.events.popleft()
+            if not self.events:
+                return None
+            return sum(ok for _, ok in self.events) / len(self.events)
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * 4096
+    except OSError:
+        return 0
+
+
+@dataclass
+class Health:
+    """What the endpoints report; the worker feeds it."""
+
+    settings: Settings
+    buffered: Callable[[], int] = lambda: 0
+    exporter_states: Callable[[], dict[str, str]] = dict
+    outcomes: ExportOutcomes = field(default_factory=ExportOutcomes)
+    pipeline: str = "initializing"
+    ready: bool = False
+    heartbeat: float = field(default_factory=time.monotonic)
+    reloads: int = 0
+
+    def __post_init__(self) -> None:
+        self.set_pipeline("initializing")
+
+    def set_pipeline(self, state: str) -> None:
+        """Move the lifecycle (one-hot gauge)."""
+        self.pipeline = state
+        for known in PIPELINE_STATES:
+            PIPELINE_STATE.labels(known).set(1 if known == state else 0)
+
+    def beat(self) -> None:
+        """The event loop is alive (called from the decision timer)."""
+        self.heartbeat = time.monotonic()
+
+    def evaluate(self) -> tuple[str, list[str]]:
+        """Health state and the reasons for it."""
+        config = self.settings.health
+        max_traces = self.settings.decision.max_traces
+        fill = self.buffered() / max_traces
+        success = self.outcomes.success_ratio()
+        rss = _rss_bytes()
+        unhealthy, degraded = [], []
+        if fill >= 1.0:
+            unhealthy.append(f"buffer full ({self.buffered()} of {max_traces} traces)")
+        elif fill > config.degraded_buffer_fill:
+            degraded.append(f"buffer at {fill:.0%} of decision.max_traces")
+        if success is not None:
+            if 1 - success > config.max_export_failure:
+                unhealthy.append(f"export failures at {1 - success:.0%} over the last minute")
+            elif success < config.min_export_success:
+                degraded.append(f"export success at {success:.1%} over the last minute")
+        if config.memory_limit and rss > config.memory_limit:
+            unhealthy.append(f"RSS {rss // 2**20} MiB over health.memory_limit")
+        state = "unhealthy" if unhealthy else "degraded" if degraded else "healthy"
+        for known in HEALTH_STATES:
+            HEALTH_STATE.labels(known).set(1 if known == state else 0)
+        if self.pipeline in ("running", "degraded"):
+            self.set_pipeline("degraded" if state != "healthy" else "running")
+        return state, unhealthy + degraded
+
+    def alive(self) -> bool:
+        """Liveness: before the worker runs, starting up counts as alive."""
+        if self.pipeline in ("initializing", "starting", "draining", "stopped"):
+            return True
+        return time.monotonic() - self.heartbeat < 30
+
+    def status(self) -> dict[str, Any]:
+        """The /status document."""
+        state, reasons = self.evaluate()
+        max_traces = self.settings.decision.max_traces
+        buffered = self.buffered()
+        success = self.outcomes.success_ratio()
+        return {
+            "pipeline_state": self.pipeline,
+            "ready": self.ready,
+            "health": {"state": state, "reasons": reasons},
+            "degradation_level": 0,
+            "buffer": {
+                "traces": buffered,
+                "max_traces": max_traces,
+                "fill": round(buffered / max_traces, 4),
+            },
+            "export_success_last_minute": None if success is None else round(success, 4),
+            "exporters": self.exporter_states(),
+            "config_reloads": self.reloads,
+        }
+
+
+def serve_health(health: Health, host: str, port: int) -> ThreadingHTTPServer | None:
+    """Serve /metrics, /healthz, /readyz and /status on host:port (port 0: nothing)."""
+    if not port:
+        return None
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                ok = health.alive()
+                self._send(200 if ok else 503, b"ok\n" if ok else b"event loop stalled\n")
+            elif path == "/readyz":
+                ok = health.ready and health.pipeline in ("running", "degraded")
+                self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+            elif path == "/status":
+                body = json.dumps(health.status(), indent=2).encode() + b"\n"
+                self._send(200, body, "application/json")
+            else:
+                self._send(404, b"not found: try /metrics, /healthz, /readyz, /status\n")
+
+        def _send(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="caudal-health", daemon=True).start()
+    return server

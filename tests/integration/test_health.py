@@ -1,0 +1,65 @@
+"""Health endpoints of a worker on the real broker."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from streams.broker import LocalBroker
+from tests.integration.harness import Pipeline, wait_for
+from tests.integration.sdk_traces import SdkTraces, encode
+
+pytestmark = pytest.mark.integration
+
+
+def get(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return 0, b""
+
+
+def test_readyz_healthz_and_status(broker: LocalBroker, tmp_path: Path) -> None:
+    pipeline = Pipeline(broker, tmp_path)
+    try:
+        worker = pipeline.start_worker()
+        port = worker.metrics_port
+        # The endpoints are up before the worker has joined its group: not ready yet.
+        first = wait_for(lambda: get(port, "/readyz")[0], 30, "the health endpoint")
+        assert first == 503
+        assert get(port, "/healthz")[0] == 200
+        wait_for(lambda: get(port, "/readyz")[0] == 200, 60, "readiness")
+
+        sdk = SdkTraces(seed=61)
+        ids = [sdk.make("error", "acme") for _ in range(20)]
+        traces = sdk.spans_by_trace()
+        for tid in ids:
+            pipeline.produce(encode(traces[tid]))
+        pipeline.flush()
+        wait_for(lambda: worker.total("caudal_decisions_total") >= 20, 60, "decisions")
+
+        status, body = get(port, "/status")
+        assert status == 200
+        doc = json.loads(body)
+        assert doc["pipeline_state"] == "running"
+        assert doc["ready"] is True
+        assert doc["health"] == {"state": "healthy", "reasons": []}
+        assert doc["degradation_level"] == 0
+        assert set(doc["buffer"]) == {"traces", "max_traces", "fill"}
+        assert doc["exporters"] == {"files": "idle"} or doc["exporters"]["files"] in (
+            "idle",
+            "sending",
+        )
+        assert worker.total("caudal_health_state", state="healthy") == 1
+        assert worker.total("caudal_pipeline_state", state="running") == 1
+        assert get(port, "/nope")[0] == 404
+        assert worker.stop() == 0
+    finally:
+        pipeline.stop()
