@@ -101,7 +101,9 @@ def run_demo(duration: float = 0, output: str = "./demo-output", rate: float = 2
         "kafka": {"bootstrap_servers": broker.bootstrap, "partitions": 4},
         "decision": {"wait": "5s"},
         "exporters": {"files": {"type": "file", "path": str(out)}},
-        "tenants": {"default": {"exporters": ["files"]}},
+        # Tenants named in the config are labelled as themselves in metrics (others count as
+        # the default tenant, so clients cannot create unbounded label values).
+        "tenants": {name: {"exporters": ["files"]} for name in (*TENANTS, "default")},
         "worker": {"state_dir": str(work / "state")},
         "metrics": {"port": metrics_port},
     }
