@@ -211,7 +211,7 @@ class PolicyReloader:
 
 
 def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
-    """Create topics, the Faust app, its tables, agent and timer, and the split and export threads."""
+    """Create topics, the Faust app with its tables, agent and timers, and the worker threads."""
     kafka = settings.kafka
     direct = kafka.input_keyed_by_trace_id
     source_topic = kafka.input_topic if direct else kafka.spans_topic
