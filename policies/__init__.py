@@ -14,7 +14,7 @@ from policies.engine import (
     build_engine,
     build_sub_policies,
 )
-from policies.model import Decision, Match, NoFields, Policy, Verdict
+from policies.model import Decision, Match, NoFields, Policy, StatelessPolicy, Verdict
 from policies.registry import ENTRY_POINT_GROUP, installed_policies, load_policy_class
 from policies.trace import TraceView, any_value_to_python
 
@@ -27,6 +27,7 @@ __all__ = [
     "PolicyConfigError",
     "PolicyEngine",
     "PolicySettings",
+    "StatelessPolicy",
     "SubPolicy",
     "TraceView",
     "Verdict",

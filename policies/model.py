@@ -12,7 +12,15 @@ from pydantic import BaseModel, ConfigDict
 
 from policies.trace import TraceView
 
-__all__ = ["Decision", "Match", "NoFields", "Policy", "Verdict", "match_verdict"]
+__all__ = [
+    "Decision",
+    "Match",
+    "NoFields",
+    "Policy",
+    "StatelessPolicy",
+    "Verdict",
+    "match_verdict",
+]
 
 
 class Verdict(enum.Enum):
@@ -110,6 +118,19 @@ class Policy(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, config={self.config!r})"
+
+
+class StatelessPolicy(Policy):
+    """A policy that keeps no state and never vetoes (SAMPLED or NOT_SAMPLED only): the engine
+    may skip it once a trace is kept. Policies with ``invert_match`` override ``may_veto``."""
+
+    def may_veto(self) -> bool:
+        """Never: SAMPLED or NOT_SAMPLED."""
+        return False
+
+    def keeps_state(self) -> bool:
+        """No state."""
+        return False
 
 
 @dataclass(frozen=True, slots=True)

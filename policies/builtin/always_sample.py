@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from policies.model import NoFields, Policy, Verdict
+from policies.model import NoFields, StatelessPolicy, Verdict
 from policies.trace import TraceView
 
 __all__ = ["AlwaysSample", "AlwaysSampleConfig"]
@@ -12,7 +12,7 @@ class AlwaysSampleConfig(NoFields):
     """``always_sample`` takes no fields."""
 
 
-class AlwaysSample(Policy):
+class AlwaysSample(StatelessPolicy):
     """Return SAMPLED for every trace."""
 
     Config = AlwaysSampleConfig
@@ -23,11 +23,3 @@ class AlwaysSample(Policy):
     def evaluate(self, trace: TraceView, now: float) -> Verdict:
         """Return SAMPLED."""
         return Verdict.SAMPLED
-
-    def may_veto(self) -> bool:
-        """Never: always SAMPLED."""
-        return False
-
-    def keeps_state(self) -> bool:
-        """No state."""
-        return False

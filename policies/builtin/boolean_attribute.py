@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, StrictBool
 
-from policies.model import Policy, Verdict, match_verdict
+from policies.model import StatelessPolicy, Verdict, match_verdict
 from policies.trace import TraceView
 
 __all__ = ["BooleanAttribute", "BooleanAttributeConfig"]
@@ -23,7 +23,7 @@ class BooleanAttributeConfig(BaseModel):
     """Return the Collector's inverted verdicts: a matching value vetoes the trace."""
 
 
-class BooleanAttribute(Policy):
+class BooleanAttribute(StatelessPolicy):
     """Match the values of attribute ``key`` against ``value``.
 
     As ``boolean_tag_filter.go``: a value that is not a boolean reads as ``false`` (pdata's
@@ -49,7 +49,3 @@ class BooleanAttribute(Policy):
     def may_veto(self) -> bool:
         """With ``invert_match``: a match gives INVERTED_NOT_SAMPLED."""
         return self._invert
-
-    def keeps_state(self) -> bool:
-        """No state."""
-        return False

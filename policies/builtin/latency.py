@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from policies.model import Policy, Verdict
+from policies.model import StatelessPolicy, Verdict
 from policies.trace import TraceView
 
 __all__ = ["Latency", "LatencyConfig"]
@@ -31,7 +31,7 @@ class LatencyConfig(BaseModel):
         return self
 
 
-class Latency(Policy):
+class Latency(StatelessPolicy):
     """SAMPLED when the trace duration (latest span end − earliest span start) qualifies.
 
     Without ``upper_threshold_ms``: duration >= ``threshold_ms``. With it, the Collector's
@@ -84,14 +84,6 @@ class Latency(Policy):
             if self._qualifies(_duration_ms(low, high)):
                 return Verdict.SAMPLED
         return Verdict.NOT_SAMPLED
-
-    def may_veto(self) -> bool:
-        """Never: SAMPLED or NOT_SAMPLED."""
-        return False
-
-    def keeps_state(self) -> bool:
-        """No state."""
-        return False
 
 
 def _duration_ms(start: int, end: int) -> int:

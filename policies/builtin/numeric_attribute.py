@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from policies.model import Policy, Verdict, match_verdict
+from policies.model import StatelessPolicy, Verdict, match_verdict
 from policies.trace import TraceView
 
 __all__ = ["NumericAttribute", "NumericAttributeConfig"]
@@ -35,7 +35,7 @@ class NumericAttributeConfig(BaseModel):
         return self
 
 
-class NumericAttribute(Policy):
+class NumericAttribute(StatelessPolicy):
     """Match the values of attribute ``key`` against ``[min_value, max_value]``.
 
     As ``numeric_tag_filter.go``: a bound of 0 is no bound (``processor.go`` passes only
@@ -67,7 +67,3 @@ class NumericAttribute(Policy):
     def may_veto(self) -> bool:
         """With ``invert_match``: a value in range gives INVERTED_NOT_SAMPLED."""
         return self._invert
-
-    def keeps_state(self) -> bool:
-        """No state."""
-        return False

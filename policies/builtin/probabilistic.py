@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from policies.hashing import fnv1a_64, ratio_threshold
-from policies.model import Policy, Verdict
+from policies.model import StatelessPolicy, Verdict
 from policies.trace import TraceView
 
 __all__ = ["DEFAULT_HASH_SALT", "Probabilistic", "ProbabilisticConfig"]
@@ -26,7 +26,7 @@ class ProbabilisticConfig(BaseModel):
     salts. Empty means the Collector's default salt."""
 
 
-class Probabilistic(Policy):
+class Probabilistic(StatelessPolicy):
     """SAMPLED when FNV-1a-64(salt + trace ID) <= MaxUint64 × sampling_percentage / 100.
 
     The Collector's algorithm bit for bit (``probabilistic.go``), so every worker, every
@@ -52,11 +52,3 @@ class Probabilistic(Policy):
     def probability(self) -> float:
         """Return ``sampling_percentage / 100``."""
         return self._probability
-
-    def may_veto(self) -> bool:
-        """Never: SAMPLED or NOT_SAMPLED."""
-        return False
-
-    def keeps_state(self) -> bool:
-        """No state."""
-        return False

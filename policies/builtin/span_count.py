@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from policies.model import Policy, Verdict
+from policies.model import StatelessPolicy, Verdict
 from policies.trace import TraceView
 
 __all__ = ["SpanCount", "SpanCountConfig"]
@@ -23,7 +23,7 @@ class SpanCountConfig(BaseModel):
     """Keep traces with at most this many spans (inclusive); 0 means no upper bound."""
 
 
-class SpanCount(Policy):
+class SpanCount(StatelessPolicy):
     """SAMPLED when ``min_spans <= span count`` and, unless ``max_spans`` is 0,
     ``span count <= max_spans`` (``span_count_sampler.go``).
 
@@ -45,11 +45,3 @@ class SpanCount(Policy):
         if count >= self._min and (self._max == 0 or count <= self._max):
             return Verdict.SAMPLED
         return Verdict.NOT_SAMPLED
-
-    def may_veto(self) -> bool:
-        """Never: SAMPLED or NOT_SAMPLED."""
-        return False
-
-    def keeps_state(self) -> bool:
-        """No state."""
-        return False

@@ -7,7 +7,7 @@ from typing import Literal
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 from pydantic import BaseModel, ConfigDict, Field
 
-from policies.model import Policy, Verdict
+from policies.model import StatelessPolicy, Verdict
 from policies.trace import TraceView
 
 __all__ = ["StatusCode", "StatusCodeConfig"]
@@ -31,7 +31,7 @@ _CODES: dict[StatusName, int] = {
 }
 
 
-class StatusCode(Policy):
+class StatusCode(StatelessPolicy):
     """SAMPLED if any span's status code is in ``status_codes``, else NOT_SAMPLED."""
 
     Config = StatusCodeConfig
@@ -47,11 +47,3 @@ class StatusCode(Policy):
             if trace.has_status(code):
                 return Verdict.SAMPLED
         return Verdict.NOT_SAMPLED
-
-    def may_veto(self) -> bool:
-        """Never: SAMPLED or NOT_SAMPLED."""
-        return False
-
-    def keeps_state(self) -> bool:
-        """No state."""
-        return False

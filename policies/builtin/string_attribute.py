@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from policies.model import Policy, Verdict
+from policies.model import StatelessPolicy, Verdict
 from policies.trace import StringValueProbe, TraceView
 
 __all__ = ["StringAttribute", "StringAttributeConfig"]
@@ -45,7 +45,7 @@ class StringAttributeConfig(BaseModel):
         return values
 
 
-class StringAttribute(Policy):
+class StringAttribute(StatelessPolicy):
     """Match string values of attribute ``key`` against ``values``.
 
     Not inverted: SAMPLED if any value matches, else NOT_SAMPLED. Inverted: a match gives
@@ -89,7 +89,3 @@ class StringAttribute(Policy):
     def may_veto(self) -> bool:
         """With ``invert_match``: a match gives INVERTED_NOT_SAMPLED."""
         return self._invert
-
-    def keeps_state(self) -> bool:
-        """No state (the regex cache only remembers results)."""
-        return False

@@ -6,7 +6,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict
 
-from policies.model import Policy, Verdict
+from policies.model import StatelessPolicy, Verdict
 from policies.trace import TraceView
 
 __all__ = ["TraceState", "TraceStateConfig", "tracestate_value"]
@@ -30,7 +30,7 @@ class TraceStateConfig(BaseModel):
     characters, never match (the Collector drops them)."""
 
 
-class TraceState(Policy):
+class TraceState(StatelessPolicy):
     """SAMPLED if a span's tracestate holds ``key`` with one of ``values`` (exact match).
 
     As ``trace_state_filter.go``: each span's tracestate is parsed like OpenTelemetry Go's
@@ -53,14 +53,6 @@ class TraceState(Policy):
             if self._needle in state and tracestate_value(state, self._key) in self._values:
                 return Verdict.SAMPLED
         return Verdict.NOT_SAMPLED
-
-    def may_veto(self) -> bool:
-        """Never: SAMPLED or NOT_SAMPLED."""
-        return False
-
-    def keeps_state(self) -> bool:
-        """No state."""
-        return False
 
 
 def tracestate_value(tracestate: str, key: str) -> str | None:
