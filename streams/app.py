@@ -57,7 +57,6 @@ class Worker:
     health: Health
     threads: list[threading.Thread] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
-    ready: bool = False
 
     def run(self, loglevel: str = "info") -> int:
         """Start the threads and the Faust worker; stop and flush everything; the exit code."""
@@ -276,7 +275,7 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
     @app.timer(decision.tick, name="decide-due")
     async def decide_due() -> None:
         health.beat()
-        if not worker.ready:
+        if not health.ready:
             return
         while True:
             batch = decider.decide_due(time.time())
@@ -302,7 +301,7 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
             log.exception("buffer recovery failed")
             await app.crash(exc)
             return
-        worker.ready = health.ready = True
+        health.ready = True
         health.set_pipeline("running")
         WORKER_READY.set(1)
         log.info(
@@ -316,7 +315,7 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
     async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
         # Until the new assignment is recovered, the timer must not decide traces of
         # partitions that may now belong to another worker.
-        worker.ready = health.ready = False
+        health.ready = False
         WORKER_READY.set(0)
 
     if config_path is not None:
