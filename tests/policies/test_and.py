@@ -10,20 +10,8 @@ from policies import PolicyConfigError, Verdict, build_engine
 from streams.config import DEFAULT_POLICIES
 from tests.policies.traces import batch, make_span, view
 
-NOT_VIP_TEN_PERCENT = {
-    "name": "rest",
-    "type": "and",
-    "and_sub_policy": [
-        {
-            "name": "not-vip",
-            "type": "string_attribute",
-            "key": "user.tier",
-            "values": ["vip"],
-            "invert_match": True,
-        },
-        {"name": "ten", "type": "probabilistic", "sampling_percentage": 10},
-    ],
-}
+# The default rules' baseline: `and`[not VIP, probabilistic 10 %], under another name.
+NOT_VIP_TEN_PERCENT = {**DEFAULT_POLICIES[-1], "name": "rest"}
 
 
 def vip(trace_id: bytes, tier: str = "vip"):
