@@ -208,6 +208,13 @@ class TraceView:
         return self._root_span
 
     @property
+    def orphan_span_count(self) -> int:
+        """Spans whose parent span ID names no span of this trace (the parent never arrived)."""
+        spans = self.spans
+        ids = {s.span_id for s in spans}
+        return sum(1 for s in spans if s.parent_span_id and s.parent_span_id not in ids)
+
+    @property
     def trace_states(self) -> tuple[str, ...]:
         """The non-empty W3C ``tracestate`` values of the spans, in trace order."""
         return tuple(self._span().trace_state) if self.resource_spans else ()

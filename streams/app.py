@@ -9,7 +9,9 @@ Data flow inside one worker process:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -23,8 +25,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from streams.buffer import TraceBuffer
 from streams.config import ConfigError, Settings, load_settings
 from streams.decide import Decider, DecisionCache, PolicySets
+from streams.degrade import Degradation, LagClock, Pressure
+from streams.experiments import ExperimentMeter
 from streams.export import ExportLoop
-from streams.health import ExportOutcomes, Health, serve_health
+from streams.health import ExportOutcomes, Health, rss_bytes, serve_health
 from streams.kafka import (
     INDEX_HEADER,
     TENANT_HEADER,
@@ -33,7 +37,15 @@ from streams.kafka import (
     make_producer,
     send_dead_letter,
 )
-from streams.metrics import CONFIG_RELOADS, SPANS_RECEIVED, WORKER_READY
+from streams.logs import logging_dict_config
+from streams.metrics import (
+    BUFFER_MAX_TRACES,
+    CONFIG_RELOADS,
+    CONSUMER_LAG,
+    DECISION_WAIT,
+    SPANS_RECEIVED,
+    WORKER_READY,
+)
 from streams.otlp import BadInput, decode_request, fragments_of, split_by_trace, unpack_index
 from streams.route import TenantResolver, TenantRoutes
 from streams.split import SplitStage, span_count
@@ -55,15 +67,24 @@ class Worker:
     decider: Decider
     producer: Any
     health: Health
+    degradation: Degradation
+    lag: LagClock
+    meter: ExperimentMeter
     threads: list[threading.Thread] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
-    def run(self, loglevel: str = "info") -> int:
+    def run(self) -> int:
         """Start the threads and the Faust worker; stop and flush everything; the exit code."""
         for thread in self.threads:
             thread.start()
         self.health.set_pipeline("starting")
-        worker = faust.Worker(self.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+        worker = faust.Worker(
+            self.app,
+            loglevel=self.settings.logging.level,
+            logging_config=logging_dict_config(self.settings.logging),
+            quiet=True,
+            redirect_stdouts=False,
+        )
         code = 1
         try:
             worker.execute_from_commandline()
@@ -90,11 +111,16 @@ class Intake:
         self.direct = direct
         self.encoding = worker.settings.kafka.input_encoding
         self.dlq_topic = worker.settings.kafka.dlq_topic
+        # Last offset read per partition, for the consumer lag gauge.
+        self.offsets: dict[int, int] = {}
 
     def handle(self, message: Any) -> None:
         """Buffer one record's traces; never raises on bad data (it goes to the DLQ)."""
         headers = dict(message.headers or ())
         now = time.time()
+        self.offsets[message.partition] = message.offset
+        if message.timestamp:
+            self.worker.lag.note(now - message.timestamp)
         try:
             index = headers.get(INDEX_HEADER)
             if index is not None:
@@ -119,7 +145,11 @@ class Intake:
 
     def _take_input(self, message: Any, headers: dict[str, bytes], now: float) -> None:
         # Reading the input topic directly (input_keyed_by_trace_id): split here, same rules.
-        groups, invalid = split_by_trace(decode_request(message.value, self.encoding))
+        request = decode_request(message.value, self.encoding)
+        meter = self.worker.meter
+        if self.worker.degradation.level == 0 and meter.may_apply(message.value):
+            meter.observe(request.resource_spans)
+        groups, invalid = split_by_trace(request)
         if not groups and invalid is None:
             raise BadInput("no_spans", "the request holds no spans")
         if invalid is not None:
@@ -150,6 +180,11 @@ class Intake:
                 spans = span_count(ExportTraceServiceRequest.FromString(fragment).resource_spans)
                 worker.decider.follow(trace_id, decided, fragment, spans)
                 return
+            percentage = worker.degradation.percentage()
+            if percentage is not None:
+                # Degraded: a new trace is not buffered; its spans are decided on arrival.
+                worker.decider.shed(trace_id, tenant, fragment, percentage, now)
+                return
         worker.buffer.append(partition, trace_id, tenant, fragment, now)
 
 
@@ -161,10 +196,13 @@ class PolicyReloader:
     error logged, and the running policies stay.
     """
 
-    def __init__(self, path: Path, decider: Decider, settings: Settings) -> None:
+    def __init__(
+        self, path: Path, decider: Decider, settings: Settings, health: Health | None = None
+    ) -> None:
         self.path = path
         self.decider = decider
         self.settings = settings
+        self.health = health
         self.mtime = self._mtime()
         self.reloads = 0
 
@@ -194,6 +232,9 @@ class PolicyReloader:
         self.decider.policy_sets = PolicySets.from_settings(new)
         self.reloads += 1
         CONFIG_RELOADS.labels("success").inc()
+        if self.health is not None:
+            self.health.reloads = self.reloads
+            self.health.config_version = config_version(self.path)
         ignored = [
             name
             for name in ("kafka", "decision", "exporters", "tenant_from", "default_tenant")
@@ -263,9 +304,22 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
         PolicySets.from_settings(settings), routes, buffer, cache, producer, kafka.sampled_topic
     )
     outcomes = ExportOutcomes()
-    health = Health(settings, buffered=lambda: len(buffer), outcomes=outcomes)
-    worker = Worker(settings, app, buffer, cache, decider, producer, health)
+    degradation = Degradation(settings.degradation)
+    health = Health(
+        settings,
+        buffered=lambda: len(buffer),
+        outcomes=outcomes,
+        degradation=degradation,
+        config_version=config_version(config_path),
+    )
+    lag = LagClock()
+    meter = ExperimentMeter(settings.experiments)
+    worker = Worker(
+        settings, app, buffer, cache, decider, producer, health, degradation, lag, meter
+    )
     intake = Intake(worker, TenantResolver(settings.tenant_from, settings.default_tenant), direct)
+    BUFFER_MAX_TRACES.set(decision.max_traces)
+    DECISION_WAIT.set(decision.wait)
 
     @app.agent(topic, name="buffer-spans")
     async def buffer_spans(stream: Any) -> None:
@@ -277,8 +331,10 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
         health.beat()
         if not health.ready:
             return
+        # Level 1 and up: larger batches per flush.
+        limit = 20_000 if degradation.level else 5_000
         while True:
-            batch = decider.decide_due(time.time())
+            batch = decider.decide_due(time.time(), limit)
             if not batch.items:
                 return
             if await asyncio.to_thread(producer.flush, 30):
@@ -319,7 +375,7 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
         WORKER_READY.set(0)
 
     if config_path is not None:
-        reloader = PolicyReloader(config_path, decider, settings)
+        reloader = PolicyReloader(config_path, decider, settings, health)
 
         @app.timer(2.0, name="reload-policies")
         async def watch_config() -> None:
@@ -330,7 +386,7 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.reload, "SIGHUP")
 
     if not direct:
-        worker.threads.append(SplitStage(settings, worker.stop))
+        worker.threads.append(SplitStage(settings, worker.stop, lag, degradation, meter))
     routed = {name for tenant in settings.tenants.values() for name in tenant.exporters}
     exporters = [
         ExportLoop(name, settings, worker.stop, producer, outcomes) for name in sorted(routed)
@@ -342,16 +398,77 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
     async def on_shutdown(app: Any, **kwargs: Any) -> None:
         health.set_pipeline("draining")
         health.ready = False
+        log.info("draining grace=%.0fs", settings.shutdown.grace)
+        watchdog = threading.Timer(settings.shutdown.grace, _drain_overrun, [settings])
+        watchdog.daemon = True
+        watchdog.start()
 
     @app.timer(5.0, name="evaluate-health")
     async def evaluate_health() -> None:
         health.evaluate()
 
+    @app.timer(settings.degradation.check_interval, name="check-pressure")
+    async def check_pressure() -> None:
+        lags = consumer_lags(app, source_topic, intake.offsets)
+        health.consumer_lag = lags
+        if not health.ready:
+            lag.take()
+            return
+        limit = settings.health.memory_limit
+        degradation.observe(
+            Pressure(
+                lag_seconds=lag.take(),
+                buffer_fill=len(buffer) / decision.max_traces,
+                memory_fill=rss_bytes() / limit if limit else None,
+            ),
+            time.time(),
+        )
+
     return worker
 
 
-def run_worker(settings: Settings, config_path: Path | None = None, loglevel: str = "info") -> int:
+def consumer_lags(app: faust.App, topic: str, offsets: dict[int, int]) -> dict[int, int]:
+    """Records behind per assigned partition of `topic` (exported as caudal_consumer_lag)."""
+    lags = {}
+    try:
+        assigned = [tp for tp in app.consumer.assignment() if tp.topic == topic]
+    except Exception:  # no consumer yet, or between assignments
+        assigned = []
+    for tp in assigned:
+        try:
+            highwater = app.consumer.highwater(tp)
+        except Exception:
+            continue
+        if highwater is None or highwater < 0:
+            continue
+        read = offsets.get(tp.partition)
+        lags[tp.partition] = max(0, highwater - (read + 1 if read is not None else 0))
+    CONSUMER_LAG.clear()
+    for partition, value in lags.items():
+        CONSUMER_LAG.labels(topic, str(partition)).set(value)
+    return lags
+
+
+def config_version(path: Path | None) -> str:
+    """A short digest of the config file, so /status shows which file a worker runs."""
+    if path is None:
+        return "defaults"
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    except OSError:
+        return "unreadable"
+
+
+def _drain_overrun(settings: Settings) -> None:
+    # The drain took longer than shutdown.grace: exit rather than be killed mid-write. What was
+    # not committed is read again by the partition's next owner (at-least-once).
+    log.error("drain exceeded shutdown.grace=%.0fs, exiting", settings.shutdown.grace)
+    logging.shutdown()
+    os._exit(1)
+
+
+def run_worker(settings: Settings, config_path: Path | None = None) -> int:
     """Run one worker until it is told to stop; policies reload from `config_path`."""
     worker = build_worker(settings, config_path)
     serve_health(worker.health, settings.metrics.host, settings.metrics.port)
-    return worker.run(loglevel)
+    return worker.run()

@@ -56,7 +56,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from streams.app import run_worker
 
     path = Path(args.config) if args.config else None
-    code = run_worker(_settings(args), path, loglevel=args.loglevel)
+    settings = _settings(args)
+    if args.loglevel:
+        logging_config = settings.logging.model_copy(update={"level": args.loglevel.lower()})
+        settings = settings.model_copy(update={"logging": logging_config})
+    code = run_worker(settings, path)
     # Everything Caudal owns is flushed, committed and closed by now. Faust's consumer thread
     # can outlive its event loop after a stop (a race in mode's shutdown) and would keep the
     # interpreter waiting for it forever: end the process here.
@@ -229,7 +233,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", help="Kafka bootstrap servers (overrides the file)")
     p.add_argument("--state-dir", help="RocksDB state directory (one per worker)")
     p.add_argument("--metrics-port", type=int, help="Prometheus port (one per worker; 0: off)")
-    p.add_argument("--loglevel", default="info")
+    p.add_argument(
+        "--loglevel",
+        choices=["debug", "info", "warning", "error"],
+        help="overrides logging.level of the file",
+    )
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("ingest", help="run the OTLP/HTTP and OTLP/gRPC ingest gateway")

@@ -23,6 +23,7 @@ __all__ = [
     "Settings",
     "load_settings",
     "parse_duration",
+    "parse_size",
 ]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
@@ -41,6 +42,32 @@ def parse_duration(value: object) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$")
+_UNIT_BYTES = {
+    None: 1,
+    "B": 1,
+    "KiB": 2**10,
+    "MiB": 2**20,
+    "GiB": 2**30,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+}
+
+
+def parse_size(value: object) -> int:
+    """Turn `512MiB`, `2GiB`, `100MB` (or a number of bytes) into bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        if match:
+            return int(float(match.group(1)) * _UNIT_BYTES[match.group(2)])
+    raise ValueError(f"expected a size such as '512MiB' or '2GiB', got {value!r}")
+
+
+ByteSize = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
 
 
 class _Model(BaseModel):
@@ -227,8 +254,58 @@ class HealthConfig(_Model):
     degraded_buffer_fill: float = Field(default=0.8, gt=0, le=1)
     min_export_success: float = Field(default=0.99, ge=0, le=1)
     max_export_failure: float = Field(default=0.5, ge=0, le=1)
-    # RSS in bytes over which the worker reports itself unhealthy; 0: no limit.
-    memory_limit: int = Field(default=0, ge=0)
+    # RSS over which the worker reports itself unhealthy (`2GiB`, or bytes); 0: no limit.
+    memory_limit: ByteSize = 0
+
+
+class DegradationConfig(_Model):
+    """Load shedding in announced levels under sustained pressure (see streams.degrade)."""
+
+    enabled: bool = True
+    max_level: int = Field(default=4, ge=0, le=4)
+    check_interval: Duration = 5.0
+    # Pressure must last this many checks in a row before the first step up from level 0.
+    sustain_checks: int = Field(default=2, ge=1)
+    # One level down after this long without pressure; pressure climbs again at once.
+    recovery_period: Duration = 300.0
+    # Pressure: the records being read are older than this and getting older (lag growth) ...
+    max_lag: Duration = 30.0
+    # ... or the buffer is over this share of decision.max_traces ...
+    buffer_fill: float = Field(default=0.9, gt=0, le=1)
+    # ... or RSS is over this share of health.memory_limit (when a limit is set).
+    memory_fill: float = Field(default=0.9, gt=0, le=1)
+    # Trace-ID sampling percentages of levels 2, 3 and 4 (error spans are always kept).
+    level_percentages: tuple[float, float, float] = (5.0, 1.0, 0.1)
+
+    @model_validator(mode="after")
+    def _check_percentages(self) -> DegradationConfig:
+        if any(not 0 <= p <= 100 for p in self.level_percentages):
+            raise ValueError("level_percentages: each must be between 0 and 100")
+        return self
+
+
+class ExperimentsConfig(_Model):
+    """RED metrics per experiment and variant, counted on every span before sampling."""
+
+    enabled: bool = True
+    id_attribute: str = "experiment.id"
+    variant_attribute: str = "experiment.variant"
+    # Experiment IDs to count; empty: any, up to max_series label sets.
+    allow: list[str] = []
+    max_series: int = Field(default=200, ge=1)
+
+
+class LoggingConfig(_Model):
+    """Log lines: `text` (key=value) or `json` (one object per line)."""
+
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class ShutdownConfig(_Model):
+    """How long a SIGTERM drain may take before the worker exits anyway."""
+
+    grace: Duration = 30.0
 
 
 class IngestTLSConfig(_Model):
@@ -245,6 +322,8 @@ class IngestConfig(_Model):
     grpc: str = "127.0.0.1:4317"
     # Bearer token -> tenant. Empty: no authentication (development only).
     tokens: dict[str, str] = {}
+    # A YAML file with more `TOKEN: TENANT` entries (a mounted Kubernetes Secret), read at start.
+    tokens_file: str | None = None
     trust_client_tenant: bool = False
     max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     # Bytes handed to Kafka and not yet acknowledged: the gateway's memory bound.
@@ -329,6 +408,10 @@ class Settings(_Model):
     metrics: MetricsConfig = MetricsConfig()
     ingest: IngestConfig = IngestConfig()
     health: HealthConfig = HealthConfig()
+    degradation: DegradationConfig = DegradationConfig()
+    experiments: ExperimentsConfig = ExperimentsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    shutdown: ShutdownConfig = ShutdownConfig()
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:
@@ -499,4 +582,27 @@ def load_settings(path: str | Path | None, environ: dict[str, str] | None = None
             raise ConfigError(source, [("(file)", f"not valid YAML: {exc}")]) from exc
     if isinstance(raw, dict) or raw is None:
         raw = _apply_environment(raw or {}, environ)
+        raw = _read_tokens_file(raw, source)
     return validate_mapping(raw, source)
+
+
+def _read_tokens_file(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """Merge `ingest.tokens_file` into `ingest.tokens` (tokens stay out of the main file)."""
+    ingest = raw.get("ingest")
+    path = ingest.get("tokens_file") if isinstance(ingest, dict) else None
+    if not isinstance(path, str):
+        return raw
+    key = "ingest.tokens_file"
+    try:
+        tokens = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(source, [(key, f"cannot read {path}: {exc.strerror}")]) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [(key, f"{path} is not valid YAML: {exc}")]) from exc
+    if not isinstance(tokens, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in tokens.items()
+    ):
+        raise ConfigError(source, [(key, f"{path} must map each token to a tenant name")])
+    assert isinstance(ingest, dict)
+    merged = {**tokens, **(ingest.get("tokens") or {})}
+    return {**raw, "ingest": {**ingest, "tokens": merged}}

@@ -21,12 +21,15 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from policies import Decision, PolicyEngine, TraceView
 from streams.buffer import Pending, TraceBuffer
 from streams.config import Settings
+from streams.degrade import DEGRADED_POLICY, DEGRADED_SPANS, shed_fragment
 from streams.kafka import SPAN_COUNT_HEADER
 from streams.metrics import (
     DECISION_LAG,
     DECISIONS,
     LATE_SPANS,
+    ORPHAN_SPANS,
     QUOTA_DROPS,
+    TRACES_WITHOUT_ROOT,
     UNKNOWN_TENANT_DROPS,
 )
 from streams.otlp import annotate_kept
@@ -173,6 +176,11 @@ class Decider:
             view = TraceView.from_resource_spans(trace_id, request.resource_spans)
             engine = self.policy_sets.for_tenant(trace.tenant)
             decision: Decision = engine.decide(view, now)
+            if view.root_span is None:
+                TRACES_WITHOUT_ROOT.inc()
+            orphans = view.orphan_span_count
+            if orphans:
+                ORPHAN_SPANS.inc(orphans)
             kept, policy = decision.kept, decision.policy or "none"
             label = self.routes.label(trace.tenant)
             if kept:
@@ -208,6 +216,27 @@ class Decider:
             LATE_SPANS.labels("kept").inc(spans)
         else:
             LATE_SPANS.labels("dropped").inc(spans)
+
+    def shed(
+        self, trace_id: bytes, tenant: str, fragment: bytes, percentage: float, now: float
+    ) -> None:
+        """Degraded mode: decide a fragment of a new trace on arrival (see streams.degrade)."""
+        result = shed_fragment(trace_id, fragment, percentage)
+        if result.dropped_spans:
+            DEGRADED_SPANS.labels("dropped").inc(result.dropped_spans)
+        if result.request is None:
+            return
+        refused = self.routes.admit(tenant, result.kept_spans, result.has_error, now)
+        if refused:
+            if refused == "quota":
+                QUOTA_DROPS.labels(self.routes.label(tenant), DEGRADED_POLICY).inc()
+            else:
+                UNKNOWN_TENANT_DROPS.inc()
+            DEGRADED_SPANS.labels("dropped").inc(result.kept_spans)
+            return
+        DEGRADED_SPANS.labels("kept").inc(result.kept_spans)
+        self.routes.redact(tenant, result.request)
+        self._produce(trace_id, tenant, result.request, result.kept_spans, None)
 
     def complete(self, batch: DecidedBatch, now: float) -> None:
         """After the flush: persist decisions and free the buffer; retry what failed."""

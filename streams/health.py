@@ -23,8 +23,16 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, generate_latest
 
 from streams.config import Settings
+from streams.degrade import Degradation
 
-__all__ = ["HEALTH_STATES", "PIPELINE_STATES", "ExportOutcomes", "Health", "serve_health"]
+__all__ = [
+    "HEALTH_STATES",
+    "PIPELINE_STATES",
+    "ExportOutcomes",
+    "Health",
+    "rss_bytes",
+    "serve_health",
+]
 
 PIPELINE_STATES = ("initializing", "starting", "running", "degraded", "draining", "stopped")
 HEALTH_STATES = ("healthy", "degraded", "unhealthy")
@@ -59,7 +67,8 @@ class ExportOutcomes:
             return sum(ok for _, ok in self.events) / len(self.events)
 
 
-def _rss_bytes() -> int:
+def rss_bytes() -> int:
+    """This process's resident memory (Linux), 0 where it cannot be read."""
     try:
         with open("/proc/self/statm") as statm:
             return int(statm.read().split()[1]) * 4096
@@ -79,6 +88,9 @@ class Health:
     ready: bool = False
     heartbeat: float = field(default_factory=time.monotonic)
     reloads: int = 0
+    degradation: Degradation | None = None
+    consumer_lag: dict[int, int] = field(default_factory=dict)
+    config_version: str = "defaults"
 
     def __post_init__(self) -> None:
         self.set_pipeline("initializing")
@@ -99,7 +111,7 @@ class Health:
         max_traces = self.settings.decision.max_traces
         fill = self.buffered() / max_traces
         success = self.outcomes.success_ratio()
-        rss = _rss_bytes()
+        rss = rss_bytes()
         unhealthy, degraded = [], []
         if fill >= 1.0:
             unhealthy.append(f"buffer full ({self.buffered()} of {max_traces} traces)")
@@ -131,18 +143,28 @@ class Health:
         max_traces = self.settings.decision.max_traces
         buffered = self.buffered()
         success = self.outcomes.success_ratio()
+        degradation = self.degradation
+        percentage = degradation.percentage() if degradation else None
         return {
             "pipeline_state": self.pipeline,
             "ready": self.ready,
             "health": {"state": state, "reasons": reasons},
-            "degradation_level": 0,
+            "degradation_level": degradation.level if degradation else 0,
+            "degradation": {
+                "level": degradation.level if degradation else 0,
+                "reason": degradation.reason if degradation else "normal",
+                "sampling_percentage": percentage,
+            },
             "buffer": {
                 "traces": buffered,
                 "max_traces": max_traces,
                 "fill": round(buffered / max_traces, 4),
             },
+            "consumer_lag": {str(p): lag for p, lag in sorted(self.consumer_lag.items())},
+            "memory": {"rss_bytes": rss_bytes(), "limit_bytes": self.settings.health.memory_limit},
             "export_success_last_minute": None if success is None else round(success, 4),
             "exporters": self.exporter_states(),
+            "config_version": self.config_version,
             "config_reloads": self.reloads,
         }
 

@@ -37,6 +37,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from streams.config import Settings
 from streams.kafka import ensure_topics, make_producer
+from streams.logs import configure_logging
 from streams.metrics import serve_metrics
 from streams.otlp import BadInput, decode_request, fragments_of, split_by_trace
 from streams.route import TokenBucket
@@ -495,6 +496,6 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
 
 def run_ingest(settings: Settings) -> None:
     """`caudal ingest`: serve until told to stop."""
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] %(message)s")
+    configure_logging(settings.logging)
     serve_metrics(settings.metrics.host, settings.ingest.metrics_port)
     asyncio.run(serve(settings))

@@ -23,6 +23,11 @@ __all__ = [
     "BUFFER_BYTES",
     "CIRCUIT_OPENS",
     "CONFIG_RELOADS",
+    "CONSUMER_LAG",
+    "BUFFER_MAX_TRACES",
+    "DECISION_WAIT",
+    "ORPHAN_SPANS",
+    "TRACES_WITHOUT_ROOT",
     "serve_metrics",
 ]
 
@@ -99,6 +104,25 @@ EXPORTER_BACKLOG = Gauge(
     "caudal_exporter_backlog",
     "Records of caudal-sampled this exporter has not delivered yet (its consumer lag).",
     ["exporter"],
+)
+TRACES_WITHOUT_ROOT = Counter(
+    "caudal_traces_without_root",
+    "Decided traces in which no span without a parent arrived (the root span is missing).",
+)
+ORPHAN_SPANS = Counter(
+    "caudal_orphan_spans",
+    "Spans of decided traces whose parent span is not in the trace.",
+)
+CONSUMER_LAG = Gauge(
+    "caudal_consumer_lag",
+    "Records of the assigned partitions not yet read by this worker, per topic and partition.",
+    ["topic", "partition"],
+)
+BUFFER_MAX_TRACES = Gauge(
+    "caudal_buffer_max_traces", "decision.max_traces: traces the buffer holds at most."
+)
+DECISION_WAIT = Gauge(
+    "caudal_decision_wait_seconds", "decision.wait: how long a trace is buffered before deciding."
 )
 DEAD_LETTERS = Counter(
     "caudal_dead_letters", "Messages sent to the dead-letter topic, per reason.", ["reason"]

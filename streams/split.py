@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable
@@ -22,6 +23,8 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from streams.config import Settings
+from streams.degrade import Degradation, LagClock
+from streams.experiments import ExperimentMeter
 from streams.kafka import (
     INDEX_HEADER,
     TENANT_HEADER,
@@ -72,19 +75,26 @@ def split_messages(
     settings: Settings,
     resolver: TenantResolver,
     dead_letter: DeadLetterSink,
+    meter: ExperimentMeter | None = None,
 ) -> Batch:
-    """Decode and regroup a consumer batch: (partition, tenant) → fragments of its traces."""
+    """Decode and regroup a consumer batch: (partition, tenant) → fragments of its traces.
+
+    Experiment spans are counted here (`meter`), on all traffic, before any decision.
+    """
     partitions = settings.kafka.partitions
     encoding = settings.kafka.input_encoding
     batch: Batch = defaultdict(list)
     received: dict[str, int] = defaultdict(int)
     for msg in messages:
         headers = dict(msg.headers() or ())
+        value = msg.value()
         try:
-            request = decode_request(msg.value(), encoding)
+            request = decode_request(value, encoding)
         except BadInput as exc:
             dead_letter(msg, exc.reason, exc.detail)
             continue
+        if meter is not None and meter.may_apply(value):
+            meter.observe(request.resource_spans)
         groups, invalid = split_by_trace(request)
         if invalid is not None:
             dead_letter(msg, "invalid_trace_id", "spans without a valid 16-byte trace ID", invalid)
@@ -132,10 +142,21 @@ class DeadLetterSink:
 class SplitStage(threading.Thread):
     """Consume the input topic, write trace-ID-partitioned records, commit after delivery."""
 
-    def __init__(self, settings: Settings, stop: threading.Event, batch_size: int = 1000) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        stop: threading.Event,
+        lag: LagClock | None = None,
+        degradation: Degradation | None = None,
+        meter: ExperimentMeter | None = None,
+        batch_size: int = 1000,
+    ) -> None:
         super().__init__(name="caudal-split", daemon=True)
         self.settings = settings
         self.stop = stop
+        self.lag = lag or LagClock()
+        self.degradation = degradation
+        self.meter = meter
         self.batch_size = batch_size
         kafka = settings.kafka
         self.resolver = TenantResolver(settings.tenant_from, settings.default_tenant)
@@ -162,11 +183,20 @@ class SplitStage(threading.Thread):
         log.info("split stage started topic=%s", kafka.input_topic)
         try:
             while not self.stop.is_set():
-                messages = self.consumer.consume(self.batch_size, timeout=0.2)
+                level = self.degradation.level if self.degradation else 0
+                # Level 1 and up: larger batches, and experiment metrics off.
+                size = self.batch_size * (4 if level else 1)
+                messages = self.consumer.consume(size, timeout=0.2)
                 usable = [m for m in messages if not _log_error(m)]
                 if not usable:
                     continue
-                batch = split_messages(usable, self.settings, self.resolver, self.dead_letter)
+                stamps = [m.timestamp()[1] for m in usable if m.timestamp()[1] > 0]
+                if stamps:
+                    self.lag.note(time.time() - min(stamps) / 1000)
+                meter = None if level else self.meter
+                batch = split_messages(
+                    usable, self.settings, self.resolver, self.dead_letter, meter
+                )
                 if self._produce(batch):
                     self.consumer.commit(asynchronous=False)
                 else:

@@ -180,3 +180,14 @@ def test_trace_states_and_status_lookups() -> None:
     decoy = view(make_span(attributes={"n": 2}))
     assert not decoy.has_status(ERROR) and decoy.status_codes == {0}
     assert view(make_span(status=OK)).status_codes == {OK}
+
+
+def test_orphan_spans_are_those_whose_parent_never_arrived() -> None:
+    root = make_span(parent=b"")
+    child = make_span(parent=root.span_id)
+    grandchild = make_span(parent=child.span_id)
+    lost = make_span(parent=b"\xff" * 8)
+    assert view(root, child, grandchild).orphan_span_count == 0
+    assert view(root, child, grandchild, lost).orphan_span_count == 1
+    # Without the root, its child is an orphan too; the root itself never is.
+    assert view(child, grandchild, lost).orphan_span_count == 2

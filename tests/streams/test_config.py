@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from streams.cli import main
-from streams.config import ConfigError, load_settings, parse_duration
+from streams.config import ConfigError, load_settings, parse_duration, parse_size
 
 
 def test_defaults_are_the_five_rules() -> None:
@@ -124,3 +124,56 @@ tenants:
     paths = [p for p, _ in exc.value.errors]
     assert "tenants.acme.policies.0.name" in paths  # duplicates the extended global name
     assert "tenants.acme.policies.1.threshold_ms" in paths
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("512MiB", 512 * 2**20), ("2GiB", 2 * 2**30), ("100MB", 10**8), (4096, 4096)]
+)
+def test_sizes(text: object, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_production_sections_and_their_errors(tmp_path: Path) -> None:
+    path = tmp_path / "caudal.yaml"
+    path.write_text(
+        """
+health: {memory_limit: 1GiB}
+degradation: {max_level: 2, recovery_period: 1m, level_percentages: [5, 1, 0.1]}
+experiments: {allow: [checkout-v2], max_series: 50}
+logging: {format: json}
+shutdown: {grace: 45s}
+"""
+    )
+    settings = load_settings(path, environ={})
+    assert settings.health.memory_limit == 2**30
+    assert settings.degradation.max_level == 2
+    assert settings.degradation.recovery_period == 60
+    assert settings.experiments.allow == ["checkout-v2"]
+    assert settings.logging.format == "json"
+    assert settings.shutdown.grace == 45
+    path.write_text(
+        """
+degradation: {max_level: 7, level_percentages: [5, 1, 300]}
+logging: {format: xml}
+health: {memory_limit: lots}
+"""
+    )
+    with pytest.raises(ConfigError) as error:
+        load_settings(path, environ={})
+    paths = {key for key, _ in error.value.errors}
+    assert {"degradation.max_level", "logging.format", "health.memory_limit"} <= paths
+
+
+def test_ingest_tokens_file_is_merged(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text("secret-a: acme\nsecret-b: globex\n")
+    path = tmp_path / "caudal.yaml"
+    path.write_text(f"ingest: {{tokens_file: {tokens}, tokens: {{inline: default}}}}\n")
+    settings = load_settings(path, environ={})
+    assert settings.ingest.tokens == {"secret-a": "acme", "secret-b": "globex", "inline": "default"}
+    tokens.write_text("- not a map\n")
+    with pytest.raises(ConfigError, match="ingest.tokens_file: .* must map each token"):
+        load_settings(path, environ={})
+    tokens.unlink()
+    with pytest.raises(ConfigError, match="ingest.tokens_file: cannot read"):
+        load_settings(path, environ={})
