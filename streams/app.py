@@ -22,7 +22,7 @@ from typing import Any
 import faust
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from streams.buffer import TraceBuffer
+from streams.buffer import TraceBuffer, record_position
 from streams.config import ConfigError, Settings, load_settings
 from streams.decide import Decider, DecisionCache, PolicySets
 from streams.degrade import Degradation, LagClock, Pressure
@@ -43,6 +43,7 @@ from streams.metrics import (
     CONFIG_RELOADS,
     CONSUMER_LAG,
     DECISION_WAIT,
+    REDELIVERED,
     SPANS_RECEIVED,
     WORKER_READY,
 )
@@ -72,6 +73,8 @@ class Worker:
     meter: ExperimentMeter
     threads: list[threading.Thread] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+    # Set first on SIGTERM: reading input stops before the buffer agent drains.
+    stop_input: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> int:
         """Start the threads and the Faust worker; stop and flush everything; the exit code."""
@@ -93,6 +96,7 @@ class Worker:
         finally:
             self.health.set_pipeline("draining")
             self.health.ready = False
+            self.stop_input.set()
             self.stop.set()
             for thread in self.threads:
                 thread.join(timeout=15)
@@ -125,8 +129,10 @@ class Intake:
             index = headers.get(INDEX_HEADER)
             if index is not None:
                 tenant = headers.get(TENANT_HEADER, b"").decode() or self.resolver.default
-                for trace_id, fragment in unpack_index(message.value, index):
-                    self._take(message.partition, trace_id, tenant, fragment, now)
+                offset = message.offset
+                for i, (trace_id, fragment) in enumerate(unpack_index(message.value, index)):
+                    position = record_position(offset, i)
+                    self._take(message.partition, trace_id, tenant, fragment, now, position)
             elif self.direct:
                 self._take_input(message, headers, now)
             else:
@@ -163,29 +169,41 @@ class Intake:
                 origin=(message.topic, message.partition, message.offset),
             )
         hints = self.resolver.hints(headers)
-        for trace_id, fragment in fragments_of(groups):
+        for i, (trace_id, fragment) in enumerate(fragments_of(groups)):
             tenant = self.resolver.resolve(hints, groups[trace_id])
             SPANS_RECEIVED.labels(self.worker.settings.tenant_label(tenant)).inc(
                 span_count(groups[trace_id])
             )
-            self._take(message.partition, trace_id, tenant, fragment, now)
+            position = record_position(message.offset, i)
+            self._take(message.partition, trace_id, tenant, fragment, now, position)
 
     def _take(
-        self, partition: int, trace_id: bytes, tenant: str, fragment: bytes, now: float
+        self,
+        partition: int,
+        trace_id: bytes,
+        tenant: str,
+        fragment: bytes,
+        now: float,
+        position: int,
     ) -> None:
         worker = self.worker
         if trace_id not in worker.buffer:
             decided = worker.cache.get(trace_id)
             if decided is not None:
+                if decided.already_applied(position):
+                    REDELIVERED.inc()
+                    return
                 spans = span_count(ExportTraceServiceRequest.FromString(fragment).resource_spans)
                 worker.decider.follow(trace_id, decided, fragment, spans)
+                worker.cache.advance(trace_id, decided, position)
                 return
             percentage = worker.degradation.percentage()
             if percentage is not None:
                 # Degraded: a new trace is not buffered; its spans are decided on arrival.
                 worker.decider.shed(trace_id, tenant, fragment, percentage, now)
                 return
-        worker.buffer.append(partition, trace_id, tenant, fragment, now)
+        if not worker.buffer.append(partition, trace_id, tenant, fragment, now, position):
+            REDELIVERED.inc()
 
 
 class PolicyReloader:
@@ -318,6 +336,7 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
         settings, app, buffer, cache, decider, producer, health, degradation, lag, meter
     )
     intake = Intake(worker, TenantResolver(settings.tenant_from, settings.default_tenant), direct)
+    health.read_offsets = lambda: dict(intake.offsets)
     BUFFER_MAX_TRACES.set(decision.max_traces)
     DECISION_WAIT.set(decision.wait)
 
@@ -386,7 +405,7 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.reload, "SIGHUP")
 
     if not direct:
-        worker.threads.append(SplitStage(settings, worker.stop, lag, degradation, meter))
+        worker.threads.append(SplitStage(settings, worker.stop_input, lag, degradation, meter))
     routed = {name for tenant in settings.tenants.values() for name in tenant.exporters}
     exporters = [
         ExportLoop(name, settings, worker.stop, producer, outcomes) for name in sorted(routed)
@@ -398,6 +417,7 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
     async def on_shutdown(app: Any, **kwargs: Any) -> None:
         health.set_pipeline("draining")
         health.ready = False
+        worker.stop_input.set()
         log.info("draining grace=%.0fs", settings.shutdown.grace)
         watchdog = threading.Timer(settings.shutdown.grace, _drain_overrun, [settings])
         watchdog.daemon = True

@@ -4,8 +4,15 @@ The Python heap holds one small entry per trace (decision time, partition, bytes
 order; span data stays in RocksDB. Because every trace waits the same `decision.wait`, arrival
 order is decision order, and an ordered dict is the whole timer queue.
 
-Stored value: an 8-byte first-seen time, the tenant, then OTLP fragment bytes. Appending spans is
-byte concatenation (see streams.otlp), so no span is ever re-parsed before the decision.
+Stored value: an 8-byte first-seen time, the 8-byte position of the last record applied, the
+tenant, then OTLP fragment bytes. Appending spans is byte concatenation (see streams.otlp), so no
+span is ever re-parsed before the decision.
+
+The position (`record_position`: the record's offset and the fragment's index in it) makes
+appending idempotent. After a crash or a stop whose last offsets were not committed, Kafka
+delivers some records again; their spans are already in the table (the changelog is flushed
+before offsets are committed, never after), and a fragment at or below the stored position
+is skipped instead of being appended twice.
 """
 
 from __future__ import annotations
@@ -18,15 +25,33 @@ from dataclasses import dataclass
 from streams.metrics import BUFFER_BYTES, TRACES_BUFFERED, TRACES_DECIDED_EARLY
 from streams.state import TableStore
 
-__all__ = ["BufferedTrace", "Pending", "TraceBuffer", "decode_value", "encode_header"]
+__all__ = [
+    "UNKNOWN_POSITION",
+    "BufferedTrace",
+    "Pending",
+    "TraceBuffer",
+    "decode_value",
+    "encode_header",
+    "record_position",
+]
 
-_HEADER = struct.Struct(">dB")
+_HEADER = struct.Struct(">dqB")
+_POSITION = struct.Struct(">q")
+_POSITION_AT = 8  # byte offset of the position in the header
+_INDEX_BITS = 20  # fragments per record: far more than a 1 MB record can hold
+
+UNKNOWN_POSITION = -1
 
 
-def encode_header(first_seen: float, tenant: str) -> bytes:
-    """The stored value's prefix: first-seen time and tenant."""
+def record_position(offset: int, index: int) -> int:
+    """A fragment's place in its partition: record offset, then index within the record."""
+    return (offset << _INDEX_BITS) | index
+
+
+def encode_header(first_seen: float, tenant: str, position: int = UNKNOWN_POSITION) -> bytes:
+    """The stored value's prefix: first-seen time, last applied position and tenant."""
     name = tenant.encode()[:255]
-    return _HEADER.pack(first_seen, len(name)) + name
+    return _HEADER.pack(first_seen, position, len(name)) + name
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +65,7 @@ class BufferedTrace:
 
 def decode_value(value: bytes) -> BufferedTrace:
     """Split a stored value into first-seen time, tenant and OTLP bytes."""
-    first_seen, length = _HEADER.unpack_from(value)
+    first_seen, _, length = _HEADER.unpack_from(value)
     start = _HEADER.size + length
     return BufferedTrace(first_seen, value[_HEADER.size : start].decode(), value[start:])
 
@@ -52,6 +77,7 @@ class Pending:
     deadline: float
     partition: int
     size: int
+    position: int = UNKNOWN_POSITION
 
 
 class TraceBuffer:
@@ -71,18 +97,37 @@ class TraceBuffer:
         return trace_id in self.pending
 
     def append(
-        self, partition: int, trace_id: bytes, tenant: str, fragment: bytes, now: float
-    ) -> None:
-        """Add a fragment of spans to a trace, starting its decision window if it is new."""
+        self,
+        partition: int,
+        trace_id: bytes,
+        tenant: str,
+        fragment: bytes,
+        now: float,
+        position: int = UNKNOWN_POSITION,
+    ) -> bool:
+        """Add a fragment of spans to a trace, starting its decision window if it is new.
+
+        False when the fragment was already applied (a record delivered again).
+        """
         entry = self.pending.get(trace_id)
         if entry is None:
-            value = encode_header(now, tenant) + fragment
-            entry = self.pending[trace_id] = Pending(now + self.wait, partition, 0)
+            value = encode_header(now, tenant, position) + fragment
+            entry = self.pending[trace_id] = Pending(now + self.wait, partition, 0, position)
         else:
-            value = (self.store.get(partition, trace_id) or encode_header(now, tenant)) + fragment
+            if position != UNKNOWN_POSITION and position <= entry.position:
+                return False
+            stored = self.store.get(partition, trace_id)
+            if stored is None:
+                value = encode_header(now, tenant, position) + fragment
+            else:
+                head = bytearray(stored[: _HEADER.size])
+                _POSITION.pack_into(head, _POSITION_AT, max(position, entry.position))
+                value = bytes(head) + stored[_HEADER.size :] + fragment
+            entry.position = max(position, entry.position)
         self.bytes += len(value) - entry.size
         entry.size = len(value)
         self.store.put(partition, trace_id, value)
+        return True
 
     def pop_due(self, now: float, limit: int) -> list[tuple[bytes, Pending]]:
         """Take traces whose window closed, oldest first, plus the oldest beyond max_traces."""
@@ -126,12 +171,12 @@ class TraceBuffer:
         entries = []
         for partition in partitions:
             for trace_id, value in self.store.items(partition):
-                first_seen, _ = _HEADER.unpack_from(value)
-                entries.append((first_seen + self.wait, trace_id, partition, len(value)))
+                first_seen, position, _ = _HEADER.unpack_from(value)
+                entries.append((first_seen + self.wait, trace_id, partition, len(value), position))
         entries.sort()
         self.pending = OrderedDict(
-            (trace_id, Pending(deadline, partition, size))
-            for deadline, trace_id, partition, size in entries
+            (trace_id, Pending(deadline, partition, size, position))
+            for deadline, trace_id, partition, size, position in entries
         )
         self.bytes = sum(entry.size for entry in self.pending.values())
         self._observe()

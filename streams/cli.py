@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -104,9 +105,13 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Write synthetic OTLP traffic to the input topic."""
-    from streams.generate import GeneratorOptions, run_generator
+    from streams.generate import GeneratorOptions, GroundTruth, parse_experiment, run_generator
     from streams.kafka import ensure_topics, make_producer
 
+    try:
+        experiment = parse_experiment(args.experiment) if args.experiment else None
+    except ValueError as exc:
+        raise SystemExit(f"caudal generate: {exc}") from None
     options = GeneratorOptions(
         traces=args.traces,
         rate=args.rate,
@@ -116,7 +121,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         parts=args.parts,
         spread=args.spread,
         mix=_parse_mix(args.mix),
+        rootless=args.rootless,
+        orphans=args.orphans,
+        experiment=experiment,
+        fast=args.fast,
     )
+    truth = GroundTruth() if args.truth else None
     settings = _settings(args)
     kafka = settings.kafka
     ensure_topics(kafka, [(kafka.input_topic, kafka.partitions)])
@@ -137,11 +147,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
             produce,
             options,
             should_stop=lambda: deadline is not None and time.monotonic() > deadline,
+            truth=truth,
         )
     except KeyboardInterrupt:
         made = -1
     producer.flush(30)
     print(f"generated {made if made >= 0 else 'some'} traces into {kafka.input_topic}")
+    if truth is not None:
+        Path(args.truth).write_text(json.dumps(truth.as_dict(), indent=2) + "\n")
+        print(f"ground truth written to {args.truth}")
     return 0
 
 
@@ -270,6 +284,19 @@ def _parser() -> argparse.ArgumentParser:
         "--mix",
         default="",
         help="kinds and weights: error=0.05,slow=0.05,critical=0.05,vip=0.1,ordinary=0.75",
+    )
+    p.add_argument("--rootless", type=float, default=0.0, help="share of traces losing the root")
+    p.add_argument("--orphans", type=float, default=0.0, help="share with a span's parent lost")
+    p.add_argument(
+        "--experiment",
+        help="an A/B experiment on every trace: ID:VARIANT=ERROR_RATE@LATENCY_MS,... "
+        "(e.g. checkout-v2:a=0.02@50,b=0.1@200)",
+    )
+    p.add_argument("--truth", help="write what was generated (counts) to this JSON file")
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help="resend prebuilt traces under new IDs, one part each (for overload tests)",
     )
     p.set_defaults(func=cmd_generate)
 

@@ -11,6 +11,7 @@ deterministic on the trace ID), so the worst case is a duplicate export, never a
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from policies import Decision, PolicyEngine, TraceView
-from streams.buffer import Pending, TraceBuffer
+from streams.buffer import UNKNOWN_POSITION, Pending, TraceBuffer
 from streams.config import Settings
 from streams.degrade import DEGRADED_POLICY, DEGRADED_SPANS, shed_fragment
 from streams.kafka import SPAN_COUNT_HEADER
@@ -38,7 +39,7 @@ from streams.state import TableStore
 
 __all__ = ["DecisionCache", "Decider", "PolicySets", "Remembered"]
 
-_DECISION = struct.Struct(">dBd")
+_DECISION = struct.Struct(">dBdq")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,18 +52,33 @@ class Remembered:
     policy: str
     probability: float
     tenant: str
+    # The last record position (streams.buffer.record_position) the decided trace held: a
+    # fragment at or below it is a record delivered again, not a late span.
+    position: int = UNKNOWN_POSITION
 
     def encode(self) -> bytes:
         """Value stored in the `decisions` table."""
-        head = _DECISION.pack(self.decided_at, self.kept, self.probability)
+        head = _DECISION.pack(self.decided_at, self.kept, self.probability, self.position)
         return head + self.policy.encode() + b"\0" + self.tenant.encode()
 
     @classmethod
     def decode(cls, partition: int, value: bytes) -> Remembered:
         """Inverse of `encode`."""
-        decided_at, kept, probability = _DECISION.unpack_from(value)
+        decided_at, kept, probability, position = _DECISION.unpack_from(value)
         policy, _, tenant = value[_DECISION.size :].partition(b"\0")
-        return cls(decided_at, partition, bool(kept), policy.decode(), probability, tenant.decode())
+        return cls(
+            decided_at,
+            partition,
+            bool(kept),
+            policy.decode(),
+            probability,
+            tenant.decode(),
+            position,
+        )
+
+    def already_applied(self, position: int) -> bool:
+        """Was the fragment at `position` part of the trace when it was decided?"""
+        return position != UNKNOWN_POSITION and position <= self.position
 
 
 class DecisionCache:
@@ -84,6 +100,13 @@ class DecisionCache:
     def remember(self, trace_id: bytes, decision: Remembered) -> None:
         """Hold a decision in memory (persisted later by `persist`)."""
         self.entries[decision.kept][trace_id] = decision
+
+    def advance(self, trace_id: bytes, decision: Remembered, position: int) -> None:
+        """A late span was applied: remember its position so a redelivery is not applied again."""
+        if position > decision.position:
+            moved = dataclasses.replace(decision, position=position)
+            self.entries[moved.kept][trace_id] = moved
+            self.persist(trace_id, moved)
 
     def forget(self, trace_id: bytes) -> None:
         """Drop a decision that could not be carried out."""
@@ -192,7 +215,9 @@ class Decider:
                 if refused:
                     kept, policy = False, refused
             probability = decision.probability if kept else 0.0
-            remembered = Remembered(now, entry.partition, kept, policy, probability, trace.tenant)
+            remembered = Remembered(
+                now, entry.partition, kept, policy, probability, trace.tenant, entry.position
+            )
             self.cache.remember(trace_id, remembered)
             if kept:
                 annotate_kept(request, policy, probability)

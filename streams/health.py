@@ -90,6 +90,7 @@ class Health:
     reloads: int = 0
     degradation: Degradation | None = None
     consumer_lag: dict[int, int] = field(default_factory=dict)
+    read_offsets: Callable[[], dict[int, int]] = dict
     config_version: str = "defaults"
 
     def __post_init__(self) -> None:
@@ -161,6 +162,7 @@ class Health:
                 "fill": round(buffered / max_traces, 4),
             },
             "consumer_lag": {str(p): lag for p, lag in sorted(self.consumer_lag.items())},
+            "read_offsets": {str(p): o for p, o in sorted(self.read_offsets().items())},
             "memory": {"rss_bytes": rss_bytes(), "limit_bytes": self.settings.health.memory_limit},
             "export_success_last_minute": None if success is None else round(success, 4),
             "exporters": self.exporter_states(),

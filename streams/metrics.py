@@ -27,6 +27,7 @@ __all__ = [
     "BUFFER_MAX_TRACES",
     "DECISION_WAIT",
     "ORPHAN_SPANS",
+    "REDELIVERED",
     "TRACES_WITHOUT_ROOT",
     "serve_metrics",
 ]
@@ -112,6 +113,10 @@ TRACES_WITHOUT_ROOT = Counter(
 ORPHAN_SPANS = Counter(
     "caudal_orphan_spans",
     "Spans of decided traces whose parent span is not in the trace.",
+)
+REDELIVERED = Counter(
+    "caudal_redelivered_fragments",
+    "Trace fragments read again after a restart or rebalance and skipped (already applied).",
 )
 CONSUMER_LAG = Gauge(
     "caudal_consumer_lag",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from streams.buffer import TraceBuffer, decode_value
+from streams.buffer import TraceBuffer, decode_value, record_position
 from streams.decide import DecisionCache, Remembered
 
 
@@ -80,3 +80,37 @@ def test_decision_cache_is_bounded_and_persisted() -> None:
     restored = DecisionCache(store, kept=2, dropped=1, ttl=60.0)  # type: ignore[arg-type]
     restored.rebuild([0])
     assert restored.get(b"\2" * 16) is None
+
+
+def test_a_record_delivered_again_is_not_appended_twice() -> None:
+    store = MemoryStore()
+    buffer = TraceBuffer(store, wait=10.0, max_traces=100)  # type: ignore[arg-type]
+    tid = b"r" * 16
+    # One record holds two fragments of the trace (index 0 and 1), the next record a third.
+    assert buffer.append(0, tid, "t", b"A", 1.0, record_position(40, 0))
+    assert buffer.append(0, tid, "t", b"B", 1.0, record_position(40, 1))
+    assert buffer.append(0, tid, "t", b"C", 2.0, record_position(41, 0))
+    # After a restart the table is rebuilt and records 40 and 41 arrive again.
+    again = TraceBuffer(store, wait=10.0, max_traces=100)  # type: ignore[arg-type]
+    again.rebuild([0])
+    for position in (record_position(40, 0), record_position(40, 1), record_position(41, 0)):
+        assert not again.append(0, tid, "t", b"X", 3.0, position)
+    assert again.append(0, tid, "t", b"D", 3.0, record_position(42, 0))
+    assert decode_value(store.data[0][tid]).otlp == b"ABCD"
+
+
+def test_a_decision_knows_which_fragments_it_covered() -> None:
+    store = MemoryStore()
+    cache = DecisionCache(store, kept=10, dropped=10, ttl=60.0)  # type: ignore[arg-type]
+    tid = b"d" * 16
+    decided = Remembered(1.0, 0, True, "errors", 1.0, "acme", record_position(7, 2))
+    cache.remember(tid, decided)
+    cache.persist(tid, decided)
+    assert decided.already_applied(record_position(7, 2))
+    assert not decided.already_applied(record_position(8, 0))
+    # A late span at record 8 is followed; delivered again, it is recognised.
+    cache.advance(tid, decided, record_position(8, 0))
+    restored = DecisionCache(store, kept=10, dropped=10, ttl=60.0)  # type: ignore[arg-type]
+    restored.rebuild([0])
+    entry = restored.get(tid)
+    assert entry is not None and entry.already_applied(record_position(8, 0))
