@@ -33,9 +33,19 @@ TENANT_HEADER = "caudal-tenant"  # caudal-spans: the tenant resolved by the spli
 SPAN_COUNT_HEADER = "caudal-span-count"  # caudal-sampled: spans in the trace
 
 
+# librdkafka's own messages (connection failures and the like) go through Python logging, so
+# they come out in the configured log format instead of raw on stderr.
+_LIBRDKAFKA_LOG = logging.getLogger("streams.librdkafka")
+
+
 def client_config(kafka: KafkaConfig, **extra: Any) -> dict[str, Any]:
     """librdkafka settings for this cluster: bootstrap servers, security, then `extra`."""
-    return {"bootstrap.servers": kafka.bootstrap_servers, **kafka.security, **extra}
+    return {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "logger": _LIBRDKAFKA_LOG,
+        **kafka.security,
+        **extra,
+    }
 
 
 def make_producer(kafka: KafkaConfig, **extra: Any) -> Producer:
