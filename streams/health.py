@@ -31,6 +31,7 @@ __all__ = [
     "ExportOutcomes",
     "Health",
     "rss_bytes",
+    "serve_endpoints",
     "serve_health",
 ]
 
@@ -172,7 +173,24 @@ class Health:
 
 
 def serve_health(health: Health, host: str, port: int) -> ThreadingHTTPServer | None:
-    """Serve /metrics, /healthz, /readyz and /status on host:port (port 0: nothing)."""
+    """Serve /metrics, /healthz, /readyz and /status of a worker on host:port (0: nothing)."""
+    return serve_endpoints(
+        host,
+        port,
+        alive=health.alive,
+        ready=lambda: health.ready and health.pipeline in ("running", "degraded"),
+        status=health.status,
+    )
+
+
+def serve_endpoints(
+    host: str,
+    port: int,
+    alive: Callable[[], bool],
+    ready: Callable[[], bool],
+    status: Callable[[], dict[str, Any]],
+) -> ThreadingHTTPServer | None:
+    """/metrics, /healthz, /readyz and /status for any Caudal process (port 0: nothing)."""
     if not port:
         return None
 
@@ -182,13 +200,13 @@ def serve_health(health: Health, host: str, port: int) -> ThreadingHTTPServer | 
             if path == "/metrics":
                 self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
-                ok = health.alive()
+                ok = alive()
                 self._send(200 if ok else 503, b"ok\n" if ok else b"event loop stalled\n")
             elif path == "/readyz":
-                ok = health.ready and health.pipeline in ("running", "degraded")
+                ok = ready()
                 self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
             elif path == "/status":
-                body = json.dumps(health.status(), indent=2).encode() + b"\n"
+                body = json.dumps(status(), indent=2).encode() + b"\n"
                 self._send(200, body, "application/json")
             else:
                 self._send(404, b"not found: try /metrics, /healthz, /readyz, /status\n")

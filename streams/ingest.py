@@ -36,9 +36,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from prometheus_client import Counter, Gauge, Histogram
 
 from streams.config import Settings
+from streams.health import serve_endpoints
 from streams.kafka import ensure_topics, make_producer
 from streams.logs import configure_logging
-from streams.metrics import serve_metrics
 from streams.otlp import BadInput, decode_request, fragments_of, split_by_trace
 from streams.route import TokenBucket
 from streams.split import partition_for, span_count
@@ -114,6 +114,7 @@ class Gateway:
         self.inflight = 0
         self.lock = threading.Lock()
         self.kafka_down = False
+        self.listening = False
         self.stop = threading.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._threads = [
@@ -185,6 +186,20 @@ class Gateway:
             self._replace_producer()
             log.info("kafka reachable again")
             self.kafka_down = False
+
+    def ready(self) -> bool:
+        """Worth sending requests to: listening, not stopping, and Kafka reachable."""
+        return self.listening and not self.stop.is_set() and not self.kafka_down
+
+    def status(self) -> dict[str, Any]:
+        """The gateway's /status document."""
+        return {
+            "ready": self.ready(),
+            "kafka_reachable": not self.kafka_down,
+            "backpressure": ("normal", "warning", "throttling", "unavailable")[self.state()],
+            "inflight_bytes": self.inflight,
+            "max_inflight_bytes": self.config.max_inflight_bytes,
+        }
 
     def state(self) -> int:
         """The backpressure state now (also exported as a metric)."""
@@ -452,12 +467,31 @@ def _split_address(address: str) -> tuple[str, int]:
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
-    """Run both listeners until SIGTERM or SIGINT, then drain."""
+    """Run both listeners until SIGTERM or SIGINT, then drain.
+
+    The metrics port also answers /healthz (the event loop runs), /readyz (listening, Kafka
+    reachable, not draining) and /status.
+    """
     config = settings.ingest
     ensure_topics(settings.kafka, [(settings.kafka.input_topic, settings.kafka.partitions)])
     gateway = Gateway(settings)
     loop = asyncio.get_running_loop()
     gateway.start(loop)
+    heartbeat = [time.monotonic()]
+
+    async def beat() -> None:
+        while True:
+            heartbeat[0] = time.monotonic()
+            await asyncio.sleep(1)
+
+    beating = asyncio.create_task(beat())
+    endpoints = serve_endpoints(
+        settings.metrics.host,
+        config.metrics_port,
+        alive=lambda: time.monotonic() - heartbeat[0] < 30,
+        ready=gateway.ready,
+        status=gateway.status,
+    )
 
     ssl_context = None
     if config.tls is not None:
@@ -479,6 +513,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     else:
         server.add_insecure_port(config.grpc)
     await server.start()
+    gateway.listening = True
     log.info("ingest listening http=%s grpc=%s topic=%s", config.http, config.grpc, gateway.topic)
 
     stopping = asyncio.Event()
@@ -488,14 +523,18 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         ready.set()
     await stopping.wait()
     log.info("ingest draining")
+    gateway.listening = False
     await server.stop(grace=5)
     await runner.cleanup()
     await asyncio.to_thread(gateway.close)
+    beating.cancel()
+    if endpoints is not None:
+        endpoints.shutdown()
+        endpoints.server_close()
     log.info("ingest stopped")
 
 
 def run_ingest(settings: Settings) -> None:
     """`caudal ingest`: serve until told to stop."""
     configure_logging(settings.logging)
-    serve_metrics(settings.metrics.host, settings.ingest.metrics_port)
     asyncio.run(serve(settings))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "DEAD_LETTERS",
@@ -29,7 +29,6 @@ __all__ = [
     "ORPHAN_SPANS",
     "REDELIVERED",
     "TRACES_WITHOUT_ROOT",
-    "serve_metrics",
 ]
 
 SPANS_RECEIVED = Counter(
@@ -132,9 +131,3 @@ DECISION_WAIT = Gauge(
 DEAD_LETTERS = Counter(
     "caudal_dead_letters", "Messages sent to the dead-letter topic, per reason.", ["reason"]
 )
-
-
-def serve_metrics(host: str, port: int) -> None:
-    """Expose the default registry on http://host:port/metrics (port 0: not at all)."""
-    if port:
-        start_http_server(port, addr=host, registry=REGISTRY)

@@ -507,13 +507,13 @@ def test_worker_probes_use_health_endpoints_on_the_metrics_port(
         assert container_port(container, probe["httpGet"]["port"]) == settings.metrics.port
 
 
-def test_ingest_has_probes_on_its_listeners(objects: Objects) -> None:
+def test_ingest_probes_use_its_health_endpoints(objects: Objects, tmp_path: Path) -> None:
     container = objects.container(objects.ingest)
-    ports = {int(p["containerPort"]) for p in container["ports"]}
-    for probe_name in ("readinessProbe", "livenessProbe"):
+    settings = objects.settings(objects.ingest, tmp_path)
+    for probe_name, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
         probe = container[probe_name]
-        (action,) = [key for key in ("httpGet", "tcpSocket", "grpc") if key in probe]
-        assert container_port(container, probe[action]["port"]) in ports
+        assert probe["httpGet"]["path"] == path
+        assert container_port(container, probe["httpGet"]["port"]) == settings.ingest.metrics_port
 
 
 def test_termination_grace_covers_decision_wait_and_drain(objects: Objects, tmp_path: Path) -> None:

@@ -43,6 +43,17 @@ def post(url: str, body: bytes, **headers: str) -> tuple[int, dict[str, str], by
         return exc.code, dict(exc.headers), exc.read()
 
 
+def probe(gateway: IngestProcess, path: str) -> int:
+    """Status of a GET on the gateway's metrics port (/readyz, /healthz)."""
+    try:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{gateway.metrics_port}{path}", timeout=5
+        ) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 def request_bytes(traces: int = 2, seed: int = 1) -> bytes:
     rng = random.Random(seed)
     blocks = []
@@ -203,6 +214,8 @@ def test_broker_outage_answers_503_and_loses_nothing(tmp_path: Path) -> None:
     auth = {"Authorization": "Bearer token-a"}
     try:
         assert post(gateway.http_url, request_bytes(), **auth)[0] == 200
+        assert probe(gateway, "/readyz") == 200
+        assert probe(gateway, "/healthz") == 200
         broker.stop()
 
         def refused() -> bool:
@@ -210,6 +223,9 @@ def test_broker_outage_answers_503_and_loses_nothing(tmp_path: Path) -> None:
             return status == 503 and headers.get("Retry-After") == "5"
 
         wait_for(refused, 60, "503 with Retry-After while the broker is down")
+        # Not ready while Kafka is away (a load balancer sends elsewhere), but alive.
+        assert probe(gateway, "/readyz") == 503
+        assert probe(gateway, "/healthz") == 200
 
         sdk = SdkTraces(seed=8)
         ids = [sdk.make("ordinary", "acme") for _ in range(100)]
@@ -233,6 +249,7 @@ def test_broker_outage_answers_503_and_loses_nothing(tmp_path: Path) -> None:
         broker = LocalBroker(port=port, log_path=tmp_path / "tansu-2.log").start()
         sender.join(120)
         assert not sender.is_alive()
+        wait_for(lambda: probe(gateway, "/readyz") == 200, 30, "ready again")
         counts = _read_topic(broker.bootstrap, "otlp_spans", len(ids))
         assert {t: n for t, n in counts.items() if t in ids} == {t: len(spans[t]) for t in ids}
         assert gateway.proc.poll() is None
