@@ -59,6 +59,11 @@ DEGRADED_SPANS = Counter(
     ["outcome"],
 )
 
+for _label in ("up", "down"):
+    CHANGES.labels(_label)
+for _label in ("kept", "dropped"):
+    DEGRADED_SPANS.labels(_label)
+
 _SEED = fnv1a_64(DEFAULT_HASH_SALT.encode())
 
 

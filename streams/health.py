@@ -96,6 +96,7 @@ class Health:
 
     def __post_init__(self) -> None:
         self.set_pipeline("initializing")
+        self.evaluate()
 
     def set_pipeline(self, state: str) -> None:
         """Move the lifecycle (one-hot gauge)."""

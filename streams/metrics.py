@@ -131,3 +131,11 @@ DECISION_WAIT = Gauge(
 DEAD_LETTERS = Counter(
     "caudal_dead_letters", "Messages sent to the dead-letter topic, per reason.", ["reason"]
 )
+
+
+# Label sets known in advance exist from the start (at 0), so rate() and increase() see their
+# first increment.
+for _outcome in ("kept", "dropped"):
+    LATE_SPANS.labels(_outcome)
+for _outcome in ("success", "failure"):
+    CONFIG_RELOADS.labels(_outcome)

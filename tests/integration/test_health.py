@@ -51,8 +51,29 @@ def test_readyz_healthz_and_status(broker: LocalBroker, tmp_path: Path) -> None:
         assert doc["pipeline_state"] == "running"
         assert doc["ready"] is True
         assert doc["health"] == {"state": "healthy", "reasons": []}
+        # The shape README documents.
+        assert set(doc) == {
+            "pipeline_state",
+            "ready",
+            "health",
+            "degradation_level",
+            "degradation",
+            "buffer",
+            "consumer_lag",
+            "read_offsets",
+            "memory",
+            "export_success_last_minute",
+            "exporters",
+            "config_version",
+            "config_reloads",
+        }
         assert doc["degradation_level"] == 0
+        assert doc["degradation"] == {"level": 0, "reason": "normal", "sampling_percentage": None}
         assert set(doc["buffer"]) == {"traces", "max_traces", "fill"}
+        assert doc["read_offsets"] and set(doc["read_offsets"]) <= {"0", "1", "2", "3"}
+        assert set(doc["consumer_lag"]) <= {"0", "1", "2", "3"}
+        assert doc["memory"]["rss_bytes"] > 0
+        assert len(doc["config_version"]) == 12
         assert doc["exporters"] == {"files": "idle"} or doc["exporters"]["files"] in (
             "idle",
             "sending",

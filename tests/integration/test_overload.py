@@ -54,20 +54,28 @@ class Recorder(threading.Thread):
         return out
 
 
-def exported_error_traces(directory: Path) -> set[str]:
-    """Trace IDs of the exported spans of status ERROR (file exporter, OTLP/JSON lines)."""
+def exported_error_traces(directory: Path) -> tuple[set[str], set[tuple[str, float]]]:
+    """Trace IDs of the exported spans of status ERROR (file exporter, OTLP/JSON lines), and
+    the (sampling.policy, sampling.probability) pairs seen on degraded spans."""
     found = set()
+    degraded = set()
     for path in directory.glob("*.jsonl"):
         with path.open() as lines:
             for line in lines:
-                if '"code":2' not in line:
+                if '"code":2' not in line and '"degraded"' not in line:
                     continue
                 for rs in json.loads(line)["resourceSpans"]:
                     for ss in rs["scopeSpans"]:
                         for span in ss["spans"]:
                             if span.get("status", {}).get("code") == 2:
                                 found.add(span["traceId"])
-    return found
+                            attrs = {
+                                kv["key"]: next(iter(kv["value"].values()))
+                                for kv in span["attributes"]
+                            }
+                            if attrs.get("sampling.policy") == "degraded":
+                                degraded.add(("degraded", attrs["sampling.probability"]))
+    return found, degraded
 
 
 def test_overload_degrades_keeps_errors_and_steps_back(broker: LocalBroker, tmp_path: Path) -> None:
@@ -126,7 +134,6 @@ def test_overload_degrades_keeps_errors_and_steps_back(broker: LocalBroker, tmp_
         )
         recorder.done.set()
         levels = recorder.levels()
-        print("levels", levels, "generator", generator.stdout.strip())
         assert max(levels) >= 2, levels
         # One level at a time, up (at once while pressure lasts) and down (per recovery period).
         assert all(abs(b - a) == 1 for a, b in zip(levels, levels[1:], strict=False)), levels
@@ -141,8 +148,22 @@ def test_overload_degrades_keeps_errors_and_steps_back(broker: LocalBroker, tmp_
         # Every error trace still reached the backend, by its policy or in degraded mode.
         truth = json.loads((tmp_path / "truth.json").read_text())
         assert truth["error_traces"] > 10_000
-        assert len(exported_error_traces(tmp_path / "out")) == truth["error_traces"]
-        print("seconds from load end to level 0:", time.monotonic() - load_end)
+        errors, degraded = exported_error_traces(tmp_path / "out")
+        assert len(errors) == truth["error_traces"]
+        # Degraded spans say so, with their true probability: a level's share, or 1.0 for an
+        # error span kept for its status.
+        probabilities = {p for _, p in degraded}
+        assert 1.0 in probabilities
+        assert probabilities - {1.0} <= {0.05, 0.01, 0.001} and probabilities - {1.0}
+        peak_rss = max(rss for _, _, rss in recorder.samples)
+        print(
+            f"levels {levels}; {truth['traces']} traces offered in {LOAD_SECONDS}s; peak RSS "
+            f"{peak_rss / 2**20:.0f} MiB; {len(errors)} error traces exported of "
+            f"{truth['error_traces']}; degraded spans kept "
+            f"{worker.total('caudal_degraded_spans_total', outcome='kept'):.0f}, dropped "
+            f"{worker.total('caudal_degraded_spans_total', outcome='dropped'):.0f}; "
+            f"{time.monotonic() - load_end:.0f}s from the end of the load to level 0"
+        )
     finally:
         recorder.done.set()
         pipeline.stop()
