@@ -161,14 +161,29 @@ def test_topics_are_created_before_anyone_uses_them(services: dict[str, Any]) ->
         assert condition == "service_completed_successfully", name
 
 
-def test_workers_use_the_example_config(services: dict[str, Any]) -> None:
-    worker = services["worker"]
-    assert "../caudal.yaml:/etc/caudal/caudal.yaml:ro" in worker["volumes"]
-    assert worker["command"][-1] == "/etc/caudal/caudal.yaml"
+def test_caudal_services_use_the_stack_config(services: dict[str, Any]) -> None:
+    for name in ("worker", "ingest", "generator"):
+        assert "./caudal.yaml:/etc/caudal/caudal.yaml:ro" in services[name]["volumes"], name
+        command = services[name]["command"]
+        assert command[command.index("-c") + 1] == "/etc/caudal/caudal.yaml", name
     for name in ("worker", "ingest"):
         settings = _settings(services[name])
         assert settings.metrics.host == "0.0.0.0", f"{name}: metrics unreachable from Prometheus"
         assert settings.kafka.bootstrap_servers == "kafka:9092"
+
+
+def test_every_exporter_delivers_inside_the_stack(services: dict[str, Any]) -> None:
+    """No backend outside the stack: a fresh `up` shows no failing exporter or open breaker."""
+    settings = _settings(services["worker"])
+    routed = {name for tenant in settings.tenants.values() for name in tenant.exporters}
+    for name in routed:
+        exporter = settings.exporters[name]
+        if exporter.type == "file":
+            assert exporter.path is not None
+            assert exporter.path.startswith("/var/lib/caudal/out"), name
+        elif exporter.type == "otlp_http":
+            host = exporter.url().split("//", 1)[1].split(":", 1)[0].split("/", 1)[0]
+            assert host in services, f"{name} sends to {host}, not a service of the stack"
 
 
 def test_prometheus_finds_two_workers_and_the_gateway(services: dict[str, Any]) -> None:
