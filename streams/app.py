@@ -34,6 +34,7 @@ from streams.kafka import (
     TENANT_HEADER,
     client_config,
     ensure_topics,
+    faust_credentials,
     make_producer,
     send_dead_letter,
 )
@@ -271,6 +272,8 @@ class PolicyReloader:
 def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
     """Create topics, the Faust app with its tables, agent and timers, and the worker threads."""
     kafka = settings.kafka
+    # The same security for Faust's aiokafka clients as for the confluent-kafka ones.
+    credentials = faust_credentials(kafka.security)
     direct = kafka.input_keyed_by_trace_id
     source_topic = kafka.input_topic if direct else kafka.spans_topic
     ensure_topics(
@@ -285,6 +288,7 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
     app = faust.App(
         kafka.group_id,
         broker=";".join(f"kafka://{s.strip()}" for s in kafka.bootstrap_servers.split(",")),
+        broker_credentials=credentials,
         store="rocksdb://",
         datadir=settings.worker.state_dir,
         web_enabled=False,

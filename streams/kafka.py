@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import ssl
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.config import KafkaConfig
+from streams.config import ConfigError, KafkaConfig
 from streams.metrics import DEAD_LETTERS
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "TENANT_HEADER",
     "client_config",
     "ensure_topics",
+    "faust_credentials",
     "make_producer",
     "rewind",
     "send_dead_letter",
@@ -46,6 +48,72 @@ def client_config(kafka: KafkaConfig, **extra: Any) -> dict[str, Any]:
         **kafka.security,
         **extra,
     }
+
+
+_SASL_PASSWORD = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def faust_credentials(security: Mapping[str, str]) -> Any:
+    """The cluster security of `kafka.security` (librdkafka names) for Faust's aiokafka clients.
+
+    Supported: `security.protocol` PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL; SASL mechanisms
+    PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 and GSSAPI; `ssl.ca.location`,
+    `ssl.certificate.location`, `ssl.key.location`, `ssl.key.password`,
+    `ssl.endpoint.identification.algorithm` and `enable.ssl.certificate.verification`.
+    Anything else is rejected at start with its key path, rather than half-applied.
+    """
+    from faust.auth import GSSAPICredentials, SASLCredentials, SSLCredentials
+
+    protocol = security.get("security.protocol", "PLAINTEXT").upper()
+    if protocol == "PLAINTEXT":
+        return None
+    if protocol not in ("SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+        raise _security_error("security.protocol", f"unknown protocol {protocol!r}")
+    context = _ssl_context(security) if protocol in ("SSL", "SASL_SSL") else None
+    if protocol == "SSL":
+        return SSLCredentials(context)
+    key = "sasl.mechanism" if "sasl.mechanism" in security else "sasl.mechanisms"
+    mechanism = security.get(key, "PLAIN").upper()
+    if mechanism in _SASL_PASSWORD:
+        for needed in ("sasl.username", "sasl.password"):
+            if not security.get(needed):
+                raise _security_error(needed, f"required with sasl.mechanism {mechanism}")
+        return SASLCredentials(
+            username=security["sasl.username"],
+            password=security["sasl.password"],
+            ssl_context=context,
+            mechanism=mechanism,
+        )
+    if mechanism == "GSSAPI":
+        return GSSAPICredentials(
+            kerberos_service_name=security.get("sasl.kerberos.service.name", "kafka"),
+            ssl_context=context,
+        )
+    raise _security_error(key, f"{mechanism} is not supported by the worker's Kafka client")
+
+
+def _ssl_context(security: Mapping[str, str]) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=security.get("ssl.ca.location")
+        )
+        certificate = security.get("ssl.certificate.location")
+        if certificate:
+            context.load_cert_chain(
+                certificate, security.get("ssl.key.location"), security.get("ssl.key.password")
+            )
+    except (OSError, ssl.SSLError) as exc:
+        raise _security_error("ssl", f"cannot load the certificates: {exc}") from exc
+    if security.get("ssl.endpoint.identification.algorithm", "https").lower() == "none":
+        context.check_hostname = False
+    if security.get("enable.ssl.certificate.verification", "true").lower() == "false":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _security_error(key: str, message: str) -> ConfigError:
+    return ConfigError("kafka.security", [(f"kafka.security.{key}", message)])
 
 
 def make_producer(kafka: KafkaConfig, **extra: Any) -> Producer:
