@@ -260,11 +260,11 @@ class ExportLoop(threading.Thread):
 
     def _dead_letter(self, tenant: str, traces: list[bytes], exc: PermanentError) -> None:
         log.warning(
-            "export rejected exporter=%s tenant=%s status=%d traces=%d",
+            "export rejected exporter=%s status=%d traces=%d",
             self.exporter_name,
-            tenant,
             exc.status,
             len(traces),
+            extra={"tenant": tenant},
         )
         for payload in traces:
             send_dead_letter(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -175,6 +176,46 @@ def send_dead_letter(
         ]
     producer.produce(topic, value=value, key=key, headers=out)
     DEAD_LETTERS.labels(reason).inc()
+    if _DEAD_LETTER_LOG.allow(time.monotonic()):
+        where = {}
+        if origin is not None:
+            where = {"topic": origin[0], "partition": origin[1], "offset": origin[2]}
+        suppressed = _DEAD_LETTER_LOG.take_suppressed()
+        log.warning(
+            "dead letter reason=%s detail=%r%s",
+            reason,
+            detail[:200],
+            f" (and {suppressed} more not logged)" if suppressed else "",
+            extra=where,
+        )
+
+
+class _LogBudget:
+    """At most `burst` lines per `period` seconds; the rest are counted, not logged (a flood of
+    bad input must not become a flood of log lines; caudal_dead_letters_total counts all)."""
+
+    def __init__(self, burst: int, period: float) -> None:
+        self.burst = burst
+        self.period = period
+        self.window_start = float("-inf")
+        self.used = 0
+        self.suppressed = 0
+
+    def allow(self, now: float) -> bool:
+        if now - self.window_start >= self.period:
+            self.window_start, self.used = now, 0
+        if self.used < self.burst:
+            self.used += 1
+            return True
+        self.suppressed += 1
+        return False
+
+    def take_suppressed(self) -> int:
+        count, self.suppressed = self.suppressed, 0
+        return count
+
+
+_DEAD_LETTER_LOG = _LogBudget(burst=10, period=10.0)
 
 
 def rewind(consumer: Consumer, messages: Sequence[Message]) -> None:
