@@ -326,12 +326,14 @@ def sampling() -> list[AnyPanel]:
         ),
         graph(
             "Trace integrity",
-            "Spans whose parent is not in their trace, decided traces without a root span, and "
-            "traces decided early because the buffer was full.",
+            "Spans whose parent is not in their trace, decided traces without a root span, "
+            "traces decided early because the buffer was full, and fragments read again after a "
+            "restart or rebalance (skipped, not applied twice).",
             [
                 (rate("caudal_orphan_spans_total"), "orphan spans"),
                 (rate("caudal_traces_without_root_total"), "traces without root"),
                 (rate("caudal_traces_decided_early_total"), "decided early"),
+                (rate("caudal_redelivered_fragments_total"), "redelivered fragments"),
             ],
         ),
     ]

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "deploy" / "prometheus"
@@ -22,54 +23,6 @@ needs_promtool = pytest.mark.skipif(
     PROMTOOL is None, reason="promtool not found: install Debian's prometheus package"
 )
 
-# The metrics contract (README, "Metrics"): the names a rule or a panel may read. Counters are
-# listed with their _total suffix; histograms by their base name (see `known_series`).
-CONTRACT = frozenset(
-    {
-        "caudal_spans_received_total",
-        "caudal_decisions_total",
-        "caudal_traces_decided_early_total",
-        "caudal_late_spans_total",
-        "caudal_spans_exported_total",
-        "caudal_config_reloads_total",
-        "caudal_quota_drops_total",
-        "caudal_unknown_tenant_drops_total",
-        "caudal_export_batches_total",
-        "caudal_export_retries_total",
-        "caudal_circuit_breaker_opens_total",
-        "caudal_dead_letters_total",
-        "caudal_degradation_changes_total",
-        "caudal_degraded_spans_total",
-        "caudal_traces_without_root_total",
-        "caudal_orphan_spans_total",
-        "caudal_experiment_requests_total",
-        "caudal_experiment_errors_total",
-        "caudal_experiment_series_dropped_total",
-        "caudal_ingest_requests_total",
-        "caudal_ingest_spans_total",
-        "caudal_traces_buffered",
-        "caudal_buffer_bytes",
-        "caudal_buffer_max_traces",
-        "caudal_decision_wait_seconds",
-        "caudal_worker_ready",
-        "caudal_exporter_state",
-        "caudal_exporter_backlog",
-        "caudal_pipeline_state",
-        "caudal_health_state",
-        "caudal_degradation_level",
-        "caudal_consumer_lag",
-        "process_resident_memory_bytes",
-        "caudal_ingest_backpressure",
-        "caudal_ingest_queue_fill_ratio",
-    }
-)
-HISTOGRAMS = frozenset(
-    {
-        "caudal_decision_lag_seconds",
-        "caudal_experiment_duration_seconds",
-        "caudal_ingest_produce_latency_seconds",
-    }
-)
 # Written by Prometheus itself for every target.
 SYNTHETIC = frozenset({"up"})
 
@@ -81,9 +34,21 @@ _KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset", "by", "without",
 
 
 def known_series() -> frozenset[str]:
-    """Every series name the contract exposes, histogram series included."""
-    parts = {f"{h}{suffix}" for h in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
-    return CONTRACT | parts | SYNTHETIC
+    """Every series name the worker and the gateway export (histogram series included), read
+    from the metrics their code registers, plus what Prometheus adds itself."""
+    import streams.app  # noqa: F401  (metrics register when their modules are imported)
+    import streams.ingest  # noqa: F401
+
+    names: set[str] = set()
+    for family in REGISTRY.collect():
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+        elif family.type == "histogram":
+            names.update(f"{family.name}{suffix}" for suffix in ("_bucket", "_sum", "_count"))
+        else:
+            names.add(family.name)
+        names.update(sample.name for sample in family.samples)
+    return frozenset(names) | SYNTHETIC
 
 
 def metric_names(expr: str) -> set[str]:
