@@ -42,11 +42,11 @@ from streams.logs import logging_dict_config
 from streams.metrics import (
     BUFFER_MAX_TRACES,
     CONFIG_RELOADS,
-    CONSUMER_LAG,
     DECISION_WAIT,
     REDELIVERED,
     SPANS_RECEIVED,
     WORKER_READY,
+    set_consumer_lag,
 )
 from streams.otlp import BadInput, decode_request, fragments_of, split_by_trace, unpack_index
 from streams.route import TenantResolver, TenantRoutes
@@ -467,9 +467,7 @@ def consumer_lags(app: faust.App, topic: str, offsets: dict[int, int]) -> dict[i
             continue
         read = offsets.get(tp.partition)
         lags[tp.partition] = max(0, highwater - (read + 1 if read is not None else 0))
-    CONSUMER_LAG.clear()
-    for partition, value in lags.items():
-        CONSUMER_LAG.labels(topic, str(partition)).set(value)
+    set_consumer_lag(topic, lags)
     return lags
 
 

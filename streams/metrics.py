@@ -28,6 +28,7 @@ __all__ = [
     "DECISION_WAIT",
     "ORPHAN_SPANS",
     "REDELIVERED",
+    "set_consumer_lag",
     "TRACES_WITHOUT_ROOT",
 ]
 
@@ -139,3 +140,13 @@ for _outcome in ("kept", "dropped"):
     LATE_SPANS.labels(_outcome)
 for _outcome in ("success", "failure"):
     CONFIG_RELOADS.labels(_outcome)
+
+
+def set_consumer_lag(topic: str, lags: dict[int, int]) -> None:
+    """Replace the consumer-lag series of one topic (partitions no longer assigned go away)."""
+    # prometheus_client offers no way to list a metric's children but its _metrics map.
+    for labels in list(CONSUMER_LAG._metrics):
+        if labels[0] == topic and int(labels[1]) not in lags:
+            CONSUMER_LAG.remove(*labels)
+    for partition, value in lags.items():
+        CONSUMER_LAG.labels(topic, str(partition)).set(value)

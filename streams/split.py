@@ -19,7 +19,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Iterable
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from streams.config import Settings
@@ -33,7 +33,7 @@ from streams.kafka import (
     rewind,
     send_dead_letter,
 )
-from streams.metrics import SPANS_RECEIVED
+from streams.metrics import SPANS_RECEIVED, set_consumer_lag
 from streams.otlp import (
     BadInput,
     Fragment,
@@ -181,8 +181,12 @@ class SplitStage(threading.Thread):
         kafka = self.settings.kafka
         self.consumer.subscribe([kafka.input_topic])
         log.info("split stage started topic=%s", kafka.input_topic)
+        next_lag = 0.0
         try:
             while not self.stop.is_set():
+                if time.monotonic() >= next_lag:
+                    next_lag = time.monotonic() + 5.0
+                    self._export_lag()
                 level = self.degradation.level if self.degradation else 0
                 # Level 1 and up: larger batches, and experiment metrics off.
                 size = self.batch_size * (4 if level else 1)
@@ -205,6 +209,21 @@ class SplitStage(threading.Thread):
             self.producer.flush(10)
             self.consumer.close()
             log.info("split stage stopped")
+
+    def _export_lag(self) -> None:
+        """caudal_consumer_lag of the input topic: high watermark minus position."""
+        lags = {}
+        try:
+            for tp in self.consumer.position(self.consumer.assignment()):
+                if tp.offset < 0:  # nothing read yet on this partition
+                    continue
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                if high >= 0:
+                    lags[tp.partition] = max(0, high - tp.offset)
+        except KafkaException as exc:
+            log.debug("input lag unavailable error=%s", exc)
+            return
+        set_consumer_lag(self.settings.kafka.input_topic, lags)
 
     def _produce(self, batch: Batch) -> bool:
         """Produce a batch and wait for every acknowledgement; False if any failed."""

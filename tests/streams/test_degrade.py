@@ -151,3 +151,24 @@ def test_shed_keeps_every_error_span_with_probability_one() -> None:
             assert result.dropped_spans == 9
             assert all(rs.scope_spans for rs in result.request.resource_spans)
     assert errors_kept >= 495
+
+
+def test_consumer_lag_series_follow_the_assignment() -> None:
+    from prometheus_client import REGISTRY
+
+    from streams.metrics import set_consumer_lag
+
+    def series(topic: str) -> dict[str, float]:
+        return {
+            s.labels["partition"]: s.value
+            for family in REGISTRY.collect()
+            if family.name == "caudal_consumer_lag"
+            for s in family.samples
+            if s.labels["topic"] == topic
+        }
+
+    set_consumer_lag("in-test", {0: 5, 1: 7})
+    set_consumer_lag("spans-test", {3: 1})
+    set_consumer_lag("in-test", {1: 2})  # partition 0 moved to another worker
+    assert series("in-test") == {"1": 2.0}
+    assert series("spans-test") == {"3": 1.0}
