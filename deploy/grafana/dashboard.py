@@ -360,8 +360,13 @@ def decisions() -> list[AnyPanel]:
         ),
         graph(
             "Consumer lag",
-            "Records of caudal-spans not consumed yet, per worker.",
-            [(f"sum by (instance) (caudal_consumer_lag{{{W}}})", "{{instance}}")],
+            "Records not consumed yet, per worker and topic (the input topic and caudal-spans).",
+            [
+                (
+                    f"sum by (instance, topic) (caudal_consumer_lag{{{W}}})",
+                    "{{instance}} · {{topic}}",
+                )
+            ],
         ),
         graph(
             "Buffer bytes",
