@@ -241,7 +241,7 @@ class PolicyReloader:
     def reload(self, reason: str) -> None:
         """Validate the file again and swap in its policies, or keep the old ones."""
         try:
-            new = load_settings(self.path)
+            new = load_settings(self.path, read_tokens=False)
         except ConfigError as exc:
             CONFIG_RELOADS.labels("failure").inc()
             for path, message in exc.errors:

@@ -18,8 +18,8 @@ from streams.config import ConfigError, Settings, load_settings
 __all__ = ["main"]
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    settings = load_settings(getattr(args, "config", None))
+def _settings(args: argparse.Namespace, read_tokens: bool = False) -> Settings:
+    settings = load_settings(getattr(args, "config", None), read_tokens=read_tokens)
     kafka = {}
     if getattr(args, "bootstrap", None):
         kafka["bootstrap_servers"] = args.bootstrap
@@ -75,7 +75,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     """Run the OTLP ingest gateway."""
     from streams.ingest import run_ingest
 
-    settings = _settings(args)
+    settings = _settings(args, read_tokens=True)
     if args.metrics_port is not None:
         ingest = settings.ingest.model_copy(update={"metrics_port": args.metrics_port})
         settings = settings.model_copy(update={"ingest": ingest})

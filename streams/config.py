@@ -566,8 +566,14 @@ def _unknown_exporters(raw: dict[str, Any]) -> list[tuple[str, str]]:
     return errors
 
 
-def load_settings(path: str | Path | None, environ: dict[str, str] | None = None) -> Settings:
-    """Read, override from CAUDAL_* variables and validate; no file means built-in defaults."""
+def load_settings(
+    path: str | Path | None, environ: dict[str, str] | None = None, read_tokens: bool = True
+) -> Settings:
+    """Read, override from CAUDAL_* variables and validate; no file means built-in defaults.
+
+    `read_tokens=False` leaves `ingest.tokens_file` unread: only the gateway needs the tokens,
+    so workers need not see the Secret that holds them.
+    """
     environ = dict(os.environ) if environ is None else environ
     source = str(path) if path else "<defaults>"
     raw: object = {}
@@ -582,7 +588,8 @@ def load_settings(path: str | Path | None, environ: dict[str, str] | None = None
             raise ConfigError(source, [("(file)", f"not valid YAML: {exc}")]) from exc
     if isinstance(raw, dict) or raw is None:
         raw = _apply_environment(raw or {}, environ)
-        raw = _read_tokens_file(raw, source)
+        if read_tokens:
+            raw = _read_tokens_file(raw, source)
     return validate_mapping(raw, source)
 
 

@@ -278,15 +278,17 @@ class Objects:
         config_path = args[args.index("-c") + 1]
         raw = yaml.safe_load(self.mounted_file(workload, config_path))
         tmp_path.mkdir(parents=True, exist_ok=True)
+        gateway = args[0] == "ingest"
         tokens_file = (raw.get("ingest") or {}).get("tokens_file")
-        if tokens_file:
-            # The loader reads the tokens file at start: give it the mounted Secret's content.
+        if tokens_file and gateway:
+            # The gateway reads the tokens file at start: give it the mounted Secret's content.
             local_tokens = tmp_path / "tokens.yaml"
             local_tokens.write_text(self.mounted_file(workload, tokens_file))
             raw["ingest"]["tokens_file"] = str(local_tokens)
         local_config = tmp_path / "caudal.yaml"
         local_config.write_text(yaml.safe_dump(raw))
-        return load_settings(local_config, environ={})
+        # Workers never read the tokens (`caudal worker` loads without them).
+        return load_settings(local_config, environ={}, read_tokens=gateway)
 
 
 def mounted_source(workload: Manifest, path: str) -> tuple[str, str, str]:
@@ -452,7 +454,7 @@ def test_config_map_passes_caudals_loader(objects: Objects, tmp_path: Path) -> N
     the mounted Secret), and it listens where the pod's ports and probes expect."""
     workers = objects.settings(objects.workers, tmp_path / "worker")
     ingest = objects.settings(objects.ingest, tmp_path / "ingest")
-    same = {"ingest": {"tokens_file"}}  # the local copies of the Secret differ in path only
+    same = {"ingest": {"tokens_file", "tokens"}}  # only the gateway reads the tokens
     assert workers.model_dump(exclude=same) == ingest.model_dump(exclude=same)
     # Inside a pod, loopback is unreachable from the kubelet and from Prometheus.
     assert workers.metrics.host == "0.0.0.0"

@@ -177,3 +177,5 @@ def test_ingest_tokens_file_is_merged(tmp_path: Path) -> None:
     tokens.unlink()
     with pytest.raises(ConfigError, match="ingest.tokens_file: cannot read"):
         load_settings(path, environ={})
+    # Workers load without the tokens: they need not see the Secret that holds them.
+    assert load_settings(path, environ={}, read_tokens=False).ingest.tokens == {"inline": "default"}
