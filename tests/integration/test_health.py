@@ -84,3 +84,18 @@ def test_readyz_healthz_and_status(broker: LocalBroker, tmp_path: Path) -> None:
         assert worker.stop() == 0
     finally:
         pipeline.stop()
+
+
+def test_a_drain_over_the_grace_period_ends_the_process(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    """shutdown.grace bounds the drain: past it the worker exits 1 (and says so) rather than
+    wait for SIGKILL; what it had not committed is read again by the next owner."""
+    pipeline = Pipeline(broker, tmp_path, shutdown={"grace": "0s"})
+    try:
+        worker = pipeline.start_worker()
+        worker.wait_ready()
+        assert worker.stop() == 1
+        assert "drain exceeded shutdown.grace" in worker.log.read_text()
+    finally:
+        pipeline.stop()
