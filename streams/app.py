@@ -154,7 +154,7 @@ class Intake:
         # Reading the input topic directly (input_keyed_by_trace_id): split here, same rules.
         request = decode_request(message.value, self.encoding)
         meter = self.worker.meter
-        if self.worker.degradation.level == 0 and meter.may_apply(message.value):
+        if self.worker.degradation.optional_work() and meter.may_apply(message.value):
             meter.observe(request.resource_spans)
         groups, invalid = split_by_trace(request)
         if not groups and invalid is None:
@@ -326,14 +326,13 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
         PolicySets.from_settings(settings), routes, buffer, cache, producer, kafka.sampled_topic
     )
     outcomes = ExportOutcomes()
-    degradation = Degradation(settings.degradation)
     health = Health(
         settings,
         buffered=lambda: len(buffer),
         outcomes=outcomes,
-        degradation=degradation,
         config_version=config_version(config_path),
     )
+    degradation = health.degradation
     lag = LagClock()
     meter = ExperimentMeter(settings.experiments)
     worker = Worker(
@@ -354,8 +353,7 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
         health.beat()
         if not health.ready:
             return
-        # Level 1 and up: larger batches per flush.
-        limit = 20_000 if degradation.level else 5_000
+        limit = 5_000 * degradation.batch_factor()
         while True:
             batch = decider.decide_due(time.time(), limit)
             if not batch.items:

@@ -28,6 +28,7 @@ from streams.state import TableStore
 __all__ = [
     "UNKNOWN_POSITION",
     "BufferedTrace",
+    "already_applied",
     "Pending",
     "TraceBuffer",
     "decode_value",
@@ -46,6 +47,11 @@ UNKNOWN_POSITION = -1
 def record_position(offset: int, index: int) -> int:
     """A fragment's place in its partition: record offset, then index within the record."""
     return (offset << _INDEX_BITS) | index
+
+
+def already_applied(position: int, last: int) -> bool:
+    """Is the fragment at `position` covered by a state whose last applied position is `last`?"""
+    return position != UNKNOWN_POSITION and position <= last
 
 
 def encode_header(first_seen: float, tenant: str, position: int = UNKNOWN_POSITION) -> bytes:
@@ -114,16 +120,16 @@ class TraceBuffer:
             value = encode_header(now, tenant, position) + fragment
             entry = self.pending[trace_id] = Pending(now + self.wait, partition, 0, position)
         else:
-            if position != UNKNOWN_POSITION and position <= entry.position:
+            if already_applied(position, entry.position):
                 return False
+            entry.position = max(position, entry.position)
             stored = self.store.get(partition, trace_id)
             if stored is None:
-                value = encode_header(now, tenant, position) + fragment
+                value = encode_header(now, tenant, entry.position) + fragment
             else:
                 head = bytearray(stored[: _HEADER.size])
-                _POSITION.pack_into(head, _POSITION_AT, max(position, entry.position))
+                _POSITION.pack_into(head, _POSITION_AT, entry.position)
                 value = bytes(head) + stored[_HEADER.size :] + fragment
-            entry.position = max(position, entry.position)
         self.bytes += len(value) - entry.size
         entry.size = len(value)
         self.store.put(partition, trace_id, value)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from policies import Decision, PolicyEngine, TraceView
-from streams.buffer import UNKNOWN_POSITION, Pending, TraceBuffer
+from streams.buffer import UNKNOWN_POSITION, Pending, TraceBuffer, already_applied
 from streams.config import Settings
 from streams.degrade import DEGRADED_POLICY, DEGRADED_SPANS, shed_fragment
 from streams.kafka import SPAN_COUNT_HEADER
@@ -78,7 +78,7 @@ class Remembered:
 
     def already_applied(self, position: int) -> bool:
         """Was the fragment at `position` part of the trace when it was decided?"""
-        return position != UNKNOWN_POSITION and position <= self.position
+        return already_applied(position, self.position)
 
 
 class DecisionCache:

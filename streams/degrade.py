@@ -17,6 +17,7 @@ at once. Each `recovery_period` without pressure steps one level down.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from dataclasses import dataclass
@@ -108,31 +109,39 @@ class Degradation:
         self._last_lag = 0.0
         LEVEL.set(0)
 
+    def batch_factor(self) -> int:
+        """How many times larger batches are (level 1 and up)."""
+        return 4 if self.level else 1
+
+    def optional_work(self) -> bool:
+        """Whether optional work (experiment metrics) runs: at level 0 only."""
+        return self.level == 0
+
     def percentage(self) -> float | None:
         """Trace-ID sampling percentage of the current level, None below level 2."""
         if self.level < FIRST_SHEDDING_LEVEL:
             return None
         return self.config.level_percentages[self.level - FIRST_SHEDDING_LEVEL]
 
-    def pressure_reasons(self, reading: Pressure) -> list[str]:
-        """Why the reading counts as pressure (empty: calm)."""
+    def pressure_reasons(self, reading: Pressure, last_lag: float) -> list[str]:
+        """Why the reading counts as pressure (empty: calm), given the previous lag reading."""
         config = self.config
         reasons = []
-        growing = reading.lag_seconds >= self._last_lag
+        growing = reading.lag_seconds >= last_lag
         if reading.lag_seconds > config.max_lag and growing:
             reasons.append(f"consumer lag {reading.lag_seconds:.0f}s and growing")
         if reading.buffer_fill > config.buffer_fill:
             reasons.append(f"buffer at {reading.buffer_fill:.0%} of decision.max_traces")
         if reading.memory_fill is not None and reading.memory_fill > config.memory_fill:
             reasons.append(f"RSS at {reading.memory_fill:.0%} of health.memory_limit")
-        self._last_lag = reading.lag_seconds
         return reasons
 
     def observe(self, reading: Pressure, now: float) -> bool:
         """Apply one reading; True when the level changed (logged and exported)."""
         if not self.config.enabled:
             return False
-        reasons = self.pressure_reasons(reading)
+        reasons = self.pressure_reasons(reading, self._last_lag)
+        self._last_lag = reading.lag_seconds
         if reasons:
             self._streak += 1
             self._calm_since = None
@@ -183,7 +192,7 @@ def shed_fragment(trace_id: bytes, fragment: bytes, percentage: float) -> ShedDe
     """
     probability = percentage / 100
     request = ExportTraceServiceRequest.FromString(fragment)
-    if fnv1a_64(trace_id, _SEED) <= ratio_threshold(probability):
+    if fnv1a_64(trace_id, _SEED) <= _threshold(probability):
         spans = [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
         error = any(s.status.code == Status.STATUS_CODE_ERROR for s in spans)
         request = annotate_kept(request, DEGRADED_POLICY, probability)
@@ -207,3 +216,9 @@ def shed_fragment(trace_id: bytes, fragment: bytes, percentage: float) -> ShedDe
         if not rs.scope_spans:
             request.resource_spans.remove(rs)
     return ShedDecision(annotate_kept(request, DEGRADED_POLICY, 1.0), kept, dropped, True)
+
+
+@functools.cache
+def _threshold(probability: float) -> int:
+    # Exact big-number arithmetic: computed once per level, not per fragment.
+    return ratio_threshold(probability)

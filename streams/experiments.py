@@ -70,13 +70,15 @@ class ExperimentMeter:
     def observe(self, blocks: Iterable[ResourceSpans]) -> None:
         """Count the experiment spans of some resource blocks."""
         for rs in blocks:
-            resource_ids = _strings(rs.resource.attributes, self.id_key, self.variant_key)
-            service = _strings(rs.resource.attributes, "service.name", "")[0] or "unknown"
+            default_id, default_variant, service = _strings(
+                rs.resource.attributes, self.id_key, self.variant_key, "service.name"
+            )
+            service = service or "unknown"
             for ss in rs.scope_spans:
                 for span in ss.spans:
                     experiment, variant = _strings(span.attributes, self.id_key, self.variant_key)
-                    experiment = experiment or resource_ids[0]
-                    variant = variant or resource_ids[1]
+                    experiment = experiment or default_id
+                    variant = variant or default_variant
                     if experiment and variant:
                         self._count(experiment, variant, service, span)
 
@@ -111,13 +113,11 @@ class ExperimentMeter:
             return metrics
 
 
-def _strings(attributes: Iterable[object], first: str, second: str) -> tuple[str, str]:
-    """String values of two attribute keys ('' when absent)."""
-    a = b = ""
+def _strings(attributes: Iterable[object], *keys: str) -> tuple[str, ...]:
+    """String values of some attribute keys, in the order asked ('' when absent)."""
+    values = dict.fromkeys(keys, "")
     for kv in attributes:
         key = kv.key  # type: ignore[attr-defined]
-        if key == first:
-            a = kv.value.string_value  # type: ignore[attr-defined]
-        elif key == second:
-            b = kv.value.string_value  # type: ignore[attr-defined]
-    return a, b
+        if key in values:
+            values[key] = kv.value.string_value  # type: ignore[attr-defined]
+    return tuple(values.values())

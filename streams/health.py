@@ -89,12 +89,13 @@ class Health:
     ready: bool = False
     heartbeat: float = field(default_factory=time.monotonic)
     reloads: int = 0
-    degradation: Degradation | None = None
+    degradation: Degradation = field(init=False)
     consumer_lag: dict[int, int] = field(default_factory=dict)
     read_offsets: Callable[[], dict[int, int]] = dict
     config_version: str = "defaults"
 
     def __post_init__(self) -> None:
+        self.degradation = Degradation(self.settings.degradation)
         self.set_pipeline("initializing")
         self.evaluate()
 
@@ -147,16 +148,15 @@ class Health:
         buffered = self.buffered()
         success = self.outcomes.success_ratio()
         degradation = self.degradation
-        percentage = degradation.percentage() if degradation else None
         return {
             "pipeline_state": self.pipeline,
             "ready": self.ready,
             "health": {"state": state, "reasons": reasons},
-            "degradation_level": degradation.level if degradation else 0,
+            "degradation_level": degradation.level,
             "degradation": {
-                "level": degradation.level if degradation else 0,
-                "reason": degradation.reason if degradation else "normal",
-                "sampling_percentage": percentage,
+                "level": degradation.level,
+                "reason": degradation.reason,
+                "sampling_percentage": degradation.percentage(),
             },
             "buffer": {
                 "traces": buffered,

@@ -142,11 +142,13 @@ for _outcome in ("success", "failure"):
     CONFIG_RELOADS.labels(_outcome)
 
 
+_LAG_PARTITIONS: dict[str, set[int]] = {}
+
+
 def set_consumer_lag(topic: str, lags: dict[int, int]) -> None:
     """Replace the consumer-lag series of one topic (partitions no longer assigned go away)."""
-    # prometheus_client offers no way to list a metric's children but its _metrics map.
-    for labels in list(CONSUMER_LAG._metrics):
-        if labels[0] == topic and int(labels[1]) not in lags:
-            CONSUMER_LAG.remove(*labels)
+    for partition in _LAG_PARTITIONS.get(topic, set()) - lags.keys():
+        CONSUMER_LAG.remove(topic, str(partition))
+    _LAG_PARTITIONS[topic] = set(lags)
     for partition, value in lags.items():
         CONSUMER_LAG.labels(topic, str(partition)).set(value)

@@ -187,17 +187,17 @@ class SplitStage(threading.Thread):
                 if time.monotonic() >= next_lag:
                     next_lag = time.monotonic() + 5.0
                     self._export_lag()
-                level = self.degradation.level if self.degradation else 0
-                # Level 1 and up: larger batches, and experiment metrics off.
-                size = self.batch_size * (4 if level else 1)
+                degradation = self.degradation
+                size = self.batch_size * (degradation.batch_factor() if degradation else 1)
                 messages = self.consumer.consume(size, timeout=0.2)
                 usable = [m for m in messages if not _log_error(m)]
                 if not usable:
                     continue
-                stamps = [m.timestamp()[1] for m in usable if m.timestamp()[1] > 0]
+                # -1: the record carries no timestamp.
+                stamps = [t for _, t in (m.timestamp() for m in usable) if t > 0]
                 if stamps:
                     self.lag.note(time.time() - min(stamps) / 1000)
-                meter = None if level else self.meter
+                meter = self.meter if not degradation or degradation.optional_work() else None
                 batch = split_messages(
                     usable, self.settings, self.resolver, self.dead_letter, meter
                 )
