@@ -22,12 +22,14 @@ from typing import Any
 import faust
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from streams import faust_seam
 from streams.buffer import TraceBuffer, record_position
 from streams.config import ConfigError, Settings, load_settings
 from streams.decide import Decider, DecisionCache, PolicySets
 from streams.degrade import Degradation, LagClock, Pressure
 from streams.experiments import ExperimentMeter
 from streams.export import ExportLoop
+from streams.handover import DecisionTick, Handover, Ownership
 from streams.health import ExportOutcomes, Health, rss_bytes, serve_health
 from streams.kafka import (
     INDEX_HEADER,
@@ -43,15 +45,16 @@ from streams.metrics import (
     BUFFER_MAX_TRACES,
     CONFIG_RELOADS,
     DECISION_WAIT,
+    PARTITIONS_OWNED,
     REDELIVERED,
     SPANS_RECEIVED,
-    WORKER_READY,
     set_consumer_lag,
 )
 from streams.otlp import BadInput, decode_request, fragments_of, split_by_trace, unpack_index
+from streams.progress import PROGRESS_HEADER, PartitionClock, WallClock
 from streams.route import TenantResolver, TenantRoutes
 from streams.split import SplitStage, span_count
-from streams.state import TableStore, bind_to_commits, verify_end_offsets
+from streams.state import PartitionNotOwned, TableStore, bind_to_commits, verify_end_offsets
 
 __all__ = ["Worker", "build_worker", "run_worker"]
 
@@ -110,10 +113,13 @@ class Worker:
 class Intake:
     """Per record of the buffer agent: follow remembered decisions, buffer everything else."""
 
-    def __init__(self, worker: Worker, resolver: TenantResolver, direct: bool) -> None:
+    def __init__(
+        self, worker: Worker, resolver: TenantResolver, direct: bool, clock: PartitionClock | None
+    ) -> None:
         self.worker = worker
         self.resolver = resolver
         self.direct = direct
+        self.clock = clock
         self.encoding = worker.settings.kafka.input_encoding
         self.dlq_topic = worker.settings.kafka.dlq_topic
         # Last offset read per partition, for the consumer lag gauge.
@@ -128,16 +134,27 @@ class Intake:
             self.worker.lag.note(now - message.timestamp)
         try:
             index = headers.get(INDEX_HEADER)
+            progress = headers.get(PROGRESS_HEADER)
             if index is not None:
                 tenant = headers.get(TENANT_HEADER, b"").decode() or self.resolver.default
                 offset = message.offset
+                # The window starts at the record's input time (streams.progress).
+                seen = min(message.timestamp or now, now)
                 for i, (trace_id, fragment) in enumerate(unpack_index(message.value, index)):
                     position = record_position(offset, i)
-                    self._take(message.partition, trace_id, tenant, fragment, now, position)
+                    self._take(message.partition, trace_id, tenant, fragment, seen, position)
             elif self.direct:
                 self._take_input(message, headers, now)
-            else:
+            elif progress is None:
                 raise BadInput("invalid_index", f"record without a {INDEX_HEADER} header")
+            if progress is not None and self.clock is not None:
+                try:
+                    self.clock.observe(message.partition, progress)
+                except ValueError as exc:
+                    raise BadInput("invalid_progress", str(exc)) from None
+        except PartitionNotOwned:
+            # Read while the partition was being handed over: its next owner reads it again.
+            log.warning("record of a partition not owned skipped partition=%d", message.partition)
         except BadInput as exc:
             send_dead_letter(
                 self.worker.producer,
@@ -188,7 +205,7 @@ class Intake:
         position: int,
     ) -> None:
         worker = self.worker
-        if trace_id not in worker.buffer:
+        if not worker.buffer.holds(partition, trace_id):
             decided = worker.cache.get(trace_id)
             if decided is not None:
                 if decided.already_applied(position):
@@ -271,6 +288,7 @@ class PolicyReloader:
 
 def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
     """Create topics, the Faust app with its tables, agent and timers, and the worker threads."""
+    faust_seam.check_faust()
     kafka = settings.kafka
     # The same security for Faust's aiokafka clients as for the confluent-kafka ones.
     credentials = faust_credentials(kafka.security)
@@ -315,9 +333,10 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
     )
     decision = settings.decision
     producer = make_producer(kafka)
-    trace_store, decision_store = TableStore(traces, producer), TableStore(decisions, producer)
+    ownership = Ownership()
+    trace_store = TableStore(traces, producer, ownership.writable)
+    decision_store = TableStore(decisions, producer, ownership.writable)
     bind_to_commits(app, producer, [trace_store, decision_store])
-    verify_end_offsets(app, client_config(kafka))
     buffer = TraceBuffer(trace_store, decision.wait, decision.max_traces)
     dc = decision.decision_cache
     cache = DecisionCache(decision_store, dc.kept, dc.dropped, dc.ttl)
@@ -338,8 +357,27 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
     worker = Worker(
         settings, app, buffer, cache, decider, producer, health, degradation, lag, meter
     )
-    intake = Intake(worker, TenantResolver(settings.tenant_from, settings.default_tenant), direct)
+    clock = WallClock() if direct else PartitionClock()
+    resolver = TenantResolver(settings.tenant_from, settings.default_tenant)
+    intake = Intake(worker, resolver, direct, None if direct else clock)
     health.read_offsets = lambda: dict(intake.offsets)
+    tick = DecisionTick(
+        decider, producer, ownership, clock, lambda: 5_000 * degradation.batch_factor()
+    )
+
+    def ready(partitions: frozenset[int]) -> None:
+        routes.set_share(len(partitions) / kafka.partitions)
+        PARTITIONS_OWNED.set(len(partitions))
+        health.ready = True
+        health.set_pipeline("running")
+
+    def unready() -> None:
+        health.ready = False
+        PARTITIONS_OWNED.set(0)
+
+    handover = Handover(ownership, tick, buffer, cache, clock, ready, unready)
+    faust_seam.run_before_revoke(app, handover.before_revoke, handover.after_revoke)
+    verify_end_offsets(app, client_config(kafka))
     BUFFER_MAX_TRACES.set(decision.max_traces)
     DECISION_WAIT.set(decision.wait)
 
@@ -351,49 +389,21 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
     @app.timer(decision.tick, name="decide-due")
     async def decide_due() -> None:
         health.beat()
-        if not health.ready:
-            return
-        limit = 5_000 * degradation.batch_factor()
-        while True:
-            batch = decider.decide_due(time.time(), limit)
-            if not batch.items:
-                return
-            if await asyncio.to_thread(producer.flush, 30):
-                # Unacknowledged after 30 s: keep those traces buffered and decide them again.
-                batch.failed.update(tid for tid, _, r in batch.items if r.kept)
-            decider.complete(batch, time.time())
+        await tick()
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app: Any, assigned: Any, **kwargs: Any) -> None:
+        handover.assigned(frozenset(faust_seam.assigned_actives(app, source_topic)))
 
     @traces.on_recover
     async def on_recovered() -> None:
-        partitions = sorted(
-            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == source_topic
-        )
         try:
-            buffer.rebuild(partitions)
-            cache.rebuild(partitions)
-            routes.set_share(len(partitions) / kafka.partitions)
+            handover.recovered(frozenset(faust_seam.assigned_actives(app, source_topic)))
         except Exception as exc:
             # Faust drops exceptions raised in recovery callbacks; without this the worker
             # would report ready and never decide anything.
             log.exception("buffer recovery failed")
             await app.crash(exc)
-            return
-        health.ready = True
-        health.set_pipeline("running")
-        WORKER_READY.set(1)
-        log.info(
-            "buffer recovered partitions=%s traces=%d decisions=%d",
-            partitions,
-            len(buffer),
-            sum(len(e) for e in cache.entries.values()),
-        )
-
-    @app.on_partitions_revoked.connect
-    async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
-        # Until the new assignment is recovered, the timer must not decide traces of
-        # partitions that may now belong to another worker.
-        health.ready = False
-        WORKER_READY.set(0)
 
     if config_path is not None:
         reloader = PolicyReloader(config_path, decider, settings, health)
@@ -452,16 +462,9 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
 def consumer_lags(app: faust.App, topic: str, offsets: dict[int, int]) -> dict[int, int]:
     """Records behind per assigned partition of `topic` (exported as caudal_consumer_lag)."""
     lags = {}
-    try:
-        assigned = [tp for tp in app.consumer.assignment() if tp.topic == topic]
-    except Exception:  # no consumer yet, or between assignments
-        assigned = []
-    for tp in assigned:
-        try:
-            highwater = app.consumer.highwater(tp)
-        except Exception:
-            continue
-        if highwater is None or highwater < 0:
+    for tp in faust_seam.assignment(app, topic):
+        highwater = faust_seam.highwater(app, tp)
+        if highwater is None:
             continue
         read = offsets.get(tp.partition)
         lags[tp.partition] = max(0, highwater - (read + 1 if read is not None else 0))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from streams.metrics import BUFFER_BYTES, TRACES_BUFFERED, TRACES_DECIDED_EARLY
@@ -87,20 +87,34 @@ class Pending:
 
 
 class TraceBuffer:
-    """Buffered traces: the `traces` table plus the in-memory decision queue."""
+    """Buffered traces: the `traces` table plus one decision queue per partition.
+
+    A queue is in arrival order, which is deadline order since every trace waits the same
+    `decision.wait`. A trace is due when its deadline has passed on its partition's clock
+    (`streams.progress`), so a partition that lags behind its input holds its traces back
+    while the others go on.
+    """
 
     def __init__(self, store: TableStore, wait: float, max_traces: int) -> None:
         self.store = store
         self.wait = wait
         self.max_traces = max_traces
-        self.pending: OrderedDict[bytes, Pending] = OrderedDict()
+        self.queues: dict[int, OrderedDict[bytes, Pending]] = {}
+        self.count = 0
         self.bytes = 0
 
     def __len__(self) -> int:
-        return len(self.pending)
+        return self.count
 
-    def __contains__(self, trace_id: bytes) -> bool:
-        return trace_id in self.pending
+    def holds(self, partition: int, trace_id: bytes) -> bool:
+        """Is the trace buffered (waiting for its decision)?"""
+        queue = self.queues.get(partition)
+        return queue is not None and trace_id in queue
+
+    def entry(self, partition: int, trace_id: bytes) -> Pending | None:
+        """The queue entry of a buffered trace."""
+        queue = self.queues.get(partition)
+        return queue.get(trace_id) if queue is not None else None
 
     def append(
         self,
@@ -113,12 +127,17 @@ class TraceBuffer:
     ) -> bool:
         """Add a fragment of spans to a trace, starting its decision window if it is new.
 
-        False when the fragment was already applied (a record delivered again).
+        `now` is the fragment's time on the input's clock. False when the fragment was already
+        applied (a record delivered again).
         """
-        entry = self.pending.get(trace_id)
+        queue = self.queues.get(partition)
+        if queue is None:
+            queue = self.queues[partition] = OrderedDict()
+        entry = queue.get(trace_id)
         if entry is None:
             value = encode_header(now, tenant, position) + fragment
-            entry = self.pending[trace_id] = Pending(now + self.wait, partition, 0, position)
+            entry = queue[trace_id] = Pending(now + self.wait, partition, 0, position)
+            self.count += 1
         else:
             if already_applied(position, entry.position):
                 return False
@@ -135,32 +154,53 @@ class TraceBuffer:
         self.store.put(partition, trace_id, value)
         return True
 
-    def pop_due(self, now: float, limit: int) -> list[tuple[bytes, Pending]]:
-        """Take traces whose window closed, oldest first, plus the oldest beyond max_traces."""
+    def pop_due(
+        self, clock: Callable[[int], float] | float, limit: int, partitions: Iterable[int] = ()
+    ) -> list[tuple[bytes, Pending]]:
+        """Take traces whose window closed on their partition's clock, oldest first, then the
+        oldest beyond max_traces; only from `partitions` (every queue when empty).
+
+        `clock` gives a partition's time (`PartitionClock.watermark`), or is one time for all.
+        """
         due: list[tuple[bytes, Pending]] = []
-        pending = self.pending
-        early = 0
-        while pending and len(due) < limit:
-            trace_id, entry = next(iter(pending.items()))
-            if entry.deadline > now:
-                if len(pending) <= self.max_traces:
+        chosen = list(partitions) or list(self.queues)
+        for partition in chosen:
+            queue = self.queues.get(partition)
+            if not queue:
+                continue
+            mark = clock if isinstance(clock, float | int) else clock(partition)
+            while queue and len(due) < limit:
+                trace_id, entry = next(iter(queue.items()))
+                if entry.deadline > mark:
                     break
-                early += 1  # the buffer is full: decide the oldest now rather than lose it
-            pending.popitem(last=False)
-            self.bytes -= entry.size
-            due.append((trace_id, entry))
+                queue.popitem(last=False)
+                due.append((trace_id, entry))
+        early = 0
+        while self.count - len(due) > self.max_traces and len(due) < limit:
+            # The buffer is full: decide the oldest now rather than lose it.
+            heads = [(q[next(iter(q))].deadline, p) for p in chosen if (q := self.queues.get(p))]
+            if not heads:
+                break
+            _, partition = min(heads)
+            due.append(self.queues[partition].popitem(last=False))
+            early += 1
         if early:
             TRACES_DECIDED_EARLY.inc(early)
+        self.count -= len(due)
+        self.bytes -= sum(entry.size for _, entry in due)
         self._observe()
         return due
 
     def requeue(self, items: Iterable[tuple[bytes, Pending]], now: float) -> None:
-        """Put traces back at the front of the queue to be decided again (after a failure)."""
+        """Put traces back at the front of their queue to be decided again (after a failure)."""
         for trace_id, entry in items:
             entry.deadline = now
-            self.pending[trace_id] = entry
-            self.pending.move_to_end(trace_id, last=False)
-            self.bytes += entry.size
+            queue = self.queues.setdefault(entry.partition, OrderedDict())
+            if trace_id not in queue:
+                self.count += 1
+                self.bytes += entry.size
+            queue[trace_id] = entry
+            queue.move_to_end(trace_id, last=False)
         self._observe()
 
     def load(self, trace_id: bytes, entry: Pending) -> BufferedTrace | None:
@@ -173,20 +213,31 @@ class TraceBuffer:
         self.store.delete(partition, trace_id)
 
     def rebuild(self, partitions: Iterable[int]) -> None:
-        """Recreate the decision queue from the table after recovery or a rebalance."""
-        entries = []
+        """Recreate the decision queues of `partitions` from the table (after recovery)."""
         for partition in partitions:
+            entries = []
             for trace_id, value in self.store.items(partition):
                 first_seen, position, _ = _HEADER.unpack_from(value)
-                entries.append((first_seen + self.wait, trace_id, partition, len(value), position))
-        entries.sort()
-        self.pending = OrderedDict(
-            (trace_id, Pending(deadline, partition, size, position))
-            for deadline, trace_id, partition, size, position in entries
-        )
-        self.bytes = sum(entry.size for entry in self.pending.values())
+                entries.append((first_seen + self.wait, trace_id, len(value), position))
+            entries.sort()
+            self.forget([partition])
+            self.queues[partition] = OrderedDict(
+                (trace_id, Pending(deadline, partition, size, position))
+                for deadline, trace_id, size, position in entries
+            )
+            self.count += len(entries)
+            self.bytes += sum(size for _, _, size, _ in entries)
+        self._observe()
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Drop the queues of partitions this worker no longer owns (their table stays)."""
+        for partition in partitions:
+            queue = self.queues.pop(partition, None)
+            if queue:
+                self.count -= len(queue)
+                self.bytes -= sum(entry.size for entry in queue.values())
         self._observe()
 
     def _observe(self) -> None:
-        TRACES_BUFFERED.set(len(self.pending))
+        TRACES_BUFFERED.set(self.count)
         BUFFER_BYTES.set(self.bytes)

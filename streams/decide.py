@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -117,8 +117,12 @@ class DecisionCache:
         """Write a decision to the changelogged table."""
         self.store.put(decision.partition, trace_id, decision.encode())
 
-    def evict(self, now: float) -> int:
-        """Forget decisions beyond the size limits or older than the TTL; return how many."""
+    def evict(self, now: float, writable: Callable[[int], bool] = lambda p: True) -> int:
+        """Forget decisions beyond the size limits or older than the TTL; return how many.
+
+        A decision of a partition handed over (not `writable`) leaves memory only: its table
+        belongs to the next owner.
+        """
         evicted = 0
         for kept, entries in self.entries.items():
             limit = self.limits[kept]
@@ -127,21 +131,35 @@ class DecisionCache:
                 if len(entries) <= limit and now - entry.decided_at < self.ttl:
                     break
                 entries.popitem(last=False)
-                self.store.delete(entry.partition, trace_id)
+                if writable(entry.partition):
+                    self.store.delete(entry.partition, trace_id)
                 evicted += 1
         return evicted
 
     def rebuild(self, partitions: Iterable[int]) -> None:
-        """Reload remembered decisions from the table after recovery."""
+        """Load the remembered decisions of `partitions` from the table (after recovery)."""
+        partitions = set(partitions)
+        self.forget_partitions(partitions)
         loaded = []
         for partition in partitions:
             for trace_id, value in self.store.items(partition):
                 loaded.append((trace_id, Remembered.decode(partition, value)))
-        loaded.sort(key=lambda item: item[1].decided_at)
-        for entries in self.entries.values():
-            entries.clear()
         for trace_id, decision in loaded:
             self.entries[decision.kept][trace_id] = decision
+        # Eviction goes oldest first: keep each map in decision order.
+        for kept, entries in self.entries.items():
+            self.entries[kept] = OrderedDict(
+                sorted(entries.items(), key=lambda item: item[1].decided_at)
+            )
+
+    def forget_partitions(self, partitions: Iterable[int]) -> None:
+        """Drop the decisions of partitions this worker no longer owns (from memory only)."""
+        gone = set(partitions)
+        if not gone:
+            return
+        for entries in self.entries.values():
+            for trace_id in [t for t, d in entries.items() if d.partition in gone]:
+                del entries[trace_id]
 
 
 @dataclass(frozen=True)
@@ -188,10 +206,21 @@ class Decider:
         self.producer = producer
         self.sampled_topic = sampled_topic
 
-    def decide_due(self, now: float, limit: int = 5000) -> DecidedBatch:
-        """Decide traces whose window closed and produce the kept ones (not yet flushed)."""
+    def decide_due(
+        self,
+        now: float,
+        limit: int = 5000,
+        clock: Callable[[int], float] | None = None,
+        partitions: Iterable[int] = (),
+    ) -> DecidedBatch:
+        """Decide traces whose window closed and produce the kept ones (not yet flushed).
+
+        A window closes on the partition's `clock` (streams.progress; `now` without one); only
+        traces of `partitions` are decided (every buffered one when empty).
+        """
         batch = DecidedBatch()
-        for trace_id, entry in self.buffer.pop_due(now, limit):
+        due = self.buffer.pop_due(clock if clock is not None else now, limit, partitions)
+        for trace_id, entry in due:
             trace = self.buffer.load(trace_id, entry)
             if trace is None:
                 continue
@@ -263,7 +292,9 @@ class Decider:
         self.routes.redact(tenant, result.request)
         self._produce(trace_id, tenant, result.request, result.kept_spans, None)
 
-    def complete(self, batch: DecidedBatch, now: float) -> None:
+    def complete(
+        self, batch: DecidedBatch, now: float, writable: Callable[[int], bool] = lambda p: True
+    ) -> None:
         """After the flush: persist decisions and free the buffer; retry what failed."""
         retry = []
         for trace_id, entry, remembered in batch.items:
@@ -275,7 +306,7 @@ class Decider:
             self.buffer.remove(entry.partition, trace_id)
         if retry:
             self.buffer.requeue(retry, now)
-        self.cache.evict(now)
+        self.cache.evict(now, writable)
 
     def _produce(
         self,

@@ -20,6 +20,8 @@ __all__ = [
     "TRACES_DECIDED_EARLY",
     "UNKNOWN_TENANT_DROPS",
     "WORKER_READY",
+    "PARTITION_RECOVERY",
+    "PARTITIONS_OWNED",
     "BUFFER_BYTES",
     "CIRCUIT_OPENS",
     "CONFIG_RELOADS",
@@ -82,6 +84,15 @@ UNKNOWN_TENANT_DROPS = Counter(
 WORKER_READY = Gauge(
     "caudal_worker_ready",
     "1 once the worker has joined its group and recovered its tables; 0 during a rebalance.",
+)
+PARTITION_RECOVERY = Histogram(
+    "caudal_partition_recovery_seconds",
+    "From a new assignment of caudal-spans partitions to deciding them again: tables "
+    "recovered from their changelogs and decision queues rebuilt.",
+    buckets=(0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60),
+)
+PARTITIONS_OWNED = Gauge(
+    "caudal_partitions_owned", "caudal-spans partitions this worker owns and decides."
 )
 EXPORTER_STATE = Gauge(
     "caudal_exporter_state",

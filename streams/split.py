@@ -19,7 +19,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Iterable
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from streams.config import Settings
@@ -42,6 +42,7 @@ from streams.otlp import (
     pack_index,
     split_by_trace,
 )
+from streams.progress import PROGRESS_HEADER, SplitProgress
 from streams.route import TenantResolver
 
 __all__ = [
@@ -55,6 +56,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_RECORD_BYTES = 900 * 1024  # below Kafka's default 1 MB message limit
+# A caudal-spans partition that got no record for this long gets one with progress claims only.
+PROGRESS_INTERVAL = 0.5
 
 
 def partition_for(trace_id: bytes, partitions: int) -> int:
@@ -172,14 +175,18 @@ class SplitStage(threading.Thread):
                     "session.timeout.ms": 6000,
                     "heartbeat.interval.ms": 1000,
                     "fetch.max.bytes": 32 * 1024 * 1024,
+                    # Bounds how stale "nothing more to read" can be (SplitProgress.IDLE_MARGIN).
+                    "fetch.wait.max.ms": 100,
                 },
             )
         )
         self.failed = False
+        self.progress = SplitProgress()
+        self.sent_at: dict[int, float] = {}
 
     def run(self) -> None:
         kafka = self.settings.kafka
-        self.consumer.subscribe([kafka.input_topic])
+        self.consumer.subscribe([kafka.input_topic], on_assign=self._on_assign)
         log.info("split stage started topic=%s", kafka.input_topic)
         next_lag = 0.0
         try:
@@ -189,26 +196,54 @@ class SplitStage(threading.Thread):
                     self._export_lag()
                 degradation = self.degradation
                 size = self.batch_size * (degradation.batch_factor() if degradation else 1)
+                polled_at = time.time()
                 messages = self.consumer.consume(size, timeout=0.2)
                 usable = [m for m in messages if not _log_error(m)]
+                # Fewer messages than asked for: the partitions without any had nothing more.
+                idle = set(self.progress.claims) if len(messages) < size else set()
+                idle.difference_update(m.partition() for m in usable)
                 if not usable:
+                    self.progress.committed({}, idle, polled_at)
+                    self._send_progress()
                     continue
-                # -1: the record carries no timestamp.
-                stamps = [t for _, t in (m.timestamp() for m in usable) if t > 0]
+                stamps = _input_times(usable, polled_at)
                 if stamps:
-                    self.lag.note(time.time() - min(stamps) / 1000)
+                    self.lag.note(time.time() - min(stamps.values()))
                 meter = self.meter if not degradation or degradation.optional_work() else None
                 batch = split_messages(
                     usable, self.settings, self.resolver, self.dead_letter, meter
                 )
-                if self._produce(batch):
+                stamp = max(stamps.values(), default=polled_at)
+                if self._produce(batch, min(stamp, time.time())):
                     self.consumer.commit(asynchronous=False)
+                    self.progress.committed(stamps, idle, polled_at)
+                    self._send_progress()
                 else:
                     rewind(self.consumer, usable)
         finally:
             self.producer.flush(10)
             self.consumer.close()
             log.info("split stage stopped")
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        topic = self.settings.kafka.input_topic
+        total = len(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        self.progress.assigned([tp.partition for tp in partitions], total, time.time())
+
+    def _send_progress(self) -> None:
+        """A progress-only record to every partition that got nothing for a while."""
+        header = self.progress.header()
+        if header is None:
+            return
+        now = time.monotonic()
+        topic = self.settings.kafka.spans_topic
+        for partition in range(self.settings.kafka.partitions):
+            if now - self.sent_at.get(partition, 0.0) >= PROGRESS_INTERVAL:
+                self.producer.produce(
+                    topic, value=None, partition=partition, headers=[(PROGRESS_HEADER, header)]
+                )
+                self.sent_at[partition] = now
+        self.producer.poll(0)
 
     def _export_lag(self) -> None:
         """caudal_consumer_lag of the input topic: high watermark minus position."""
@@ -225,8 +260,12 @@ class SplitStage(threading.Thread):
             return
         set_consumer_lag(self.settings.kafka.input_topic, lags)
 
-    def _produce(self, batch: Batch) -> bool:
-        """Produce a batch and wait for every acknowledgement; False if any failed."""
+    def _produce(self, batch: Batch, stamp: float) -> bool:
+        """Produce a batch and wait for every acknowledgement; False if any failed.
+
+        Every record is stamped with the batch's latest input time (a trace's decision window
+        starts there) and carries the progress this split stage vouched for so far.
+        """
         failures: list[KafkaError] = []
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
@@ -234,17 +273,25 @@ class SplitStage(threading.Thread):
                 failures.append(err)
 
         topic = self.settings.kafka.spans_topic
+        timestamp = int(stamp * 1000)
+        progress = self.progress.header()
+        now = time.monotonic()
         for (partition, tenant), fragments in batch.items():
             for chunk in _chunks(fragments):
                 value, index = pack_index(chunk)
+                headers = [(INDEX_HEADER, index), (TENANT_HEADER, tenant.encode())]
+                if progress is not None:
+                    headers.append((PROGRESS_HEADER, progress))
                 self.producer.produce(
                     topic,
                     value=value,
                     partition=partition,
-                    headers=[(INDEX_HEADER, index), (TENANT_HEADER, tenant.encode())],
+                    timestamp=timestamp,
+                    headers=headers,
                     on_delivery=on_delivery,
                 )
                 self.producer.poll(0)
+            self.sent_at[partition] = now
         remaining = self.producer.flush(30)
         if failures or remaining:
             log.error(
@@ -268,6 +315,18 @@ def _chunks(fragments: list[Fragment]) -> Iterable[list[Fragment]]:
         size += len(frag[1])
     if chunk:
         yield chunk
+
+
+def _input_times(messages: list[Message], read_at: float) -> dict[int, float]:
+    """The latest input timestamp per input partition, in seconds (`read_at` for a record that
+    carries none)."""
+    stamps: dict[int, float] = {}
+    for m in messages:
+        _, ms = m.timestamp()
+        stamp = ms / 1000 if ms > 0 else read_at
+        partition = m.partition()
+        stamps[partition] = max(stamps.get(partition, 0.0), stamp)
+    return stamps
 
 
 def _log_error(msg: Message) -> bool:

@@ -9,21 +9,34 @@ The changelog records are produced with confluent-kafka rather than Faust's own 
 spends ~20 µs of Python per record, librdkafka ~2 µs, and the buffer writes several records per
 trace. Faust's guarantee is kept: `bind_to_commits` makes every offset commit of the source
 topic wait until the changelog records are acknowledged, as Faust's producer flush does.
-Recovery, standby replicas and rebalancing stay Faust's. All RocksDB specifics live here.
+Recovery, standby replicas and rebalancing stay Faust's. All RocksDB specifics live here; the
+Faust internals it needs are in streams.faust_seam.
+
+A partition's table is written only while this worker owns it (`writable`, from
+streams.handover.Ownership): a write to a partition that has been handed over is refused with
+PartitionNotOwned, so a late write can never overwrite what the next owner recovered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import rocksdict
 from confluent_kafka import Consumer, KafkaError, TopicPartition
-from faust.types import TP
 
-__all__ = ["ChangelogError", "TableStore", "bind_to_commits", "verify_end_offsets"]
+from streams import faust_seam
+from streams.faust_seam import TP
+
+__all__ = [
+    "ChangelogError",
+    "PartitionNotOwned",
+    "TableStore",
+    "bind_to_commits",
+    "verify_end_offsets",
+]
 
 # Faust keeps its own bookkeeping (the persisted changelog offset) in the same database.
 _FAUST_METADATA = b"__faust\0"
@@ -39,27 +52,36 @@ class ChangelogError(RuntimeError):
     """Changelog records were not acknowledged; source offsets must not be committed."""
 
 
+class PartitionNotOwned(RuntimeError):
+    """A write to a table partition this worker does not own (any more)."""
+
+
+def _always(partition: int) -> bool:
+    return True
+
+
 class TableStore:
     """Bytes → bytes access to one partition of a Faust table at a time."""
 
-    def __init__(self, table: Any, producer: Any) -> None:
+    def __init__(
+        self, table: Any, producer: Any, writable: Callable[[int], bool] = _always
+    ) -> None:
         # A faust.Table created with store='rocksdb://' and key/value types bytes, and a
         # confluent_kafka.Producer for its changelog.
         self.table = table
         self.producer = producer
-        self.topic = table.changelog_topic.get_topic_name()
+        self.writable = writable
+        self.topic = faust_seam.changelog_topic(table)
         self._acked: dict[int, int] = {}
-        self._configured: dict[int, Any] = {}
         self.failures = 0
+        faust_seam.on_open_partition(table, lambda db: db.set_write_options(_NO_WAL))
 
     def _db(self, partition: int) -> Any:
-        # faust.stores.rocksdb.Store keeps one rocksdict.Rdict per partition (reopened after
-        # a rebalance, hence the identity check).
-        db = self.table.data._db_for_partition(partition)
-        if self._configured.get(partition) is not db:
-            db.set_write_options(_NO_WAL)
-            self._configured[partition] = db
-        return db
+        return faust_seam.db_for_partition(self.table, partition)
+
+    def _check(self, partition: int) -> None:
+        if not self.writable(partition):
+            raise PartitionNotOwned(f"{self.topic} partition {partition} is not owned here")
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         """The stored value, or None."""
@@ -68,11 +90,13 @@ class TableStore:
 
     def put(self, partition: int, key: bytes, value: bytes) -> None:
         """Store a value and record it in the changelog (so the next owner recovers it)."""
+        self._check(partition)
         self._db(partition).put(key, value)
         self._log(partition, key, value)
 
     def delete(self, partition: int, key: bytes) -> None:
         """Remove a key and write its tombstone to the changelog."""
+        self._check(partition)
         self._db(partition).delete(key)
         self._log(partition, key, None)
 
@@ -109,7 +133,8 @@ class TableStore:
         callback does), so a restart on the same state directory replays only what is newer."""
         acked, self._acked = self._acked, {}
         for partition, offset in acked.items():
-            self.table.data.set_persisted_offset(TP(self.topic, partition), offset)
+            if self.writable(partition):  # a handed-over partition's database is closed
+                faust_seam.set_persisted_offset(self.table, self.topic, partition, offset)
 
 
 def bind_to_commits(app: Any, producer: Any, stores: list[TableStore]) -> None:
@@ -119,10 +144,8 @@ def bind_to_commits(app: Any, producer: Any, stores: list[TableStore]) -> None:
     the changelog before the input that caused them is marked done; the changelog records of
     `stores` go through `producer`, so it has to be part of that flush.
     """
-    faust_flush = app.producer.flush
 
-    async def flush_all() -> None:
-        await faust_flush()
+    async def flush() -> None:
         remaining = await asyncio.to_thread(producer.flush, 30)
         failures = sum(store.failures for store in stores)
         if remaining or failures:
@@ -133,7 +156,7 @@ def bind_to_commits(app: Any, producer: Any, stores: list[TableStore]) -> None:
         for store in stores:
             store.record_persisted_offsets()
 
-    app.producer.flush = flush_all
+    faust_seam.run_before_commit(app, flush)
 
 
 def verify_end_offsets(app: Any, client_config: dict[str, Any]) -> None:
@@ -144,13 +167,11 @@ def verify_end_offsets(app: Any, client_config: dict[str, Any]) -> None:
     would stop recovery early and lose buffered traces. Reading the batch at the reported end
     gives the true end on every broker (on Apache Kafka it confirms the reported one).
     """
-    reported = app.consumer.highwaters
 
-    async def highwaters(*tps: TP) -> Mapping[TP, int]:
-        ends = dict(await reported(*tps))
+    async def correct(ends: dict[TP, int]) -> Mapping[TP, int]:
         return await asyncio.to_thread(_read_true_ends, client_config, ends)
 
-    app.consumer.highwaters = highwaters
+    faust_seam.wrap_highwaters(app, correct)
 
 
 def _read_true_ends(client_config: dict[str, Any], ends: dict[TP, int]) -> dict[TP, int]:

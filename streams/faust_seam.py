@@ -1,0 +1,160 @@
+"""Every use of Faust's internals, in one place, checked when a worker starts.
+
+Caudal drives Faust further than its public API goes: it writes table partitions from the
+decision timer (outside any event), flushes its own changelog producer inside Faust's
+pre-commit flush, reads changelogs to their true end, and runs its handover before Faust's
+revoke. Each of those touches an attribute Faust does not promise to keep. They are all here,
+and `check_faust` names the first one missing, so a Faust upgrade that moved one fails at start
+with that name instead of losing traces at the first rebalance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+import faust
+from faust.stores.rocksdb import Store as RocksDBStore
+from faust.tables.recovery import Recovery
+from faust.types import TP
+
+__all__ = [
+    "FaustSeamError",
+    "TP",
+    "assigned_actives",
+    "assignment",
+    "changelog_topic",
+    "check_faust",
+    "db_for_partition",
+    "highwater",
+    "on_open_partition",
+    "run_before_commit",
+    "run_before_revoke",
+    "set_persisted_offset",
+    "wrap_highwaters",
+]
+
+# (owner, attribute) pairs this module relies on.
+_REQUIRED = (
+    (RocksDBStore, "_db_for_partition"),
+    (RocksDBStore, "_open_for_partition"),
+    (RocksDBStore, "set_persisted_offset"),
+    (RocksDBStore, "revoke_partitions"),
+    (faust.App, "_on_partitions_revoked"),
+    (faust.App, "_new_consumer"),
+    (Recovery, "on_recovery_completed"),
+)
+
+
+class FaustSeamError(RuntimeError):
+    """The installed Faust lacks an internal Caudal relies on."""
+
+
+def check_faust(required: Iterable[tuple[object, str]] = _REQUIRED) -> None:
+    """Raise FaustSeamError naming the first internal that is missing."""
+    for owner, name in required:
+        if not hasattr(owner, name):
+            owner_name = getattr(owner, "__qualname__", repr(owner))
+            raise FaustSeamError(
+                f"faust-streaming {faust.__version__} has no {owner_name}.{name}; "
+                "Caudal supports faust-streaming 0.15 (see pyproject.toml)"
+            )
+
+
+def changelog_topic(table: Any) -> str:
+    """The name of a table's changelog topic."""
+    return str(table.changelog_topic.get_topic_name())
+
+
+def db_for_partition(table: Any, partition: int) -> Any:
+    """The rocksdict.Rdict of one partition of a table (opened by Faust if need be).
+
+    Never keep the result: Faust closes a revoked partition's database by dropping its last
+    reference, and a reference kept elsewhere keeps RocksDB's lock, so the partition cannot be
+    opened again when it comes back.
+    """
+    return table.data._db_for_partition(partition)
+
+
+def on_open_partition(table: Any, configure: Callable[[Any], None]) -> None:
+    """Call `configure(db)` on every partition database Faust opens for `table`."""
+    store = table.data
+    open_db = store._open_for_partition
+
+    def open_and_configure(partition: int) -> Any:
+        db = open_db(partition)
+        configure(db)
+        return db
+
+    store._open_for_partition = open_and_configure
+
+
+def set_persisted_offset(table: Any, topic: str, partition: int, offset: int) -> None:
+    """Record the changelog offset a partition's local database holds (Faust's own key)."""
+    table.data.set_persisted_offset(TP(topic, partition), offset)
+
+
+def run_before_commit(app: faust.App, flush: Callable[[], Awaitable[None]]) -> None:
+    """Run `flush` inside Faust's producer flush, which precedes every offset commit and the
+    flush of a revoke: what `flush` waits for is durable before input offsets are committed."""
+    faust_flush = app.producer.flush
+
+    async def flush_all() -> None:
+        await faust_flush()
+        await flush()
+
+    app.producer.flush = flush_all
+
+
+def run_before_revoke(
+    app: faust.App, before: Callable[[set[TP]], Awaitable[None]], after: Callable[[], None]
+) -> None:
+    """Run `before(revoked)` first when partitions are revoked and `after()` once Faust's own
+    revoke (wait for in-flight events, flush) is done. Must be called before the app's consumer
+    is created: the consumer keeps the callback it was created with."""
+    if getattr(app, "_consumer", None) is not None:
+        raise FaustSeamError("run_before_revoke must be called before the consumer exists")
+    faust_revoke = app._on_partitions_revoked
+
+    async def revoke(revoked: set[TP]) -> None:
+        await before(revoked)
+        try:
+            await faust_revoke(revoked)
+        finally:
+            after()
+
+    app._on_partitions_revoked = revoke  # type: ignore[method-assign]
+
+
+def wrap_highwaters(
+    app: faust.App, correct: Callable[[dict[TP, int]], Awaitable[Mapping[TP, int]]]
+) -> None:
+    """Pass the end offsets Faust's recovery reads through `correct` first."""
+    reported = app.consumer.highwaters
+
+    async def highwaters(*tps: TP) -> Mapping[TP, int]:
+        return await correct(dict(await reported(*tps)))
+
+    app.consumer.highwaters = highwaters
+
+
+def assigned_actives(app: faust.App, topic: str) -> list[int]:
+    """Partitions of `topic` this worker is the active owner of, in order."""
+    return sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic)
+
+
+def assignment(app: faust.App, topic: str) -> list[TP]:
+    """The consumer's current assignment on `topic` (empty between assignments)."""
+    try:
+        return [tp for tp in app.consumer.assignment() if tp.topic == topic]
+    except Exception:  # no consumer yet, or between assignments
+        return []
+
+
+def highwater(app: faust.App, tp: TP) -> int | None:
+    """The end offset the consumer last saw for `tp`, None if unknown."""
+    try:
+        value = app.consumer.highwater(tp)
+    except Exception:
+        return None
+    return None if value is None or value < 0 else int(value)

@@ -1,0 +1,155 @@
+"""How a partition changes hands: ownership, the decision tick, revoke and recovery.
+
+The protocol (README, "How a partition changes hands"):
+- Revoke begins: every partition stops being *owned* at once, before Faust's revoke runs: no
+  new decision starts. A decision batch already under way finishes (its kept traces are
+  produced; its decisions and tombstones are written) while the partitions are *draining*,
+  then Faust waits for in-flight events and flushes the changelog producer, so everything this
+  worker did is in the changelog before the group moves on. After that nothing of the revoked
+  partitions may be written (streams.state refuses it).
+- Assignment: the queues, decisions and progress claims of partitions that went elsewhere are
+  dropped; Faust closes their databases (nothing here keeps a handle) and recovers the
+  assigned ones from their changelogs, to the true end (streams.state.verify_end_offsets).
+- Recovered: the decision queues of newly assigned partitions are rebuilt from the table, then
+  the partitions are owned and the tick decides them, on their own clock (streams.progress):
+  a trace whose later spans are still in Kafka waits for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.buffer import TraceBuffer
+from streams.decide import Decider, DecisionCache
+from streams.metrics import PARTITION_RECOVERY, WORKER_READY
+
+__all__ = ["DecisionTick", "Handover", "Ownership"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Ownership:
+    """Which partitions this worker may decide (owned) and write (owned or draining)."""
+
+    owned: frozenset[int] = frozenset()
+    draining: frozenset[int] = frozenset()
+    # Bumped when ownership is taken away: a loop that awaited sees that it changed.
+    generation: int = 0
+
+    def owns(self, partition: int) -> bool:
+        """May traces of this partition be decided?"""
+        return partition in self.owned
+
+    def writable(self, partition: int) -> bool:
+        """May this partition's tables be written?"""
+        return partition in self.owned or partition in self.draining
+
+    def begin_revoke(self) -> None:
+        """Stop deciding everything; let what is under way finish writing."""
+        self.draining = self.owned | self.draining
+        self.owned = frozenset()
+        self.generation += 1
+
+    def end_revoke(self) -> None:
+        """Faust's revoke is done: nothing of the revoked partitions is written any more."""
+        self.draining = frozenset()
+
+    def assign(self, partitions: frozenset[int]) -> None:
+        """The recovered partitions are this worker's."""
+        self.owned = partitions
+
+
+@dataclass
+class DecisionTick:
+    """One run of the decision timer: decide due traces of owned partitions, batch by batch.
+
+    Holds `lock` while a batch is under way, so a revoke waits for it rather than leaving its
+    kept traces produced and its decisions unwritten.
+    """
+
+    decider: Decider
+    producer: Any
+    ownership: Ownership
+    clock: Any  # streams.progress.PartitionClock or WallClock
+    batch_limit: Callable[[], int]
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    flush_timeout: float = 30.0
+
+    async def __call__(self) -> None:
+        """Decide until nothing owned is due, or ownership changes."""
+        async with self.lock:
+            generation = self.ownership.generation
+            while self.ownership.owned and self.ownership.generation == generation:
+                batch = self.decider.decide_due(
+                    time.time(), self.batch_limit(), self.clock.watermark, self.ownership.owned
+                )
+                if not batch.items:
+                    return
+                if await asyncio.to_thread(self.producer.flush, self.flush_timeout):
+                    # Unacknowledged: keep those traces buffered and decide them again.
+                    batch.failed.update(tid for tid, _, r in batch.items if r.kept)
+                self.decider.complete(batch, time.time(), self.ownership.writable)
+
+
+@dataclass
+class Handover:
+    """Revoke, assignment and recovery of the buffer's partitions (see the module docstring)."""
+
+    ownership: Ownership
+    tick: DecisionTick
+    buffer: TraceBuffer
+    cache: DecisionCache
+    clock: Any
+    on_ready: Callable[[frozenset[int]], None]
+    on_unready: Callable[[], None]
+    held: frozenset[int] = frozenset()
+    assigned_at: float | None = None
+
+    async def before_revoke(self, revoked: object) -> None:
+        """First thing on revoke: stop deciding, wait for the batch under way."""
+        self.ownership.begin_revoke()
+        self.on_unready()
+        WORKER_READY.set(0)
+        async with self.tick.lock:
+            pass
+
+    def after_revoke(self) -> None:
+        """Faust flushed what the revoked partitions produced: they are read-only now."""
+        self.ownership.end_revoke()
+
+    def assigned(self, actives: frozenset[int]) -> None:
+        """The new assignment is known: forget what went elsewhere; recovery starts."""
+        self.assigned_at = time.monotonic()
+        gone = self.held - actives
+        if gone:
+            self.buffer.forget(gone)
+            self.cache.forget_partitions(gone)
+            self.clock.forget(gone)
+            log.info("partitions handed over partitions=%s", sorted(gone))
+        self.held = self.held & actives
+
+    def recovered(self, actives: frozenset[int]) -> None:
+        """Tables recovered: rebuild queues of newly assigned partitions, then own them all."""
+        self.assigned(actives)
+        new = actives - self.held
+        self.buffer.rebuild(sorted(new))
+        self.cache.rebuild(sorted(new))
+        self.held = actives
+        self.ownership.assign(actives)
+        if self.assigned_at is not None:
+            PARTITION_RECOVERY.observe(time.monotonic() - self.assigned_at)
+        WORKER_READY.set(1)
+        self.on_ready(actives)
+        log.info(
+            "partitions recovered partitions=%s new=%s traces=%d decisions=%d",
+            sorted(actives),
+            sorted(new),
+            len(self.buffer),
+            sum(len(e) for e in self.cache.entries.values()),
+        )

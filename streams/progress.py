@@ -1,0 +1,150 @@
+"""Stream progress: when has a `caudal-spans` partition seen everything up to a given time?
+
+A trace's decision window is measured on the input's own clock: it closes `decision.wait`
+after the input timestamp of the trace's first record, and it is decided only once the
+partition it lives on has received every input record stamped before that moment. A worker
+that pauses (a rebalance, a recovery, a crash of the worker that was splitting part of the
+input) therefore never decides a trace while its later spans still wait in Kafka; it decides
+when the records have caught up. Deciding by wall clock, as the Collector and Refinery do, is
+what cuts traces in two at every membership change.
+
+The split stage knows how far it got on each input partition it owns: the largest input
+timestamp it has produced and committed there, or, when the partition has nothing more to read,
+the time it last looked. Every record it writes to a `caudal-spans` partition carries those
+claims in the `caudal-progress` header, and when it has written nothing to a partition for a
+while it sends a record with the header alone. Because a claim travels in the partition it is
+about, everything it covers is at lower offsets: a worker that has read the claim has read what
+it covers. A partition's watermark is the least claim over all input partitions; the claim of
+a newer assignment of an input partition (a higher epoch) replaces the older one, so the claims
+of a split stage that died stay in force, and hold decisions back, until its input partitions
+have a new owner.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Iterable, Mapping
+
+__all__ = [
+    "PROGRESS_HEADER",
+    "Claims",
+    "PartitionClock",
+    "SplitProgress",
+    "decode_claims",
+    "encode_claims",
+]
+
+PROGRESS_HEADER = "caudal-progress"
+
+_HEAD = struct.Struct(">Hd")  # input partitions in all, epoch of the claimant's assignment
+_CLAIM = struct.Struct(">Hd")  # input partition, claimed time
+
+# (input partitions in all, epoch, {input partition: time})
+Claims = tuple[int, float, dict[int, float]]
+
+
+def encode_claims(total: int, epoch: float, claims: Mapping[int, float]) -> bytes:
+    """The `caudal-progress` header value."""
+    parts = [_HEAD.pack(total, epoch)]
+    parts.extend(_CLAIM.pack(partition, at) for partition, at in sorted(claims.items()))
+    return b"".join(parts)
+
+
+def decode_claims(value: bytes) -> Claims:
+    """Inverse of `encode_claims`; ValueError when the header is malformed."""
+    if len(value) < _HEAD.size or (len(value) - _HEAD.size) % _CLAIM.size:
+        raise ValueError(f"a {PROGRESS_HEADER} header of {len(value)} bytes")
+    total, epoch = _HEAD.unpack_from(value)
+    claims = {}
+    for offset in range(_HEAD.size, len(value), _CLAIM.size):
+        partition, at = _CLAIM.unpack_from(value, offset)
+        if partition >= total:
+            raise ValueError(f"claim for input partition {partition} of {total}")
+        claims[partition] = at
+    return total, epoch, claims
+
+
+class SplitProgress:
+    """What one split stage can vouch for, per input partition it owns (the split thread's)."""
+
+    # A fetch can be under way for this long after the broker stored a record (librdkafka's
+    # fetch.wait.max.ms plus a round trip); an idle partition vouches only for before that.
+    IDLE_MARGIN = 1.0
+
+    def __init__(self, total: int = 0) -> None:
+        self.total = total
+        self.epoch = 0.0
+        self.claims: dict[int, float] = {}
+
+    def assigned(self, partitions: Iterable[int], total: int, now: float) -> None:
+        """A new assignment of input partitions: nothing is vouched for until it is read."""
+        self.total = total
+        self.epoch = now
+        self.claims = {partition: 0.0 for partition in partitions}
+
+    def committed(self, stamps: Mapping[int, float], idle: Iterable[int], now: float) -> None:
+        """A batch was produced and committed (`stamps`: its largest input time per partition);
+        `idle` partitions had nothing more to read when the batch was fetched."""
+        claims = self.claims
+        for partition, stamp in stamps.items():
+            if partition in claims:
+                claims[partition] = max(claims[partition], min(stamp, now))
+        for partition in idle:
+            if partition in claims:
+                claims[partition] = max(claims[partition], now - self.IDLE_MARGIN)
+
+    def header(self) -> bytes | None:
+        """The header every record to `caudal-spans` carries, None before any assignment."""
+        if not self.claims:
+            return None
+        return encode_claims(self.total, self.epoch, self.claims)
+
+
+class PartitionClock:
+    """Per `caudal-spans` partition, the time up to which its input has been read.
+
+    Fed from the buffer agent (`observe`, in offset order); read by the decision tick.
+    """
+
+    def __init__(self) -> None:
+        # partition -> input partition -> (epoch, time)
+        self._claims: dict[int, dict[int, tuple[float, float]]] = {}
+        self._totals: dict[int, int] = {}
+        self._marks: dict[int, float] = {}
+
+    def observe(self, partition: int, header: bytes) -> None:
+        """Apply the claims of one record; ValueError when the header is malformed."""
+        total, epoch, claims = decode_claims(header)
+        known = self._claims.setdefault(partition, {})
+        if self._totals.get(partition, total) != total:
+            known.clear()  # the input topic was repartitioned: start again
+        self._totals[partition] = total
+        for source, at in claims.items():
+            held = known.get(source)
+            if held is None or epoch > held[0] or (epoch == held[0] and at > held[1]):
+                known[source] = (epoch, at)
+        if len(known) == total:
+            self._marks[partition] = min(at for _, at in known.values())
+
+    def watermark(self, partition: int) -> float:
+        """Every input record stamped before this time has been read (-inf: not known yet)."""
+        return self._marks.get(partition, float("-inf"))
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Partitions this worker no longer reads: their next owner learns their claims."""
+        for partition in partitions:
+            self._claims.pop(partition, None)
+            self._totals.pop(partition, None)
+            self._marks.pop(partition, None)
+
+
+class WallClock:
+    """The watermark when the worker reads the input directly: the time now (no split stage
+    to vouch for the input; windows are measured on arrival)."""
+
+    def watermark(self, partition: int) -> float:
+        return time.time()
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        return None
