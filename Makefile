@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install clean
+.PHONY: demo test faults lint install clean
 
 $(BIN)/caudal: pyproject.toml tests/plugins/example/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,11 @@ lint: $(BIN)/caudal
 	$(BIN)/mypy policies
 
 test: lint
-	$(BIN)/pytest -q $(ARGS)
+	$(BIN)/pytest -q -m "not faults" $(ARGS)
+
+# The fault suite: workers joining, leaving, killed -9 and restarted under traffic (~15 min).
+faults: $(BIN)/caudal
+	$(BIN)/pytest -q -s -m faults tests/faults $(ARGS)
 
 clean:
 	rm -rf $(VENV) caudal-state caudal-output demo-output .pytest_cache .mypy_cache .ruff_cache

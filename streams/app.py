@@ -23,16 +23,17 @@ import faust
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from streams import faust_seam
-from streams.buffer import TraceBuffer, record_position
+from streams.buffer import TraceBuffer
 from streams.config import ConfigError, Settings, load_settings
 from streams.decide import Decider, DecisionCache, PolicySets
 from streams.degrade import Degradation, LagClock, Pressure
 from streams.experiments import ExperimentMeter
 from streams.export import ExportLoop
-from streams.handover import DecisionTick, Handover, Ownership
+from streams.handover import DecisionTick, Handover, Lease, Ownership
 from streams.health import ExportOutcomes, Health, rss_bytes, serve_health
 from streams.kafka import (
     INDEX_HEADER,
+    ORIGIN_HEADER,
     TENANT_HEADER,
     client_config,
     ensure_topics,
@@ -50,6 +51,7 @@ from streams.metrics import (
     SPANS_RECEIVED,
     set_consumer_lag,
 )
+from streams.origin import NO_ORIGIN, decode_origins, origin
 from streams.otlp import BadInput, decode_request, fragments_of, split_by_trace, unpack_index
 from streams.progress import PROGRESS_HEADER, PartitionClock, WallClock
 from streams.route import TenantResolver, TenantRoutes
@@ -137,12 +139,12 @@ class Intake:
             progress = headers.get(PROGRESS_HEADER)
             if index is not None:
                 tenant = headers.get(TENANT_HEADER, b"").decode() or self.resolver.default
-                offset = message.offset
+                fragments = list(unpack_index(message.value, index))
+                origins = _origins(headers.get(ORIGIN_HEADER), len(fragments))
                 # The window starts at the record's input time (streams.progress).
                 seen = min(message.timestamp or now, now)
-                for i, (trace_id, fragment) in enumerate(unpack_index(message.value, index)):
-                    position = record_position(offset, i)
-                    self._take(message.partition, trace_id, tenant, fragment, seen, position)
+                for (trace_id, fragment), source in zip(fragments, origins, strict=True):
+                    self._take(message.partition, trace_id, tenant, fragment, seen, source)
             elif self.direct:
                 self._take_input(message, headers, now)
             elif progress is None:
@@ -187,13 +189,13 @@ class Intake:
                 origin=(message.topic, message.partition, message.offset),
             )
         hints = self.resolver.hints(headers)
-        for i, (trace_id, fragment) in enumerate(fragments_of(groups)):
+        source = origin(message.partition, message.offset)
+        for trace_id, fragment in fragments_of(groups):
             tenant = self.resolver.resolve(hints, groups[trace_id])
             SPANS_RECEIVED.labels(self.worker.settings.tenant_label(tenant)).inc(
                 span_count(groups[trace_id])
             )
-            position = record_position(message.offset, i)
-            self._take(message.partition, trace_id, tenant, fragment, now, position)
+            self._take(message.partition, trace_id, tenant, fragment, now, source)
 
     def _take(
         self,
@@ -202,26 +204,36 @@ class Intake:
         tenant: str,
         fragment: bytes,
         now: float,
-        position: int,
+        source: int,
     ) -> None:
         worker = self.worker
         if not worker.buffer.holds(partition, trace_id):
             decided = worker.cache.get(trace_id)
             if decided is not None:
-                if decided.already_applied(position):
+                if decided.already_applied(source):
                     REDELIVERED.inc()
                     return
                 spans = span_count(ExportTraceServiceRequest.FromString(fragment).resource_spans)
                 worker.decider.follow(trace_id, decided, fragment, spans)
-                worker.cache.advance(trace_id, decided, position)
+                worker.cache.advance(trace_id, decided, source)
                 return
             percentage = worker.degradation.percentage()
             if percentage is not None:
                 # Degraded: a new trace is not buffered; its spans are decided on arrival.
                 worker.decider.shed(trace_id, tenant, fragment, percentage, now)
                 return
-        if not worker.buffer.append(partition, trace_id, tenant, fragment, now, position):
+        if not worker.buffer.append(partition, trace_id, tenant, fragment, now, source):
             REDELIVERED.inc()
+
+
+def _origins(header: bytes | None, count: int) -> list[int]:
+    """Each fragment's origin from the `caudal-origin` header (unknown without one)."""
+    if header is None:
+        return [NO_ORIGIN] * count
+    try:
+        return decode_origins(header, count)
+    except ValueError as exc:
+        raise BadInput("invalid_origin", str(exc)) from None
 
 
 class PolicyReloader:
@@ -333,7 +345,7 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
     )
     decision = settings.decision
     producer = make_producer(kafka)
-    ownership = Ownership()
+    ownership = Ownership(lease=Lease(settings.worker.session_timeout))
     trace_store = TableStore(traces, producer, ownership.writable)
     decision_store = TableStore(decisions, producer, ownership.writable)
     bind_to_commits(app, producer, [trace_store, decision_store])
@@ -384,6 +396,8 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
     @app.agent(topic, name="buffer-spans")
     async def buffer_spans(stream: Any) -> None:
         async for event in stream.events():
+            if not ownership.leased():
+                await ownership.wait_leased()
             intake.handle(event.message)
 
     @app.timer(decision.tick, name="decide-due")
@@ -393,6 +407,10 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app: Any, assigned: Any, **kwargs: Any) -> None:
+        # The group has just confirmed the membership; heartbeats renew the lease from here.
+        assert ownership.lease is not None
+        ownership.lease.renew(time.monotonic())
+        faust_seam.watch_heartbeats(app, ownership.lease.renew)
         handover.assigned(frozenset(faust_seam.assigned_actives(app, source_topic)))
 
     @traces.on_recover

@@ -1,18 +1,15 @@
 """Trace buffer: spans wait in the RocksDB-backed `traces` table until their decision time.
 
 The Python heap holds one small entry per trace (decision time, partition, bytes), in arrival
-order; span data stays in RocksDB. Because every trace waits the same `decision.wait`, arrival
-order is decision order, and an ordered dict is the whole timer queue.
+order per partition; span data stays in RocksDB. Because every trace waits the same
+`decision.wait`, arrival order is decision order, and an ordered dict per partition is the whole
+timer queue.
 
-Stored value: an 8-byte first-seen time, the 8-byte position of the last record applied, the
-tenant, then OTLP fragment bytes. Appending spans is byte concatenation (see streams.otlp), so no
-span is ever re-parsed before the decision.
-
-The position (`record_position`: the record's offset and the fragment's index in it) makes
-appending idempotent. After a crash or a stop whose last offsets were not committed, Kafka
-delivers some records again; their spans are already in the table (the changelog is flushed
-before offsets are committed, never after), and a fragment at or below the stored position
-is skipped instead of being appended twice.
+Stored value: an 8-byte first-seen time (on the input's clock), the tenant, the origins applied
+(streams.origin: per input partition, the highest input offset whose spans are in the trace),
+then OTLP fragment bytes. Appending spans is byte concatenation (see streams.otlp), so no span is
+ever re-parsed before the decision. A fragment whose origin the trace already covers is a copy
+(a record delivered again, or an input record split again after a crash) and is skipped.
 """
 
 from __future__ import annotations
@@ -23,41 +20,34 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from streams.metrics import BUFFER_BYTES, TRACES_BUFFERED, TRACES_DECIDED_EARLY
+from streams.origin import NO_ORIGIN, add_origin, covers
 from streams.state import TableStore
 
 __all__ = [
-    "UNKNOWN_POSITION",
     "BufferedTrace",
-    "already_applied",
     "Pending",
     "TraceBuffer",
     "decode_value",
     "encode_header",
-    "record_position",
 ]
 
-_HEADER = struct.Struct(">dqB")
-_POSITION = struct.Struct(">q")
-_POSITION_AT = 8  # byte offset of the position in the header
-_INDEX_BITS = 20  # fragments per record: far more than a 1 MB record can hold
-
-UNKNOWN_POSITION = -1
+_HEADER = struct.Struct(">dBH")  # first seen, tenant length, origins
+_FIRST_SEEN = struct.Struct(">d")
+_ORIGIN_BYTES = 8
 
 
-def record_position(offset: int, index: int) -> int:
-    """A fragment's place in its partition: record offset, then index within the record."""
-    return (offset << _INDEX_BITS) | index
-
-
-def already_applied(position: int, last: int) -> bool:
-    """Is the fragment at `position` covered by a state whose last applied position is `last`?"""
-    return position != UNKNOWN_POSITION and position <= last
-
-
-def encode_header(first_seen: float, tenant: str, position: int = UNKNOWN_POSITION) -> bytes:
-    """The stored value's prefix: first-seen time, last applied position and tenant."""
+def encode_header(first_seen: float, tenant: str, origins: bytes = b"") -> bytes:
+    """The stored value's prefix: first-seen time, tenant and the origins applied."""
     name = tenant.encode()[:255]
-    return _HEADER.pack(first_seen, position, len(name)) + name
+    return _HEADER.pack(first_seen, len(name), len(origins) // _ORIGIN_BYTES) + name + origins
+
+
+def _split_value(value: bytes) -> tuple[float, bytes, bytes, int]:
+    """first seen, tenant bytes, origins, and where the OTLP bytes start."""
+    first_seen, length, count = _HEADER.unpack_from(value)
+    name_end = _HEADER.size + length
+    end = name_end + count * _ORIGIN_BYTES
+    return first_seen, value[_HEADER.size : name_end], value[name_end:end], end
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,13 +57,13 @@ class BufferedTrace:
     first_seen: float
     tenant: str
     otlp: bytes
+    origins: bytes = b""
 
 
 def decode_value(value: bytes) -> BufferedTrace:
-    """Split a stored value into first-seen time, tenant and OTLP bytes."""
-    first_seen, _, length = _HEADER.unpack_from(value)
-    start = _HEADER.size + length
-    return BufferedTrace(first_seen, value[_HEADER.size : start].decode(), value[start:])
+    """Split a stored value into first-seen time, tenant, OTLP bytes and origins."""
+    first_seen, name, origins, start = _split_value(value)
+    return BufferedTrace(first_seen, name.decode(), value[start:], origins)
 
 
 @dataclass(slots=True)
@@ -83,7 +73,6 @@ class Pending:
     deadline: float
     partition: int
     size: int
-    position: int = UNKNOWN_POSITION
 
 
 class TraceBuffer:
@@ -123,32 +112,29 @@ class TraceBuffer:
         tenant: str,
         fragment: bytes,
         now: float,
-        position: int = UNKNOWN_POSITION,
+        origin: int = NO_ORIGIN,
     ) -> bool:
         """Add a fragment of spans to a trace, starting its decision window if it is new.
 
-        `now` is the fragment's time on the input's clock. False when the fragment was already
-        applied (a record delivered again).
+        `now` is the fragment's time on the input's clock, `origin` where its spans entered
+        Caudal. False when the trace already has it (a copy, skipped).
         """
         queue = self.queues.get(partition)
         if queue is None:
             queue = self.queues[partition] = OrderedDict()
         entry = queue.get(trace_id)
-        if entry is None:
-            value = encode_header(now, tenant, position) + fragment
-            entry = queue[trace_id] = Pending(now + self.wait, partition, 0, position)
-            self.count += 1
+        stored = self.store.get(partition, trace_id) if entry is not None else None
+        if stored is None:
+            value = encode_header(now, tenant, add_origin(b"", origin)) + fragment
+            if entry is None:
+                entry = queue[trace_id] = Pending(now + self.wait, partition, 0)
+                self.count += 1
         else:
-            if already_applied(position, entry.position):
+            first_seen, name, origins, start = _split_value(stored)
+            if covers(origins, origin):
                 return False
-            entry.position = max(position, entry.position)
-            stored = self.store.get(partition, trace_id)
-            if stored is None:
-                value = encode_header(now, tenant, entry.position) + fragment
-            else:
-                head = bytearray(stored[: _HEADER.size])
-                _POSITION.pack_into(head, _POSITION_AT, entry.position)
-                value = bytes(head) + stored[_HEADER.size :] + fragment
+            head = encode_header(first_seen, name.decode(), add_origin(origins, origin))
+            value = head + stored[start:] + fragment
         self.bytes += len(value) - entry.size
         entry.size = len(value)
         self.store.put(partition, trace_id, value)
@@ -217,16 +203,16 @@ class TraceBuffer:
         for partition in partitions:
             entries = []
             for trace_id, value in self.store.items(partition):
-                first_seen, position, _ = _HEADER.unpack_from(value)
-                entries.append((first_seen + self.wait, trace_id, len(value), position))
+                (first_seen,) = _FIRST_SEEN.unpack_from(value)
+                entries.append((first_seen + self.wait, trace_id, len(value)))
             entries.sort()
             self.forget([partition])
             self.queues[partition] = OrderedDict(
-                (trace_id, Pending(deadline, partition, size, position))
-                for deadline, trace_id, size, position in entries
+                (trace_id, Pending(deadline, partition, size))
+                for deadline, trace_id, size in entries
             )
             self.count += len(entries)
-            self.bytes += sum(size for _, _, size, _ in entries)
+            self.bytes += sum(size for _, _, size in entries)
         self._observe()
 
     def forget(self, partitions: Iterable[int]) -> None:

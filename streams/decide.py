@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from policies import Decision, PolicyEngine, TraceView
-from streams.buffer import UNKNOWN_POSITION, Pending, TraceBuffer, already_applied
+from streams.buffer import Pending, TraceBuffer
 from streams.config import Settings
 from streams.degrade import DEGRADED_POLICY, DEGRADED_SPANS, shed_fragment
 from streams.kafka import SPAN_COUNT_HEADER
@@ -33,13 +33,14 @@ from streams.metrics import (
     TRACES_WITHOUT_ROOT,
     UNKNOWN_TENANT_DROPS,
 )
+from streams.origin import add_origin, covers
 from streams.otlp import annotate_kept
 from streams.route import TenantRoutes
 from streams.state import TableStore
 
 __all__ = ["DecisionCache", "Decider", "PolicySets", "Remembered"]
 
-_DECISION = struct.Struct(">dBdq")
+_DECISION = struct.Struct(">dBdH")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,20 +53,22 @@ class Remembered:
     policy: str
     probability: float
     tenant: str
-    # The last record position (streams.buffer.record_position) the decided trace held: a
-    # fragment at or below it is a record delivered again, not a late span.
-    position: int = UNKNOWN_POSITION
+    # The origins (streams.origin) of the spans the trace held: a fragment they cover is a
+    # copy of one already decided, not a late span.
+    origins: bytes = b""
 
     def encode(self) -> bytes:
         """Value stored in the `decisions` table."""
-        head = _DECISION.pack(self.decided_at, self.kept, self.probability, self.position)
-        return head + self.policy.encode() + b"\0" + self.tenant.encode()
+        count = len(self.origins) // 8
+        head = _DECISION.pack(self.decided_at, self.kept, self.probability, count)
+        return head + self.origins + self.policy.encode() + b"\0" + self.tenant.encode()
 
     @classmethod
     def decode(cls, partition: int, value: bytes) -> Remembered:
         """Inverse of `encode`."""
-        decided_at, kept, probability, position = _DECISION.unpack_from(value)
-        policy, _, tenant = value[_DECISION.size :].partition(b"\0")
+        decided_at, kept, probability, count = _DECISION.unpack_from(value)
+        end = _DECISION.size + 8 * count
+        policy, _, tenant = value[end:].partition(b"\0")
         return cls(
             decided_at,
             partition,
@@ -73,12 +76,12 @@ class Remembered:
             policy.decode(),
             probability,
             tenant.decode(),
-            position,
+            value[_DECISION.size : end],
         )
 
-    def already_applied(self, position: int) -> bool:
-        """Was the fragment at `position` part of the trace when it was decided?"""
-        return already_applied(position, self.position)
+    def already_applied(self, origin: int) -> bool:
+        """Was the fragment of this origin part of the trace when it was decided?"""
+        return covers(self.origins, origin)
 
 
 class DecisionCache:
@@ -101,10 +104,11 @@ class DecisionCache:
         """Hold a decision in memory (persisted later by `persist`)."""
         self.entries[decision.kept][trace_id] = decision
 
-    def advance(self, trace_id: bytes, decision: Remembered, position: int) -> None:
-        """A late span was applied: remember its position so a redelivery is not applied again."""
-        if position > decision.position:
-            moved = dataclasses.replace(decision, position=position)
+    def advance(self, trace_id: bytes, decision: Remembered, origin: int) -> None:
+        """A late span was applied: remember its origin so a copy is not applied again."""
+        origins = add_origin(decision.origins, origin)
+        if origins != decision.origins:
+            moved = dataclasses.replace(decision, origins=origins)
             self.entries[moved.kept][trace_id] = moved
             self.persist(trace_id, moved)
 
@@ -245,7 +249,7 @@ class Decider:
                     kept, policy = False, refused
             probability = decision.probability if kept else 0.0
             remembered = Remembered(
-                now, entry.partition, kept, policy, probability, trace.tenant, entry.position
+                now, entry.partition, kept, policy, probability, trace.tenant, trace.origins
             )
             self.cache.remember(trace_id, remembered)
             if kept:
@@ -298,7 +302,9 @@ class Decider:
         """After the flush: persist decisions and free the buffer; retry what failed."""
         retry = []
         for trace_id, entry, remembered in batch.items:
-            if trace_id in batch.failed:
+            # Not acknowledged, or this worker's lease lapsed meanwhile (streams.handover): the
+            # trace stays in the table and is decided again by whoever owns it.
+            if trace_id in batch.failed or not writable(entry.partition):
                 self.cache.forget(trace_id)
                 retry.append((trace_id, entry))
                 continue

@@ -10,6 +10,7 @@ with that name instead of losing traces at the first rebalance.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -31,6 +32,7 @@ __all__ = [
     "run_before_commit",
     "run_before_revoke",
     "set_persisted_offset",
+    "watch_heartbeats",
     "wrap_highwaters",
 ]
 
@@ -136,6 +138,30 @@ def wrap_highwaters(
         return await correct(dict(await reported(*tps)))
 
     app.consumer.highwaters = highwaters
+
+
+def watch_heartbeats(app: faust.App, on_success: Callable[[float], None]) -> bool:
+    """Call `on_success(sent)` (time.monotonic() when it was sent) for every heartbeat the group
+    coordinator accepted. False when the consumer is not running yet; idempotent."""
+    consumer = getattr(app.consumer, "_thread", None)
+    consumer = getattr(consumer, "_consumer", None)
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None:
+        return False
+    if getattr(coordinator, "_caudal_watched", False):
+        return True
+    beat = coordinator._do_heartbeat
+
+    async def watched() -> bool:
+        sent = time.monotonic()
+        ok = bool(await beat())
+        if ok:
+            on_success(sent)
+        return ok
+
+    coordinator._do_heartbeat = watched
+    coordinator._caudal_watched = True
+    return True
 
 
 def assigned_actives(app: faust.App, topic: str) -> list[int]:

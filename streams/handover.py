@@ -28,9 +28,42 @@ from streams.buffer import TraceBuffer
 from streams.decide import Decider, DecisionCache
 from streams.metrics import PARTITION_RECOVERY, WORKER_READY
 
-__all__ = ["DecisionTick", "Handover", "Ownership"]
+__all__ = ["DecisionTick", "Handover", "Lease", "LeaseLapsed", "Ownership"]
 
 log = logging.getLogger(__name__)
+
+
+class LeaseLapsed(RuntimeError):
+    """The lease lapsed and the partitions were revoked meanwhile: records read under the old
+    assignment cannot be applied or skipped safely, so the worker restarts and rejoins."""
+
+
+@dataclass
+class Lease:
+    """How long the group coordinator is sure to keep this worker's partitions with it.
+
+    The coordinator gives a member's partitions away only after `session_timeout` without a
+    heartbeat from it, counted from when it received the last one; a heartbeat is received
+    after it was sent. So until `sent + session_timeout` of the last accepted heartbeat nobody
+    else owns our partitions. A worker that was frozen (a pause of the process, a stalled
+    network) and wakes after that writes nothing until a heartbeat is accepted again, or its
+    partitions are revoked: it cannot overwrite what a new owner recovered.
+    """
+
+    session_timeout: float
+    margin: float = 1.0
+    until: float = float("inf")  # no lease checks until the first renewal
+
+    def renew(self, sent: float) -> None:
+        """A heartbeat sent at `sent` (time.monotonic()) was accepted."""
+        self.until = max(
+            self.until if self.until != float("inf") else 0.0,
+            sent + self.session_timeout - self.margin,
+        )
+
+    def valid(self) -> bool:
+        """Is this worker still sure to be the owner of its partitions?"""
+        return time.monotonic() < self.until
 
 
 @dataclass
@@ -41,14 +74,27 @@ class Ownership:
     draining: frozenset[int] = frozenset()
     # Bumped when ownership is taken away: a loop that awaited sees that it changed.
     generation: int = 0
+    lease: Lease | None = None
 
     def owns(self, partition: int) -> bool:
         """May traces of this partition be decided?"""
-        return partition in self.owned
+        return partition in self.owned and self.leased()
 
     def writable(self, partition: int) -> bool:
         """May this partition's tables be written?"""
-        return partition in self.owned or partition in self.draining
+        return (partition in self.owned or partition in self.draining) and self.leased()
+
+    def leased(self) -> bool:
+        """The lease holds (or there is none)."""
+        return self.lease is None or self.lease.valid()
+
+    async def wait_leased(self, poll: float = 0.05) -> None:
+        """Return once the lease holds; LeaseLapsed if the partitions were revoked meanwhile."""
+        generation = self.generation
+        while not self.leased():
+            await asyncio.sleep(poll)
+            if self.generation != generation:
+                raise LeaseLapsed("partitions revoked while this worker's lease had lapsed")
 
     def begin_revoke(self) -> None:
         """Stop deciding everything; let what is under way finish writing."""
@@ -85,7 +131,11 @@ class DecisionTick:
         """Decide until nothing owned is due, or ownership changes."""
         async with self.lock:
             generation = self.ownership.generation
-            while self.ownership.owned and self.ownership.generation == generation:
+            while (
+                self.ownership.owned
+                and self.ownership.generation == generation
+                and self.ownership.leased()
+            ):
                 batch = self.decider.decide_due(
                     time.time(), self.batch_limit(), self.clock.watermark, self.ownership.owned
                 )
@@ -95,6 +145,9 @@ class DecisionTick:
                     # Unacknowledged: keep those traces buffered and decide them again.
                     batch.failed.update(tid for tid, _, r in batch.items if r.kept)
                 self.decider.complete(batch, time.time(), self.ownership.writable)
+                # Decisions and tombstones durable now, not at the next commit: a crash after
+                # the kept traces were acknowledged re-exports only what this flush covers.
+                await asyncio.to_thread(self.producer.flush, self.flush_timeout)
 
 
 @dataclass
@@ -142,14 +195,15 @@ class Handover:
         self.cache.rebuild(sorted(new))
         self.held = actives
         self.ownership.assign(actives)
-        if self.assigned_at is not None:
-            PARTITION_RECOVERY.observe(time.monotonic() - self.assigned_at)
+        took = time.monotonic() - self.assigned_at if self.assigned_at is not None else 0.0
+        PARTITION_RECOVERY.observe(took)
         WORKER_READY.set(1)
         self.on_ready(actives)
         log.info(
-            "partitions recovered partitions=%s new=%s traces=%d decisions=%d",
+            "partitions recovered partitions=%s new=%s traces=%d decisions=%d seconds=%.2f",
             sorted(actives),
             sorted(new),
             len(self.buffer),
             sum(len(e) for e in self.cache.entries.values()),
+            took,
         )

@@ -17,6 +17,7 @@ from streams.metrics import DEAD_LETTERS
 __all__ = [
     "DLQ_REASON_HEADER",
     "INDEX_HEADER",
+    "ORIGIN_HEADER",
     "SPAN_COUNT_HEADER",
     "TENANT_HEADER",
     "client_config",
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 # Record headers Caudal reads and writes.
 DLQ_REASON_HEADER = "caudal-dlq-reason"
 INDEX_HEADER = "caudal-index"  # caudal-spans: (trace ID, length) of each packed fragment
+ORIGIN_HEADER = "caudal-origin"  # caudal-spans: input partition and offset of each fragment
 TENANT_HEADER = "caudal-tenant"  # caudal-spans: the tenant resolved by the split stage
 SPAN_COUNT_HEADER = "caudal-span-count"  # caudal-sampled: spans in the trace
 

@@ -27,6 +27,7 @@ from streams.degrade import Degradation, LagClock
 from streams.experiments import ExperimentMeter
 from streams.kafka import (
     INDEX_HEADER,
+    ORIGIN_HEADER,
     TENANT_HEADER,
     client_config,
     make_producer,
@@ -34,11 +35,10 @@ from streams.kafka import (
     send_dead_letter,
 )
 from streams.metrics import SPANS_RECEIVED, set_consumer_lag
+from streams.origin import origin, pack_origins
 from streams.otlp import (
     BadInput,
-    Fragment,
     decode_request,
-    fragments_of,
     pack_index,
     split_by_trace,
 )
@@ -70,7 +70,9 @@ def span_count(blocks: Iterable[object]) -> int:
     return sum(len(ss.spans) for rs in blocks for ss in rs.scope_spans)  # type: ignore[attr-defined]
 
 
-Batch = dict[tuple[int, str], list[Fragment]]
+# (trace ID, fragment, origin: the input record its spans came from, see streams.origin)
+SourcedFragment = tuple[bytes, bytes, int]
+Batch = dict[tuple[int, str], list[SourcedFragment]]
 
 
 def split_messages(
@@ -105,10 +107,12 @@ def split_messages(
             dead_letter(msg, "no_spans", "the request holds no spans")
             continue
         hints = resolver.hints(headers)
+        source = origin(msg.partition(), msg.offset())
         for tid, blocks in groups.items():
             tenant = resolver.resolve(hints, blocks)
             received[tenant] += span_count(blocks)
-            batch[(partition_for(tid, partitions), tenant)].extend(fragments_of({tid: blocks}))
+            fragment = ExportTraceServiceRequest(resource_spans=blocks).SerializeToString()
+            batch[(partition_for(tid, partitions), tenant)].append((tid, fragment, source))
     for tenant, count in received.items():
         SPANS_RECEIVED.labels(settings.tenant_label(tenant)).inc(count)
     return batch
@@ -278,8 +282,12 @@ class SplitStage(threading.Thread):
         now = time.monotonic()
         for (partition, tenant), fragments in batch.items():
             for chunk in _chunks(fragments):
-                value, index = pack_index(chunk)
-                headers = [(INDEX_HEADER, index), (TENANT_HEADER, tenant.encode())]
+                value, index = pack_index([(tid, fragment) for tid, fragment, _ in chunk])
+                headers = [
+                    (INDEX_HEADER, index),
+                    (ORIGIN_HEADER, pack_origins([source for _, _, source in chunk])),
+                    (TENANT_HEADER, tenant.encode()),
+                ]
                 if progress is not None:
                     headers.append((PROGRESS_HEADER, progress))
                 self.producer.produce(
@@ -304,8 +312,8 @@ class SplitStage(threading.Thread):
         return True
 
 
-def _chunks(fragments: list[Fragment]) -> Iterable[list[Fragment]]:
-    chunk: list[Fragment] = []
+def _chunks(fragments: list[SourcedFragment]) -> Iterable[list[SourcedFragment]]:
+    chunk: list[SourcedFragment] = []
     size = 0
     for frag in fragments:
         if chunk and size + len(frag[1]) > MAX_RECORD_BYTES:

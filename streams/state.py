@@ -20,6 +20,7 @@ PartitionNotOwned, so a late write can never overwrite what the next owner recov
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -32,6 +33,7 @@ from streams.faust_seam import TP
 
 __all__ = [
     "ChangelogError",
+    "EndProbe",
     "PartitionNotOwned",
     "TableStore",
     "bind_to_commits",
@@ -167,41 +169,63 @@ def verify_end_offsets(app: Any, client_config: dict[str, Any]) -> None:
     would stop recovery early and lose buffered traces. Reading the batch at the reported end
     gives the true end on every broker (on Apache Kafka it confirms the reported one).
     """
+    probe = EndProbe(client_config)
 
     async def correct(ends: dict[TP, int]) -> Mapping[TP, int]:
-        return await asyncio.to_thread(_read_true_ends, client_config, ends)
+        return await asyncio.to_thread(probe.true_ends, ends)
 
     faust_seam.wrap_highwaters(app, correct)
 
 
-def _read_true_ends(client_config: dict[str, Any], ends: dict[TP, int]) -> dict[TP, int]:
-    probe = {tp: end for tp, end in ends.items() if end is not None and end > 0}
-    if not probe:
-        return ends
-    consumer = Consumer(
-        {
+class EndProbe:
+    """Reads the last record batch of partitions to learn their true end offsets.
+
+    One consumer for the worker's life: a handover asks several times, and a new consumer
+    costs a connection and a metadata round trip (about a second) each time.
+    """
+
+    def __init__(self, client_config: dict[str, Any], timeout: float = 15.0) -> None:
+        self.config = {
             **client_config,
             "group.id": "caudal-end-offsets",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
+            "fetch.wait.max.ms": 10,
         }
-    )
-    try:
-        consumer.assign(
-            [TopicPartition(tp.topic, tp.partition, end - 1) for tp, end in probe.items()]
-        )
-        pending = {(tp.topic, tp.partition) for tp in probe}
-        deadline = time.monotonic() + 15
-        while pending and time.monotonic() < deadline:
-            for msg in consumer.consume(1000, timeout=0.5):
-                key = (msg.topic(), msg.partition())
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(key)
-                    continue
-                tp = TP(*key)
-                ends[tp] = max(ends[tp], msg.offset() + 1)
-    finally:
-        consumer.close()
-    return ends
+        self.timeout = timeout
+        self.consumer: Consumer | None = None
+        self.lock = threading.Lock()
+
+    def true_ends(self, ends: dict[TP, int]) -> dict[TP, int]:
+        """`ends` with each reported end moved to one past the last record actually there."""
+        probe = {tp: end for tp, end in ends.items() if end is not None and end > 0}
+        if not probe:
+            return ends
+        with self.lock:
+            if self.consumer is None:
+                self.consumer = Consumer(self.config)
+            consumer = self.consumer
+            consumer.assign(
+                [TopicPartition(tp.topic, tp.partition, end - 1) for tp, end in probe.items()]
+            )
+            try:
+                pending = {(tp.topic, tp.partition) for tp in probe}
+                deadline = time.monotonic() + self.timeout
+                while pending and time.monotonic() < deadline:
+                    for msg in consumer.consume(1000, timeout=0.2):
+                        key = (msg.topic(), msg.partition())
+                        err = msg.error()
+                        if err is not None:
+                            if err.code() == KafkaError._PARTITION_EOF:
+                                pending.discard(key)
+                            continue
+                        tp = TP(*key)
+                        ends[tp] = max(ends[tp], msg.offset() + 1)
+            finally:
+                consumer.unassign()
+        if pending:
+            # Recovering to a guessed end could lose buffered traces: fail loudly instead.
+            raise ChangelogError(
+                f"end offsets of {sorted(pending)} not confirmed within {self.timeout:.0f}s"
+            )
+        return ends

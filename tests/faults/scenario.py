@@ -7,6 +7,7 @@ backend topic is compared with what was generated (`tests.faults.traffic.tally`)
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 import time
@@ -19,12 +20,14 @@ from tests.faults.traffic import Tally, Traffic, read_backend, tally
 from tests.integration.harness import Pipeline, WorkerProcess, wait_for
 
 DECISION_WAIT = 6.0
+_RECOVERED = re.compile(r"partitions recovered .* seconds=([0-9.]+)")
 GRACE = 30.0
 
 
 @dataclass(frozen=True)
 class Step:
-    """At `at` seconds: `start`, `stop` (SIGTERM, not waited for) or `kill` (SIGKILL) `worker`."""
+    """At `at` seconds: `start`, `stop` (SIGTERM, not waited for), `kill` (SIGKILL) or
+    `restart` (SIGTERM, wait for the exit, start again on the same state directory) `worker`."""
 
     at: float
     action: str
@@ -106,9 +109,14 @@ class Scenario:
         self.workers[name].proc.send_signal(signal.SIGKILL)
         self.workers[name].proc.wait()
 
+    def restart(self, name: str) -> None:
+        self.stop(name).join(GRACE + 30)
+        self.start(name)
+
     def stop(self, name: str) -> threading.Thread:
         """SIGTERM in the background; exit code and duration land in `stops`."""
         proc = self.workers[name].proc
+        key = name if name not in self.stops else f"{name}#{len(self.stops)}"
 
         def wait() -> None:
             began = time.monotonic()
@@ -118,7 +126,7 @@ class Scenario:
             except Exception:
                 proc.kill()
                 code = None
-            self.stops[name] = Stopped(code, time.monotonic() - began)
+            self.stops[key] = Stopped(code, time.monotonic() - began)
 
         thread = threading.Thread(target=wait, daemon=True)
         thread.start()
@@ -142,9 +150,13 @@ class Scenario:
                 delay = traffic.started + step.at - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-                {"start": self.start, "stop": self.stop, "kill": self.kill}[step.action](
-                    step.worker
-                )
+                actions = {
+                    "start": self.start,
+                    "stop": self.stop,
+                    "kill": self.kill,
+                    "restart": self.restart,
+                }
+                actions[step.action](step.worker)
             traffic.join(duration + 60)
             assert traffic.failed == 0, "the traffic could not be produced"
             self._settle()
@@ -155,11 +167,15 @@ class Scenario:
                 thread.join(GRACE + 30)
             received = read_backend(self.pipeline.broker.bootstrap, self.backend_topic)
             outcome = Outcome(tally(traffic.truth, received), dict(self.stops))
-            for name, worker in self.workers.items():
-                text = worker.log.read_text(errors="replace")
-                found = [line for line in text.splitlines() if "Crashed reason" in line]
+            for name in self.workers:
+                text = (self.pipeline.root / f"worker-{name}.log").read_text(errors="replace")
+                lines = text.splitlines()
+                found = [line for line in lines if "Crashed reason" in line]
                 if found:
                     outcome.crashes[name] = found
+                took = [float(m) for m in _RECOVERED.findall(text)]
+                if took:
+                    outcome.recovery_seconds[name] = max(took)
             return outcome
         finally:
             self.pipeline.stop()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from streams.buffer import TraceBuffer, decode_value, record_position
+from streams.buffer import TraceBuffer, decode_value
 from streams.decide import DecisionCache, Remembered
+from streams.origin import NO_ORIGIN, origin, pack_origins
 
 
 class MemoryStore:
@@ -86,31 +87,47 @@ def test_a_record_delivered_again_is_not_appended_twice() -> None:
     store = MemoryStore()
     buffer = TraceBuffer(store, wait=10.0, max_traces=100)  # type: ignore[arg-type]
     tid = b"r" * 16
-    # One record holds two fragments of the trace (index 0 and 1), the next record a third.
-    assert buffer.append(0, tid, "t", b"A", 1.0, record_position(40, 0))
-    assert buffer.append(0, tid, "t", b"B", 1.0, record_position(40, 1))
-    assert buffer.append(0, tid, "t", b"C", 2.0, record_position(41, 0))
-    # After a restart the table is rebuilt and records 40 and 41 arrive again.
+    # The trace's spans came from input records 40 and 41 of input partition 3 and record 7
+    # of input partition 0.
+    assert buffer.append(0, tid, "t", b"A", 1.0, origin(3, 40))
+    assert buffer.append(0, tid, "t", b"B", 1.0, origin(0, 7))
+    assert buffer.append(0, tid, "t", b"C", 2.0, origin(3, 41))
+    # After a restart the table is rebuilt and the same fragments arrive again, whether the
+    # caudal-spans record was read again or the input record was split again.
     again = TraceBuffer(store, wait=10.0, max_traces=100)  # type: ignore[arg-type]
     again.rebuild([0])
-    for position in (record_position(40, 0), record_position(40, 1), record_position(41, 0)):
-        assert not again.append(0, tid, "t", b"X", 3.0, position)
-    assert again.append(0, tid, "t", b"D", 3.0, record_position(42, 0))
-    assert decode_value(store.data[0][tid]).otlp == b"ABCD"
+    for source in (origin(3, 40), origin(0, 7), origin(3, 41)):
+        assert not again.append(0, tid, "t", b"X", 3.0, source)
+    assert again.append(0, tid, "t", b"D", 3.0, origin(3, 42))
+    assert again.append(0, tid, "t", b"E", 3.0, origin(1, 0))
+    trace = decode_value(store.data[0][tid])
+    assert (trace.otlp, trace.tenant, trace.first_seen) == (b"ABCDE", "t", 1.0)
+
+
+def test_fragments_of_unknown_origin_are_always_appended() -> None:
+    store = MemoryStore()
+    buffer = TraceBuffer(store, wait=10.0, max_traces=100)  # type: ignore[arg-type]
+    tid = b"n" * 16
+    assert buffer.append(0, tid, "t", b"A", 1.0, NO_ORIGIN)
+    assert buffer.append(0, tid, "t", b"B", 1.0, NO_ORIGIN)
+    assert decode_value(store.data[0][tid]).otlp == b"AB"
 
 
 def test_a_decision_knows_which_fragments_it_covered() -> None:
     store = MemoryStore()
     cache = DecisionCache(store, kept=10, dropped=10, ttl=60.0)  # type: ignore[arg-type]
     tid = b"d" * 16
-    decided = Remembered(1.0, 0, True, "errors", 1.0, "acme", record_position(7, 2))
+    decided = Remembered(1.0, 0, True, "errors", 1.0, "acme", pack_origins([origin(2, 7)]))
     cache.remember(tid, decided)
     cache.persist(tid, decided)
-    assert decided.already_applied(record_position(7, 2))
-    assert not decided.already_applied(record_position(8, 0))
-    # A late span at record 8 is followed; delivered again, it is recognised.
-    cache.advance(tid, decided, record_position(8, 0))
+    assert decided.already_applied(origin(2, 7))
+    assert decided.already_applied(origin(2, 6))
+    assert not decided.already_applied(origin(2, 8))
+    assert not decided.already_applied(origin(1, 7))
+    # A late span from input record 8 is followed; delivered again, it is recognised.
+    cache.advance(tid, decided, origin(2, 8))
     restored = DecisionCache(store, kept=10, dropped=10, ttl=60.0)  # type: ignore[arg-type]
     restored.rebuild([0])
     entry = restored.get(tid)
-    assert entry is not None and entry.already_applied(record_position(8, 0))
+    assert entry is not None and entry.already_applied(origin(2, 8))
+    assert (entry.policy, entry.tenant, entry.kept) == ("errors", "acme", True)
