@@ -179,6 +179,9 @@ class Handover:
     def assigned(self, actives: frozenset[int]) -> None:
         """The new assignment is known: forget what went elsewhere; recovery starts."""
         self.assigned_at = time.monotonic()
+        self._let_go(actives)
+
+    def _let_go(self, actives: frozenset[int]) -> None:
         gone = self.held - actives
         if gone:
             self.buffer.forget(gone)
@@ -189,7 +192,7 @@ class Handover:
 
     def recovered(self, actives: frozenset[int]) -> None:
         """Tables recovered: rebuild queues of newly assigned partitions, then own them all."""
-        self.assigned(actives)
+        self._let_go(actives)
         new = actives - self.held
         self.buffer.rebuild(sorted(new))
         self.cache.rebuild(sorted(new))

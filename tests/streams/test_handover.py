@@ -13,6 +13,7 @@ from streams.buffer import TraceBuffer
 from streams.config import Settings
 from streams.decide import Decider, DecisionCache, PolicySets
 from streams.handover import DecisionTick, Handover, Lease, LeaseLapsed, Ownership
+from streams.metrics import PARTITION_RECOVERY
 from streams.progress import PartitionClock, encode_claims
 from streams.route import TenantRoutes
 from streams.state import PartitionNotOwned
@@ -260,3 +261,12 @@ def test_records_wait_for_the_lease_and_a_revoke_meanwhile_restarts_the_worker()
 
     with pytest.raises(LeaseLapsed):
         asyncio.run(scenario())
+
+
+def test_recovery_time_is_counted_from_the_assignment() -> None:
+    node = Node()
+    before = PARTITION_RECOVERY._sum.get()
+    node.handover.assigned(frozenset({0}))
+    time.sleep(0.05)
+    node.handover.recovered(frozenset({0}))
+    assert PARTITION_RECOVERY._sum.get() - before >= 0.05
