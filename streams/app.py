@@ -56,7 +56,7 @@ from streams.otlp import BadInput, decode_request, fragments_of, split_by_trace,
 from streams.progress import PROGRESS_HEADER, PartitionClock, WallClock
 from streams.route import TenantResolver, TenantRoutes
 from streams.split import SplitStage, span_count
-from streams.state import PartitionNotOwned, TableStore, bind_to_commits, verify_end_offsets
+from streams.state import PartitionNotOwned, TableStore, bind_to_commits, recover_to_true_end
 
 __all__ = ["Worker", "build_worker", "run_worker"]
 
@@ -389,7 +389,7 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
 
     handover = Handover(ownership, tick, buffer, cache, clock, ready, unready)
     faust_seam.run_before_revoke(app, handover.before_revoke, handover.after_revoke)
-    verify_end_offsets(app, client_config(kafka))
+    recover_to_true_end(app, client_config(kafka), [trace_store, decision_store])
     BUFFER_MAX_TRACES.set(decision.max_traces)
     DECISION_WAIT.set(decision.wait)
 
@@ -408,9 +408,12 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
     @app.on_partitions_assigned.connect
     async def on_assigned(app: Any, assigned: Any, **kwargs: Any) -> None:
         # The group has just confirmed the membership; heartbeats renew the lease from here.
-        assert ownership.lease is not None
-        ownership.lease.renew(time.monotonic())
-        faust_seam.watch_heartbeats(app, ownership.lease.renew)
+        lease = ownership.lease
+        if lease is not None:
+            lease.renew(time.monotonic())
+            if not faust_seam.watch_heartbeats(app, lease.renew):
+                log.warning("heartbeats cannot be watched: worker runs without its lease")
+                ownership.lease = None
         handover.assigned(frozenset(faust_seam.assigned_actives(app, source_topic)))
 
     @traces.on_recover

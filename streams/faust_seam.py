@@ -15,8 +15,10 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import faust
+from aiokafka.consumer.group_coordinator import GroupCoordinator
 from faust.stores.rocksdb import Store as RocksDBStore
 from faust.tables.recovery import Recovery
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 
 __all__ = [
@@ -28,9 +30,11 @@ __all__ = [
     "check_faust",
     "db_for_partition",
     "highwater",
+    "mark_restored",
     "on_open_partition",
     "run_before_commit",
     "run_before_revoke",
+    "persisted_offset",
     "set_persisted_offset",
     "watch_heartbeats",
     "wrap_highwaters",
@@ -41,10 +45,13 @@ _REQUIRED = (
     (RocksDBStore, "_db_for_partition"),
     (RocksDBStore, "_open_for_partition"),
     (RocksDBStore, "set_persisted_offset"),
+    (RocksDBStore, "persisted_offset"),
     (RocksDBStore, "revoke_partitions"),
     (faust.App, "_on_partitions_revoked"),
     (faust.App, "_new_consumer"),
     (Recovery, "on_recovery_completed"),
+    (AIOKafkaConsumerThread, "_consumer"),
+    (GroupCoordinator, "_do_heartbeat"),
 )
 
 
@@ -91,9 +98,25 @@ def on_open_partition(table: Any, configure: Callable[[Any], None]) -> None:
     store._open_for_partition = open_and_configure
 
 
+def persisted_offset(table: Any, topic: str, partition: int) -> int | None:
+    """The changelog offset a partition's local database holds (None: nothing yet)."""
+    value = table.data.persisted_offset(TP(topic, partition))
+    return None if value is None else int(value)
+
+
 def set_persisted_offset(table: Any, topic: str, partition: int, offset: int) -> None:
     """Record the changelog offset a partition's local database holds (Faust's own key)."""
     table.data.set_persisted_offset(TP(topic, partition), offset)
+
+
+def mark_restored(app: faust.App, topic: str, partition: int, offset: int) -> None:
+    """Tell Faust's recovery that a changelog partition is applied up to `offset`, so it
+    replays only what comes after (it read the persisted offsets before the restore)."""
+    offsets = getattr(app.tables.recovery, "active_offsets", None)
+    if offsets is None:
+        raise FaustSeamError("faust.tables.recovery.Recovery has no active_offsets")
+    tp = TP(topic, partition)
+    offsets[tp] = max(offsets.get(tp) or -1, offset)
 
 
 def run_before_commit(app: faust.App, flush: Callable[[], Awaitable[None]]) -> None:

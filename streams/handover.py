@@ -9,7 +9,7 @@ The protocol (README, "How a partition changes hands"):
   partitions may be written (streams.state refuses it).
 - Assignment: the queues, decisions and progress claims of partitions that went elsewhere are
   dropped; Faust closes their databases (nothing here keeps a handle) and recovers the
-  assigned ones from their changelogs, to the true end (streams.state.verify_end_offsets).
+  assigned ones from their changelogs, to the true end (streams.state.recover_to_true_end).
 - Recovered: the decision queues of newly assigned partitions are rebuilt from the table, then
   the partitions are owned and the tick decides them, on their own clock (streams.progress):
   a trace whose later spans are still in Kafka waits for them.

@@ -20,6 +20,7 @@ PartitionNotOwned, so a late write can never overwrite what the next owner recov
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -33,12 +34,14 @@ from streams.faust_seam import TP
 
 __all__ = [
     "ChangelogError",
-    "EndProbe",
+    "ChangelogReader",
     "PartitionNotOwned",
     "TableStore",
     "bind_to_commits",
-    "verify_end_offsets",
+    "recover_to_true_end",
 ]
+
+log = logging.getLogger(__name__)
 
 # Faust keeps its own bookkeeping (the persisted changelog offset) in the same database.
 _FAUST_METADATA = b"__faust\0"
@@ -161,33 +164,59 @@ def bind_to_commits(app: Any, producer: Any, stores: list[TableStore]) -> None:
     faust_seam.run_before_commit(app, flush)
 
 
-def verify_end_offsets(app: Any, client_config: dict[str, Any]) -> None:
-    """Make Faust's recovery read changelogs to their true end.
+def recover_to_true_end(app: Any, client_config: dict[str, Any], stores: list[TableStore]) -> None:
+    """Make Faust's recovery read changelogs to their true end, fast.
 
     Recovery stops at the end offset the broker reports. Some Kafka-protocol brokers (tansu)
     report the base offset of the last record batch + 1 instead of its last offset + 1, which
     would stop recovery early and lose buffered traces. Reading the batch at the reported end
     gives the true end on every broker (on Apache Kafka it confirms the reported one).
+
+    Faust then replays each newly assigned partition's changelog at about 10,000 records a
+    second, so 50,000 buffered traces of three fragments took 16 s to hand over. Before Faust
+    compares its persisted offsets with those ends, the active partitions of `stores` are
+    restored here instead, with one confluent-kafka consumer and RocksDB write batches (about
+    ten times faster); Faust finds them up to date and goes straight on.
     """
-    probe = EndProbe(client_config)
+    reader = ChangelogReader(client_config)
+    by_topic = {store.topic: store for store in stores}
 
     async def correct(ends: dict[TP, int]) -> Mapping[TP, int]:
-        return await asyncio.to_thread(probe.true_ends, ends)
+        ends = await asyncio.to_thread(reader.true_ends, ends)
+        for topic, store in by_topic.items():
+            actives = set(faust_seam.assigned_actives(app, topic))
+            wanted = {tp.partition: end for tp, end in ends.items() if tp.topic == topic}
+            wanted = {p: end for p, end in wanted.items() if p in actives and end}
+            if wanted:
+                began = time.monotonic()
+                restored = await asyncio.to_thread(reader.restore, store, wanted)
+                for partition, offset in restored.items():
+                    faust_seam.mark_restored(app, topic, partition, offset)
+                if restored:
+                    log.info(
+                        "changelog restored topic=%s partitions=%s records=%d seconds=%.2f",
+                        topic,
+                        sorted(restored),
+                        reader.applied,
+                        time.monotonic() - began,
+                    )
+        return ends
 
     faust_seam.wrap_highwaters(app, correct)
 
 
-class EndProbe:
-    """Reads the last record batch of partitions to learn their true end offsets.
+class ChangelogReader:
+    """Reads changelogs with one confluent-kafka consumer for the worker's life: their true
+    end offsets, and table partitions restored up to them.
 
-    One consumer for the worker's life: a handover asks several times, and a new consumer
-    costs a connection and a metadata round trip (about a second) each time.
+    One consumer, because a handover asks several times and a new consumer costs a
+    connection and a metadata round trip (about a second) each time.
     """
 
     def __init__(self, client_config: dict[str, Any], timeout: float = 15.0) -> None:
         self.config = {
             **client_config,
-            "group.id": "caudal-end-offsets",
+            "group.id": "caudal-changelog-reader",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "fetch.wait.max.ms": 10,
@@ -195,37 +224,101 @@ class EndProbe:
         self.timeout = timeout
         self.consumer: Consumer | None = None
         self.lock = threading.Lock()
+        self.applied = 0  # records applied by the last restore
+
+    def _consumer(self) -> Consumer:
+        if self.consumer is None:
+            self.consumer = Consumer(self.config)
+        return self.consumer
 
     def true_ends(self, ends: dict[TP, int]) -> dict[TP, int]:
         """`ends` with each reported end moved to one past the last record actually there."""
         probe = {tp: end for tp, end in ends.items() if end is not None and end > 0}
         if not probe:
             return ends
+        starts = {(tp.topic, tp.partition): end - 1 for tp, end in probe.items()}
+        for (topic, partition), last in self._read(starts, None).items():
+            tp = TP(topic, partition)
+            ends[tp] = max(ends[tp], last + 1)
+        return ends
+
+    def restore(self, store: TableStore, ends: Mapping[int, int]) -> dict[int, int]:
+        """Apply a table's changelog to its partitions' databases, from the offset each holds
+        up to `ends` (exclusive); the last offset applied per partition restored."""
+        table, topic = store.table, store.topic
+        starts = {}
+        for partition, end in ends.items():
+            held = faust_seam.persisted_offset(table, topic, partition)
+            start = 0 if held is None else held + 1
+            if start < end:
+                starts[(topic, partition)] = start
+        self.applied = 0
+        if not starts:
+            return {}
+        batches: dict[int, rocksdict.WriteBatch] = {}
+
+        def apply(msg: Any) -> None:
+            partition = msg.partition()
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = rocksdict.WriteBatch(raw_mode=True)
+            value = msg.value()
+            if value is None:
+                batch.delete(msg.key())
+            else:
+                batch.put(msg.key(), value)
+            self.applied += 1
+            if len(batch) >= 10_000:
+                faust_seam.db_for_partition(table, partition).write(batch)
+                batches[partition] = rocksdict.WriteBatch(raw_mode=True)
+
+        stop = {key: ends[key[1]] for key in starts}
+        last = self._read(starts, apply, stop)
+        for partition, batch in batches.items():
+            faust_seam.db_for_partition(table, partition).write(batch)
+        for (_, partition), offset in last.items():
+            faust_seam.set_persisted_offset(table, topic, partition, offset)
+        return {partition: offset for (_, partition), offset in last.items()}
+
+    def _read(
+        self,
+        starts: dict[tuple[str, int], int],
+        apply: Callable[[Any], None] | None,
+        stop: Mapping[tuple[str, int], int] | None = None,
+    ) -> dict[tuple[str, int], int]:
+        """Read each partition from its start to its end (`stop`, exclusive, else the end the
+        consumer finds); the last offset read per partition. ChangelogError if it takes longer
+        than the timeout: recovering to a guessed end could lose buffered traces."""
+        last: dict[tuple[str, int], int] = {}
         with self.lock:
-            if self.consumer is None:
-                self.consumer = Consumer(self.config)
-            consumer = self.consumer
-            consumer.assign(
-                [TopicPartition(tp.topic, tp.partition, end - 1) for tp, end in probe.items()]
-            )
+            consumer = self._consumer()
+            consumer.assign([TopicPartition(t, p, start) for (t, p), start in starts.items()])
             try:
-                pending = {(tp.topic, tp.partition) for tp in probe}
+                pending = set(starts)
                 deadline = time.monotonic() + self.timeout
                 while pending and time.monotonic() < deadline:
-                    for msg in consumer.consume(1000, timeout=0.2):
+                    for msg in consumer.consume(5000, timeout=0.2):
                         key = (msg.topic(), msg.partition())
                         err = msg.error()
                         if err is not None:
                             if err.code() == KafkaError._PARTITION_EOF:
                                 pending.discard(key)
                             continue
-                        tp = TP(*key)
-                        ends[tp] = max(ends[tp], msg.offset() + 1)
+                        if key not in pending:
+                            continue
+                        offset = msg.offset()
+                        if stop is not None and offset >= stop[key]:
+                            pending.discard(key)
+                            continue
+                        if apply is not None:
+                            apply(msg)
+                        last[key] = offset
+                        if stop is not None and offset + 1 >= stop[key]:
+                            pending.discard(key)
             finally:
                 consumer.unassign()
         if pending:
-            # Recovering to a guessed end could lose buffered traces: fail loudly instead.
             raise ChangelogError(
-                f"end offsets of {sorted(pending)} not confirmed within {self.timeout:.0f}s"
+                f"{sorted(pending)} not read to their end within {self.timeout:.0f}s"
             )
-        return ends
+        return last

@@ -48,6 +48,7 @@ class Outcome:
     stops: dict[str, Stopped] = field(default_factory=dict)
     crashes: dict[str, list[str]] = field(default_factory=dict)
     recovery_seconds: dict[str, float] = field(default_factory=dict)
+    copies: float = 0  # fragments the surviving workers recognised as copies and skipped
 
     def report(self, name: str) -> str:
         lines = [f"[{name}] {self.tally.line()}"]
@@ -61,6 +62,7 @@ class Outcome:
             lines.append(f"  SIGTERM {worker}: exit {stopped.code} after {stopped.seconds:.1f}s")
         for worker, found in self.crashes.items():
             lines.append(f"  {worker} crashed: {found[0][:300]}")
+        lines.append(f"  fragments skipped as copies by the surviving workers: {self.copies:.0f}")
         if self.recovery_seconds:
             lines.append(
                 "  longest partition recovery per worker: "
@@ -160,13 +162,14 @@ class Scenario:
             traffic.join(duration + 60)
             assert traffic.failed == 0, "the traffic could not be produced"
             self._settle()
+            copies = sum(w.total("caudal_redelivered_fragments_total") for w in self.alive())
             for worker in self.alive():
                 name = next(n for n, w in self.workers.items() if w is worker)
                 self.stop(name)
             for thread in self._stoppers:
                 thread.join(GRACE + 30)
             received = read_backend(self.pipeline.broker.bootstrap, self.backend_topic)
-            outcome = Outcome(tally(traffic.truth, received), dict(self.stops))
+            outcome = Outcome(tally(traffic.truth, received), dict(self.stops), copies=copies)
             for name in self.workers:
                 text = (self.pipeline.root / f"worker-{name}.log").read_text(errors="replace")
                 lines = text.splitlines()

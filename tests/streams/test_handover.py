@@ -108,6 +108,14 @@ class Node:
             lambda: None,
         )
 
+    def buffered(self, tid: bytes, error: bool, lease: Lease | None = None) -> Node:
+        """Own partition 0 with one trace buffered there and its window closed."""
+        self.ownership.lease = lease
+        self.handover.recovered(frozenset({0}))
+        self.buffer.append(0, tid, "default", request(tid, error), 100.0)
+        self.advance(0, 200.0)
+        return self
+
     def tables(self) -> tuple[dict, dict]:
         """The two tables as the next owner recovers them from their changelogs."""
         return self.store.data, self.decisions.data
@@ -132,11 +140,8 @@ def test_only_owned_partitions_are_decided_and_only_past_their_clock() -> None:
 
 
 def test_a_revoke_waits_for_the_batch_under_way_then_nothing_is_written() -> None:
-    node = Node()
-    node.handover.recovered(frozenset({0}))
     tid = b"c" * 16
-    node.buffer.append(0, tid, "default", request(tid, True), 100.0)
-    node.advance(0, 200.0)
+    node = Node().buffered(tid, True)
 
     async def scenario() -> None:
         tick = asyncio.create_task(node.tick())
@@ -154,11 +159,8 @@ def test_a_revoke_waits_for_the_batch_under_way_then_nothing_is_written() -> Non
 
 def test_a_crash_before_the_decision_is_written_decides_again_the_same_way() -> None:
     """Kill point: kept trace produced, decision and tombstone not yet written."""
-    old = Node()
-    old.handover.recovered(frozenset({0}))
     tid = b"k" * 16
-    old.buffer.append(0, tid, "default", request(tid, True), 100.0)
-    old.advance(0, 200.0)
+    old = Node().buffered(tid, True)
     batch = old.decider.decide_due(200.0, 10, old.clock.watermark, old.ownership.owned)
     assert len(old.producer.produced) == 1
     # ... the process dies here: complete() never runs.
@@ -172,11 +174,8 @@ def test_a_crash_before_the_decision_is_written_decides_again_the_same_way() -> 
 
 
 def test_a_crash_after_the_decision_is_written_does_not_decide_again() -> None:
-    old = Node()
-    old.handover.recovered(frozenset({0}))
     tid = b"w" * 16
-    old.buffer.append(0, tid, "default", request(tid, False), 100.0)
-    old.advance(0, 200.0)
+    old = Node().buffered(tid, False)
     asyncio.run(old.tick())
     new = Node(old.tables())
     new.handover.recovered(frozenset({0}))
@@ -188,11 +187,8 @@ def test_a_crash_after_the_decision_is_written_does_not_decide_again() -> None:
 
 
 def test_unacknowledged_kept_traces_stay_buffered() -> None:
-    node = Node()
-    node.handover.recovered(frozenset({0}))
     tid = b"u" * 16
-    node.buffer.append(0, tid, "default", request(tid, True), 100.0)
-    node.advance(0, 200.0)
+    node = Node().buffered(tid, True)
     node.producer.fail = True
     batch = node.decider.decide_due(200.0, 1, node.clock.watermark, node.ownership.owned)
     node.producer.flush(1)
@@ -215,33 +211,27 @@ def test_assignment_forgets_what_went_elsewhere_and_recovery_rebuilds_what_came(
 
 
 def test_a_lapsed_lease_stops_decisions_and_writes_until_a_heartbeat_renews_it() -> None:
-    node = Node()
-    node.ownership.lease = Lease(session_timeout=6.0)
-    node.handover.recovered(frozenset({0}))
     tid = b"l" * 16
-    node.buffer.append(0, tid, "default", request(tid, True), 100.0)
-    node.advance(0, 200.0)
-    node.ownership.lease.renew(time.monotonic() - 10)  # last heartbeat accepted 10 s ago
+    lease = Lease(session_timeout=6.0)
+    node = Node().buffered(tid, True, lease)
+    lease.renew(time.monotonic() - 10)  # last heartbeat accepted 10 s ago
     asyncio.run(node.tick())
     assert node.producer.produced == [], "the group may have given the partition away"
     with pytest.raises(PartitionNotOwned):
         node.store.put(0, b"x" * 16, b"v")
-    node.ownership.lease.renew(time.monotonic())
+    lease.renew(time.monotonic())
     asyncio.run(node.tick())
     assert len(node.producer.produced) == 1
 
 
 def test_a_batch_whose_lease_lapsed_stays_in_the_table() -> None:
-    node = Node()
-    node.ownership.lease = Lease(session_timeout=6.0)
-    node.ownership.lease.renew(time.monotonic())
-    node.handover.recovered(frozenset({0}))
     tid = b"m" * 16
-    node.buffer.append(0, tid, "default", request(tid, True), 100.0)
-    node.advance(0, 200.0)
+    lease = Lease(session_timeout=6.0)
+    lease.renew(time.monotonic())
+    node = Node().buffered(tid, True, lease)
     batch = node.decider.decide_due(200.0, 10, node.clock.watermark, node.ownership.owned)
     node.producer.flush(1)
-    node.ownership.lease.until = time.monotonic() - 1  # lapsed during the flush
+    lease.until = time.monotonic() - 1  # lapsed during the flush
     node.decider.complete(batch, 200.0, node.ownership.writable)
     assert tid in node.store.data[0] and tid not in node.decisions.data[0]
     assert node.buffer.holds(0, tid)
