@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,12 +54,12 @@ from streams.metrics import (
 )
 from streams.origin import NO_ORIGIN, decode_origins, origin
 from streams.otlp import BadInput, decode_request, fragments_of, split_by_trace, unpack_index
-from streams.progress import PROGRESS_HEADER, PartitionClock, WallClock
+from streams.progress import PROGRESS_HEADER, DirectClock, PartitionClock
 from streams.route import TenantResolver, TenantRoutes
 from streams.split import SplitStage, span_count
-from streams.state import PartitionNotOwned, TableStore, bind_to_commits, recover_to_true_end
+from streams.state import TableStore, bind_to_commits, recover_to_true_end
 
-__all__ = ["Worker", "build_worker", "run_worker"]
+__all__ = ["Drain", "Worker", "build_worker", "run_worker"]
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +117,14 @@ class Intake:
     """Per record of the buffer agent: follow remembered decisions, buffer everything else."""
 
     def __init__(
-        self, worker: Worker, resolver: TenantResolver, direct: bool, clock: PartitionClock | None
+        self,
+        worker: Worker,
+        resolver: TenantResolver,
+        clock: PartitionClock | DirectClock,
     ) -> None:
         self.worker = worker
         self.resolver = resolver
-        self.direct = direct
+        # A DirectClock when the worker reads the input itself (no split stage).
         self.clock = clock
         self.encoding = worker.settings.kafka.input_encoding
         self.dlq_topic = worker.settings.kafka.dlq_topic
@@ -128,7 +132,11 @@ class Intake:
         self.offsets: dict[int, int] = {}
 
     def handle(self, message: Any) -> None:
-        """Buffer one record's traces; never raises on bad data (it goes to the DLQ)."""
+        """Buffer one record's traces; never raises on bad data (it goes to the DLQ).
+
+        PartitionNotOwned (the lease lapsed between the agent's check and a write) is raised:
+        skipping the record would let its offset be committed without its spans.
+        """
         headers = dict(message.headers or ())
         now = time.time()
         self.offsets[message.partition] = message.offset
@@ -145,18 +153,17 @@ class Intake:
                 seen = min(message.timestamp or now, now)
                 for (trace_id, fragment), source in zip(fragments, origins, strict=True):
                     self._take(message.partition, trace_id, tenant, fragment, seen, source)
-            elif self.direct:
-                self._take_input(message, headers, now)
+            elif isinstance(self.clock, DirectClock):
+                seen = min(message.timestamp or now, now)
+                self._take_input(message, headers, seen)
+                self.clock.observe(message.partition, seen)
             elif progress is None:
                 raise BadInput("invalid_index", f"record without a {INDEX_HEADER} header")
-            if progress is not None and self.clock is not None:
+            if progress is not None and isinstance(self.clock, PartitionClock):
                 try:
                     self.clock.observe(message.partition, progress)
                 except ValueError as exc:
                     raise BadInput("invalid_progress", str(exc)) from None
-        except PartitionNotOwned:
-            # Read while the partition was being handed over: its next owner reads it again.
-            log.warning("record of a partition not owned skipped partition=%d", message.partition)
         except BadInput as exc:
             send_dead_letter(
                 self.worker.producer,
@@ -369,9 +376,15 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
     worker = Worker(
         settings, app, buffer, cache, decider, producer, health, degradation, lag, meter
     )
-    clock = WallClock() if direct else PartitionClock()
     resolver = TenantResolver(settings.tenant_from, settings.default_tenant)
-    intake = Intake(worker, resolver, direct, None if direct else clock)
+
+    def caught_up(partition: int) -> bool:
+        end = faust_seam.highwater(app, faust_seam.TP(source_topic, partition))
+        read = intake.offsets.get(partition)
+        return end is not None and (end == 0 or (read is not None and read + 1 >= end))
+
+    clock = DirectClock(caught_up) if direct else PartitionClock()
+    intake = Intake(worker, resolver, clock)
     health.read_offsets = lambda: dict(intake.offsets)
     tick = DecisionTick(
         decider, producer, ownership, clock, lambda: 5_000 * degradation.batch_factor()
@@ -446,15 +459,11 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
     worker.threads.extend(exporters)
     health.exporter_states = lambda: {loop.exporter_name: loop.state for loop in exporters}
 
+    drain = Drain(health, worker.stop_input, settings.shutdown.grace)
+
     @app.on_before_shutdown.connect
     async def on_shutdown(app: Any, **kwargs: Any) -> None:
-        health.set_pipeline("draining")
-        health.ready = False
-        worker.stop_input.set()
-        log.info("draining grace=%.0fs", settings.shutdown.grace)
-        watchdog = threading.Timer(settings.shutdown.grace, _drain_overrun, [settings])
-        watchdog.daemon = True
-        watchdog.start()
+        drain.begin()
 
     @app.timer(5.0, name="evaluate-health")
     async def evaluate_health() -> None:
@@ -503,12 +512,34 @@ def config_version(path: Path | None) -> str:
         return "unreadable"
 
 
-def _drain_overrun(settings: Settings) -> None:
+def _drain_overrun(grace: float) -> None:
     # The drain took longer than shutdown.grace: exit rather than be killed mid-write. What was
     # not committed is read again by the partition's next owner (at-least-once).
-    log.error("drain exceeded shutdown.grace=%.0fs, exiting", settings.shutdown.grace)
+    log.error("drain exceeded shutdown.grace=%.0fs, exiting", grace)
     logging.shutdown()
     os._exit(1)
+
+
+@dataclass
+class Drain:
+    """SIGTERM: stop reading the input first, then Faust finishes the records read, flushes and
+    commits; past `grace` seconds the process exits with code 1 instead."""
+
+    health: Health
+    stop_input: threading.Event
+    grace: float
+    on_overrun: Callable[[float], None] = _drain_overrun
+
+    def begin(self) -> threading.Timer:
+        """Start draining; the returned watchdog fires `on_overrun` after `grace`."""
+        self.health.set_pipeline("draining")
+        self.health.ready = False
+        self.stop_input.set()
+        log.info("draining grace=%.0fs", self.grace)
+        watchdog = threading.Timer(self.grace, self.on_overrun, [self.grace])
+        watchdog.daemon = True
+        watchdog.start()
+        return watchdog
 
 
 def run_worker(settings: Settings, config_path: Path | None = None) -> int:

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 __all__ = [
     "PROGRESS_HEADER",
     "Claims",
+    "DirectClock",
     "PartitionClock",
     "SplitProgress",
     "decode_claims",
@@ -139,12 +140,34 @@ class PartitionClock:
             self._marks.pop(partition, None)
 
 
-class WallClock:
-    """The watermark when the worker reads the input directly: the time now (no split stage
-    to vouch for the input; windows are measured on arrival)."""
+class DirectClock:
+    """The watermark when the worker reads the input directly (no split stage to vouch).
+
+    A partition has been read up to the latest input timestamp seen on it, or, while the
+    worker has read everything the broker had at its last fetch (`caught_up`), up to a moment
+    before now: data stored later than that could still be on its way in a fetch.
+    """
+
+    # Faust's consumer waits up to 1.5 s for data in a fetch; a round trip on top.
+    FETCH_MARGIN = 2.0
+
+    def __init__(self, caught_up: Callable[[int], bool]) -> None:
+        self.caught_up = caught_up
+        self._latest: dict[int, float] = {}
+
+    def observe(self, partition: int, stamp: float) -> None:
+        """A record stamped `stamp` (input time, seconds) was read from `partition`."""
+        if stamp > self._latest.get(partition, float("-inf")):
+            self._latest[partition] = stamp
 
     def watermark(self, partition: int) -> float:
-        return time.time()
+        """Every input record stamped before this time has been read (-inf: not known yet)."""
+        latest = self._latest.get(partition, float("-inf"))
+        if self.caught_up(partition):
+            return max(latest, time.time() - self.FETCH_MARGIN)
+        return latest
 
     def forget(self, partitions: Iterable[int]) -> None:
-        return None
+        """Partitions this worker no longer reads."""
+        for partition in partitions:
+            self._latest.pop(partition, None)

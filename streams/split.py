@@ -186,48 +186,68 @@ class SplitStage(threading.Thread):
         )
         self.failed = False
         self.progress = SplitProgress()
+        self.in_hand: list[Message] = []  # the batch being split, read again if it fails
+        self.next_lag = 0.0
         self.sent_at: dict[int, float] = {}
 
     def run(self) -> None:
         kafka = self.settings.kafka
         self.consumer.subscribe([kafka.input_topic], on_assign=self._on_assign)
         log.info("split stage started topic=%s", kafka.input_topic)
-        next_lag = 0.0
         try:
             while not self.stop.is_set():
-                if time.monotonic() >= next_lag:
-                    next_lag = time.monotonic() + 5.0
-                    self._export_lag()
-                degradation = self.degradation
-                size = self.batch_size * (degradation.batch_factor() if degradation else 1)
-                polled_at = time.time()
-                messages = self.consumer.consume(size, timeout=0.2)
-                usable = [m for m in messages if not _log_error(m)]
-                # Fewer messages than asked for: the partitions without any had nothing more.
-                idle = set(self.progress.claims) if len(messages) < size else set()
-                idle.difference_update(m.partition() for m in usable)
-                if not usable:
-                    self.progress.committed({}, idle, polled_at)
-                    self._send_progress()
-                    continue
-                stamps = _input_times(usable, polled_at)
-                if stamps:
-                    self.lag.note(time.time() - min(stamps.values()))
-                meter = self.meter if not degradation or degradation.optional_work() else None
-                batch = split_messages(
-                    usable, self.settings, self.resolver, self.dead_letter, meter
-                )
-                stamp = max(stamps.values(), default=polled_at)
-                if self._produce(batch, min(stamp, time.time())):
-                    self.consumer.commit(asynchronous=False)
-                    self.progress.committed(stamps, idle, polled_at)
-                    self._send_progress()
-                else:
-                    rewind(self.consumer, usable)
+                try:
+                    self._step()
+                except Exception:  # one batch's failure must never stop the split stage
+                    log.exception("split batch failed, reading it again")
+                    self._rewind()
+                    time.sleep(1.0)
+                self.in_hand = []
         finally:
             self.producer.flush(10)
             self.consumer.close()
             log.info("split stage stopped")
+
+    def _step(self) -> None:
+        """Read one batch, split it, produce it, then commit it."""
+        if time.monotonic() >= self.next_lag:
+            self.next_lag = time.monotonic() + 5.0
+            self._export_lag()
+        degradation = self.degradation
+        size = self.batch_size * (degradation.batch_factor() if degradation else 1)
+        polled_at = time.time()
+        messages = self.consumer.consume(size, timeout=0.2)
+        usable = self.in_hand = [m for m in messages if not _log_error(m)]
+        # Fewer messages than asked for: the partitions without any had nothing more.
+        idle = set(self.progress.claims) if len(messages) < size else set()
+        idle.difference_update(m.partition() for m in usable)
+        if not usable:
+            self.progress.committed({}, idle, polled_at)
+            self._send_progress()
+            return
+        stamps = _input_times(usable, polled_at)
+        self.lag.note(time.time() - min(stamps.values()))
+        meter = self.meter if not degradation or degradation.optional_work() else None
+        batch = split_messages(usable, self.settings, self.resolver, self.dead_letter, meter)
+        stamp = max(stamps.values())
+        if not self._produce(batch, min(stamp, time.time())):
+            self._rewind()
+            return
+        # Produced and acknowledged: what it vouches for holds whether or not the commit does.
+        self.progress.committed(stamps, idle, polled_at)
+        self._send_progress()
+        try:
+            self.consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            # A rebalance moved the partitions meanwhile: their next owner splits these records
+            # again, and the copies are recognised by their origin (streams.origin).
+            log.warning("split commit failed error=%s", exc)
+
+    def _rewind(self) -> None:
+        try:
+            rewind(self.consumer, self.in_hand)
+        except KafkaException as exc:  # revoked meanwhile: the next owner reads them
+            log.warning("split rewind failed error=%s", exc)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         topic = self.settings.kafka.input_topic

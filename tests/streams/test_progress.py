@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from streams.progress import PartitionClock, SplitProgress, decode_claims, encode_claims
+from streams.progress import (
+    DirectClock,
+    PartitionClock,
+    SplitProgress,
+    decode_claims,
+    encode_claims,
+)
 
 
 def test_claims_round_trip() -> None:
@@ -65,3 +73,17 @@ def test_split_progress_vouches_for_committed_and_idle_partitions() -> None:
     assert decode_claims(progress.header() or b"")[2][0] == 104.0, "claims never go back"
     progress.committed({0: 500.0}, idle=[], now=107.0)
     assert decode_claims(progress.header() or b"")[2][0] == 107.0, "no claim beyond now"
+
+
+def test_direct_clock_follows_input_times_and_now_only_when_caught_up() -> None:
+    caught_up = {0: False}
+    clock = DirectClock(lambda partition: caught_up[partition])
+    assert clock.watermark(0) == float("-inf")
+    clock.observe(0, 100.0)
+    clock.observe(0, 99.0)
+    assert clock.watermark(0) == 100.0, "a backlog is measured by its own timestamps"
+    caught_up[0] = True
+    assert clock.watermark(0) >= time.time() - DirectClock.FETCH_MARGIN - 1
+    clock.forget([0])
+    caught_up[0] = False
+    assert clock.watermark(0) == float("-inf")

@@ -1,0 +1,124 @@
+"""The split stage's loop survives what Kafka throws at it, and vouches only for what it wrote."""
+
+from __future__ import annotations
+
+import threading
+
+from confluent_kafka import KafkaError, KafkaException
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+from streams.config import Settings
+from streams.kafka import INDEX_HEADER, ORIGIN_HEADER
+from streams.origin import decode_origins, origin
+from streams.progress import decode_claims
+from streams.split import SplitStage
+
+
+class Message:
+    def __init__(self, partition: int, offset: int, value: bytes) -> None:
+        self._partition, self._offset, self._value = partition, offset, value
+
+    def value(self) -> bytes:
+        return self._value
+
+    def key(self) -> None:
+        return None
+
+    def headers(self) -> list:
+        return []
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def topic(self) -> str:
+        return "otlp_spans"
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 1_700_000_000_000 + self._offset)
+
+    def error(self) -> None:
+        return None
+
+
+class Consumer:
+    def __init__(self, batches: list[list[Message]], commit_error: bool = False) -> None:
+        self.batches = batches
+        self.commit_error = commit_error
+        self.commits = 0
+        self.seeks: list[tuple[int, int]] = []
+
+    def consume(self, size: int, timeout: float) -> list[Message]:
+        return self.batches.pop(0) if self.batches else []
+
+    def commit(self, asynchronous: bool) -> None:
+        if self.commit_error:
+            raise KafkaException(KafkaError(KafkaError.REBALANCE_IN_PROGRESS))
+        self.commits += 1
+
+    def seek(self, tp: object) -> None:
+        self.seeks.append((tp.partition, tp.offset))  # type: ignore[attr-defined]
+
+    def position(self, partitions: object) -> list:
+        return []
+
+    def assignment(self) -> list:
+        return []
+
+
+class Producer:
+    def __init__(self, fail: bool = False) -> None:
+        self.records: list[dict] = []
+        self.fail = fail
+
+    def produce(
+        self, topic: str, value=None, partition=0, headers=(), on_delivery=None, timestamp=0
+    ):
+        self.records.append({"partition": partition, "headers": dict(headers), "value": value})
+        if on_delivery is not None:
+            on_delivery(KafkaError(KafkaError._MSG_TIMED_OUT) if self.fail else None, None)
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def flush(self, timeout: float = 0) -> int:
+        return 0
+
+
+def request(trace_id: bytes) -> bytes:
+    span = Span(trace_id=trace_id, span_id=b"s" * 8, name="x")
+    return ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[span])])]
+    ).SerializeToString()
+
+
+def stage(consumer: Consumer, producer: Producer) -> SplitStage:
+    settings = Settings.model_validate({"kafka": {"partitions": 2}})
+    split = SplitStage(settings, threading.Event())
+    split.consumer, split.producer = consumer, producer  # type: ignore[assignment]
+    split.progress.assigned([0, 1], total=2, now=0.0)
+    return split
+
+
+def test_a_failed_commit_does_not_stop_the_stage_and_records_carry_their_origin() -> None:
+    consumer = Consumer([[Message(1, 41, request(b"t" * 16))]], commit_error=True)
+    producer = Producer()
+    split = stage(consumer, producer)
+    split._step()  # the commit raises: logged, not fatal
+    [data] = [r for r in producer.records if INDEX_HEADER in r["headers"]]
+    assert decode_origins(data["headers"][ORIGIN_HEADER], 1) == [origin(1, 41)]
+    claims = decode_claims(split.progress.header() or b"")[2]
+    assert claims[1] == 1_700_000_000.041, "what was produced is vouched for"
+    split._step()  # nothing more to read: both partitions vouched for up to about now
+    assert min(decode_claims(split.progress.header() or b"")[2].values()) > claims[1]
+
+
+def test_a_batch_that_was_not_acknowledged_is_read_again_and_not_vouched_for() -> None:
+    consumer = Consumer([[Message(0, 7, request(b"u" * 16)), Message(0, 8, request(b"v" * 16))]])
+    split = stage(consumer, Producer(fail=True))
+    split._step()
+    assert consumer.seeks == [(0, 7)] and consumer.commits == 0
+    assert decode_claims(split.progress.header() or b"")[2][0] == 0.0
