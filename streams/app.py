@@ -400,9 +400,15 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
         health.ready = False
         PARTITIONS_OWNED.set(0)
 
-    handover = Handover(ownership, tick, buffer, cache, clock, ready, unready)
+    async def commit(offsets: dict[int, int]) -> bool:
+        return await faust_seam.commit_processed(app, source_topic, offsets)
+
+    handover = Handover(
+        ownership, tick, buffer, cache, clock, ready, unready, lambda: intake.offsets, commit
+    )
     faust_seam.run_before_revoke(app, handover.before_revoke, handover.after_revoke)
     recover_to_true_end(app, client_config(kafka), [trace_store, decision_store])
+    faust_seam.limit_fetch_wait(app, 0.2)
     BUFFER_MAX_TRACES.set(decision.max_traces)
     DECISION_WAIT.set(decision.wait)
 

@@ -28,8 +28,10 @@ __all__ = [
     "assignment",
     "changelog_topic",
     "check_faust",
+    "commit_processed",
     "db_for_partition",
     "highwater",
+    "limit_fetch_wait",
     "mark_restored",
     "on_open_partition",
     "run_before_commit",
@@ -51,6 +53,7 @@ _REQUIRED = (
     (faust.App, "_new_consumer"),
     (Recovery, "on_recovery_completed"),
     (AIOKafkaConsumerThread, "_consumer"),
+    (AIOKafkaConsumerThread, "_create_worker_consumer"),
     (GroupCoordinator, "_do_heartbeat"),
 )
 
@@ -132,11 +135,13 @@ def run_before_commit(app: faust.App, flush: Callable[[], Awaitable[None]]) -> N
 
 
 def run_before_revoke(
-    app: faust.App, before: Callable[[set[TP]], Awaitable[None]], after: Callable[[], None]
+    app: faust.App,
+    before: Callable[[set[TP]], Awaitable[None]],
+    after: Callable[[set[TP]], Awaitable[None]],
 ) -> None:
-    """Run `before(revoked)` first when partitions are revoked and `after()` once Faust's own
-    revoke (wait for in-flight events, flush) is done. Must be called before the app's consumer
-    is created: the consumer keeps the callback it was created with."""
+    """Run `before(revoked)` first when partitions are revoked and `after(revoked)` once
+    Faust's own revoke (wait for in-flight events, flush) is done. Must be called before the
+    app's consumer is created: the consumer keeps the callback it was created with."""
     if getattr(app, "_consumer", None) is not None:
         raise FaustSeamError("run_before_revoke must be called before the consumer exists")
     faust_revoke = app._on_partitions_revoked
@@ -146,9 +151,27 @@ def run_before_revoke(
         try:
             await faust_revoke(revoked)
         finally:
-            after()
+            await after(revoked)
 
     app._on_partitions_revoked = revoke  # type: ignore[method-assign]
+
+
+def limit_fetch_wait(app: faust.App, seconds: float) -> None:
+    """Make the worker's group consumer wait at most `seconds` for data in a fetch.
+
+    Faust fixes it at 1.5 s, and a broker answers a connection's requests in order: every
+    end-offset or earliest-offset request of a recovery waited behind an idle fetch, about
+    1.5 s each, four or five of them per handover.
+    """
+    thread = app.consumer._thread
+    create = thread._create_worker_consumer
+
+    def create_with_limit(transport: Any) -> Any:
+        consumer = create(transport)
+        consumer._fetch_max_wait_ms = int(seconds * 1000)
+        return consumer
+
+    thread._create_worker_consumer = create_with_limit
 
 
 def wrap_highwaters(
@@ -184,6 +207,30 @@ def watch_heartbeats(app: faust.App, on_success: Callable[[float], None]) -> boo
 
     coordinator._do_heartbeat = watched
     coordinator._caudal_watched = True
+    return True
+
+
+async def commit_processed(app: faust.App, topic: str, offsets: Mapping[int, int]) -> bool:
+    """Commit `offsets` (partition -> next offset to read) of `topic` with the worker's group
+    consumer, from inside a revoke: the membership is still valid until the revoke returns.
+    Faust's own commit cannot: it forgets a revoked partition's acknowledged offsets before
+    the revoke starts. False (logged by the caller) when the group refused it."""
+    from aiokafka.structs import OffsetAndMetadata
+    from aiokafka.structs import TopicPartition as KafkaTP
+
+    thread = app.consumer._thread
+    consumer = thread._consumer
+    if consumer is None or not offsets:
+        return False
+    wanted = {KafkaTP(topic, p): OffsetAndMetadata(o, "") for p, o in offsets.items()}
+
+    async def commit() -> None:
+        await consumer.commit(wanted)
+
+    try:
+        await thread.call_thread(commit)
+    except Exception:
+        return False
     return True
 
 

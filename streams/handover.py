@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,6 +150,10 @@ class DecisionTick:
                 await asyncio.to_thread(self.producer.flush, self.flush_timeout)
 
 
+async def _no_commit(offsets: dict[int, int]) -> bool:
+    return True
+
+
 @dataclass
 class Handover:
     """Revoke, assignment and recovery of the buffer's partitions (see the module docstring)."""
@@ -161,6 +165,9 @@ class Handover:
     clock: Any
     on_ready: Callable[[frozenset[int]], None]
     on_unready: Callable[[], None]
+    # Last offset processed per partition, and how to commit (partition -> next offset).
+    read_offsets: Callable[[], dict[int, int]] = dict
+    commit: Callable[[dict[int, int]], Awaitable[bool]] = _no_commit
     held: frozenset[int] = frozenset()
     assigned_at: float | None = None
 
@@ -172,9 +179,15 @@ class Handover:
         async with self.tick.lock:
             pass
 
-    def after_revoke(self) -> None:
-        """Faust flushed what the revoked partitions produced: they are read-only now."""
-        self.ownership.end_revoke()
+    async def after_revoke(self, revoked: object) -> None:
+        """Faust flushed what the revoked partitions produced: commit what was read, so the
+        next owner does not read it again, then they are read-only."""
+        try:
+            offsets = {p: o + 1 for p, o in self.read_offsets().items() if p in self.held}
+            if offsets and not await self.commit(offsets):
+                log.warning("commit on revoke refused: the next owner reads again and skips")
+        finally:
+            self.ownership.end_revoke()
 
     def assigned(self, actives: frozenset[int]) -> None:
         """The new assignment is known: forget what went elsewhere; recovery starts."""

@@ -49,7 +49,10 @@ def test_revoke_hook_runs_around_fausts_revoke(tmp_path: Path) -> None:
     async def before(revoked: set) -> None:
         calls.append("before")
 
-    faust_seam.run_before_revoke(app, before, lambda: calls.append("after"))
+    async def after(revoked: set) -> None:
+        calls.append("after")
+
+    faust_seam.run_before_revoke(app, before, after)
     asyncio.run(app._on_partitions_revoked(set()))
     assert calls == ["before", "faust", "after"]
 
@@ -62,7 +65,7 @@ def test_revoke_hook_refuses_an_app_whose_consumer_exists(tmp_path: Path) -> Non
         return None
 
     with pytest.raises(FaustSeamError):
-        faust_seam.run_before_revoke(app, before, lambda: None)
+        faust_seam.run_before_revoke(app, before, before)
 
 
 def test_commit_flush_runs_after_fausts_own(tmp_path: Path) -> None:

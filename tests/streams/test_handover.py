@@ -148,7 +148,7 @@ def test_a_revoke_waits_for_the_batch_under_way_then_nothing_is_written() -> Non
         await asyncio.sleep(0)  # the tick has decided and is waiting for the flush
         await node.handover.before_revoke(set())
         assert tick.done(), "the revoke returned only after the batch completed"
-        node.handover.after_revoke()
+        await node.handover.after_revoke(set())
 
     asyncio.run(scenario())
     assert tid not in node.store.data[0], "the decided trace was deleted before the handover"
@@ -260,3 +260,25 @@ def test_recovery_time_is_counted_from_the_assignment() -> None:
     time.sleep(0.05)
     node.handover.recovered(frozenset({0}))
     assert PARTITION_RECOVERY._sum.get() - before >= 0.05
+
+
+def test_revoke_commits_what_was_read_then_the_partitions_are_read_only() -> None:
+    node = Node()
+    committed: list[dict[int, int]] = []
+
+    async def commit(offsets: dict[int, int]) -> bool:
+        assert node.ownership.writable(0), "committed before the partitions turn read-only"
+        committed.append(offsets)
+        return False  # refused: the revoke still ends
+
+    node.handover.read_offsets = lambda: {0: 41, 5: 9}  # partition 5 went elsewhere earlier
+    node.handover.commit = commit
+    node.handover.recovered(frozenset({0}))
+
+    async def revoke() -> None:
+        await node.handover.before_revoke(set())
+        await node.handover.after_revoke(set())
+
+    asyncio.run(revoke())
+    assert committed == [{0: 42}]
+    assert not node.ownership.writable(0)
