@@ -218,6 +218,8 @@ class ChangelogReader:
             **client_config,
             "group.id": "caudal-changelog-reader",
             "enable.auto.commit": False,
+            # A start below the log's first offset (removed by retention) reads from the first.
+            "auto.offset.reset": "earliest",
             "enable.partition.eof": True,
             "fetch.wait.max.ms": 10,
         }
