@@ -69,9 +69,10 @@ def decode_claims(value: bytes) -> Claims:
 class SplitProgress:
     """What one split stage can vouch for, per input partition it owns (the split thread's)."""
 
-    # A fetch can be under way for this long after the broker stored a record (librdkafka's
-    # fetch.wait.max.ms plus a round trip); an idle partition vouches only for before that.
-    IDLE_MARGIN = 1.0
+    # A record stored at the broker reaches the consumer's queue within fetch.wait.max.ms
+    # (100 ms, streams.split) and a round trip. When a read returns with partitions drained, they
+    # vouch only for what was stored this long before it returned: three times that bound.
+    IDLE_MARGIN = 0.3
 
     def __init__(self, total: int = 0) -> None:
         self.total = total
@@ -85,8 +86,8 @@ class SplitProgress:
         self.claims = {partition: 0.0 for partition in partitions}
 
     def committed(self, stamps: Mapping[int, float], idle: Iterable[int], now: float) -> None:
-        """A batch was produced and committed (`stamps`: its largest input time per partition);
-        `idle` partitions had nothing more to read when the batch was fetched."""
+        """A batch was produced (`stamps`: its largest input time per partition); `idle`
+        partitions had been read to what the broker had when the read returned at `now`."""
         claims = self.claims
         for partition, stamp in stamps.items():
             if partition in claims:

@@ -56,8 +56,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_RECORD_BYTES = 900 * 1024  # below Kafka's default 1 MB message limit
-# A caudal-spans partition that got no record for this long gets one with progress claims only.
-PROGRESS_INTERVAL = 0.5
+# How often each caudal-spans partition gets a record with the latest progress claims (data
+# records carry the claims of the batch before theirs).
+PROGRESS_INTERVAL = 0.2
 
 
 def partition_for(trace_id: bytes, partitions: int) -> int:
@@ -217,12 +218,12 @@ class SplitStage(threading.Thread):
         size = self.batch_size * (degradation.batch_factor() if degradation else 1)
         polled_at = time.time()
         messages = self.consumer.consume(size, timeout=0.2)
+        drained_at = time.time()
         usable = self.in_hand = [m for m in messages if not _log_error(m)]
-        # Fewer messages than asked for: the partitions without any had nothing more.
+        # Fewer messages than asked for: every partition was read to what the broker had.
         idle = set(self.progress.claims) if len(messages) < size else set()
-        idle.difference_update(m.partition() for m in usable)
         if not usable:
-            self.progress.committed({}, idle, polled_at)
+            self.progress.committed({}, idle, drained_at)
             self._send_progress()
             return
         stamps = _input_times(usable, polled_at)
@@ -234,7 +235,7 @@ class SplitStage(threading.Thread):
             self._rewind()
             return
         # Produced and acknowledged: what it vouches for holds whether or not the commit does.
-        self.progress.committed(stamps, idle, polled_at)
+        self.progress.committed(stamps, idle, drained_at)
         self._send_progress()
         try:
             self.consumer.commit(asynchronous=False)
@@ -299,7 +300,6 @@ class SplitStage(threading.Thread):
         topic = self.settings.kafka.spans_topic
         timestamp = int(stamp * 1000)
         progress = self.progress.header()
-        now = time.monotonic()
         for (partition, tenant), fragments in batch.items():
             for chunk in _chunks(fragments):
                 value, index = pack_index([(tid, fragment) for tid, fragment, _ in chunk])
@@ -319,7 +319,6 @@ class SplitStage(threading.Thread):
                     on_delivery=on_delivery,
                 )
                 self.producer.poll(0)
-            self.sent_at[partition] = now
         remaining = self.producer.flush(30)
         if failures or remaining:
             log.error(
