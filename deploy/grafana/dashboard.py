@@ -240,7 +240,7 @@ def overview() -> list[AnyPanel]:
             "How long past its decision deadline a trace is decided (99th percentile).",
             quantile(0.99, "caudal_decision_lag_seconds"),
             unit="s",
-            limits=thresholds((None, "green"), (1, "orange"), (5, "red")),
+            limits=thresholds((None, "green"), (2, "orange"), (5, "red")),
         ),
         single(
             "Health (worst)",
