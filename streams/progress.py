@@ -25,6 +25,9 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from confluent_kafka import KafkaError
 
 __all__ = [
     "PROGRESS_HEADER",
@@ -78,12 +81,26 @@ class SplitProgress:
         self.total = total
         self.epoch = 0.0
         self.claims: dict[int, float] = {}
+        # Partitions whose end the consumer reached, with no record read since.
+        self.at_end: set[int] = set()
 
     def assigned(self, partitions: Iterable[int], total: int, now: float) -> None:
         """A new assignment of input partitions: nothing is vouched for until it is read."""
         self.total = total
         self.epoch = now
         self.claims = {partition: 0.0 for partition in partitions}
+        self.at_end = set()
+
+    def read(self, messages: Iterable[Any]) -> None:
+        """Note which partitions the consumer read to their end (librdkafka's end-of-partition
+        events, in order with the records) and which have records again."""
+        for message in messages:
+            err = message.error()
+            partition = message.partition()
+            if err is None:
+                self.at_end.discard(partition)
+            elif err.code() == KafkaError._PARTITION_EOF and partition in self.claims:
+                self.at_end.add(partition)
 
     def committed(self, stamps: Mapping[int, float], idle: Iterable[int], now: float) -> None:
         """A batch was produced (`stamps`: its largest input time per partition); `idle`

@@ -182,6 +182,7 @@ class SplitStage(threading.Thread):
                     "fetch.max.bytes": 32 * 1024 * 1024,
                     # Bounds how stale "nothing more to read" can be (SplitProgress.IDLE_MARGIN).
                     "fetch.wait.max.ms": 100,
+                    "enable.partition.eof": True,
                 },
             )
         )
@@ -220,8 +221,11 @@ class SplitStage(threading.Thread):
         messages = self.consumer.consume(size, timeout=0.2)
         drained_at = time.time()
         usable = self.in_hand = [m for m in messages if not _log_error(m)]
-        # Fewer messages than asked for: every partition was read to what the broker had.
-        idle = set(self.progress.claims) if len(messages) < size else set()
+        self.progress.read(messages)
+        # A partition vouches for "nothing more" only after the consumer reached its end (an
+        # end-of-partition event since its last record) and this read was not cut short by the
+        # batch size: just after an assignment, an empty read means the fetch has not started.
+        idle = set(self.progress.at_end) if len(messages) < size else set()
         if not usable:
             self.progress.committed({}, idle, drained_at)
             self._send_progress()

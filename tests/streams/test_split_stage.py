@@ -44,6 +44,16 @@ class Message:
         return None
 
 
+class EndOfPartition(Message):
+    """librdkafka's event: the consumer reached the end of the partition."""
+
+    def __init__(self, partition: int) -> None:
+        super().__init__(partition, -1, b"")
+
+    def error(self) -> KafkaError:  # type: ignore[override]
+        return KafkaError(KafkaError._PARTITION_EOF)
+
+
 class Consumer:
     def __init__(self, batches: list[list[Message]], commit_error: bool = False) -> None:
         self.batches = batches
@@ -104,7 +114,10 @@ def stage(consumer: Consumer, producer: Producer) -> SplitStage:
 
 
 def test_a_failed_commit_does_not_stop_the_stage_and_records_carry_their_origin() -> None:
-    consumer = Consumer([[Message(1, 41, request(b"t" * 16))]], commit_error=True)
+    consumer = Consumer(
+        [[Message(1, 41, request(b"t" * 16))], [EndOfPartition(0), EndOfPartition(1)]],
+        commit_error=True,
+    )
     producer = Producer()
     split = stage(consumer, producer)
     split.batch_size = 1  # the read is full: nothing says the partitions were drained
@@ -113,8 +126,27 @@ def test_a_failed_commit_does_not_stop_the_stage_and_records_carry_their_origin(
     assert decode_origins(data["headers"][ORIGIN_HEADER], 1) == [origin(1, 41)]
     claims = decode_claims(split.progress.header() or b"")[2]
     assert claims[1] == 1_700_000_000.041, "what was produced is vouched for"
-    split._step()  # nothing more to read: both partitions vouched for up to about now
+    split.batch_size = 1000
+    split._step()  # both partitions read to their end: vouched for up to about now
     assert min(decode_claims(split.progress.header() or b"")[2].values()) > claims[1]
+
+
+def test_an_empty_read_vouches_for_nothing_until_the_end_of_a_partition_was_reached() -> None:
+    # Just after an assignment the fetch has not started: reads come back empty while the
+    # partition still holds records. Only an end-of-partition event says there is nothing more.
+    consumer = Consumer([[], [], [EndOfPartition(0)]])
+    split = stage(consumer, Producer())
+    split._step()
+    split._step()
+    assert decode_claims(split.progress.header() or b"")[2] == {0: 0.0, 1: 0.0}
+    split._step()
+    claims = decode_claims(split.progress.header() or b"")[2]
+    assert claims[0] > 0.0 and claims[1] == 0.0
+    consumer.batches = [[Message(0, 3, request(b"w" * 16))], []]
+    split._step()  # a record again: partition 0 is no longer at its end
+    before = decode_claims(split.progress.header() or b"")[2][0]
+    split._step()
+    assert decode_claims(split.progress.header() or b"")[2][0] == before
 
 
 def test_a_batch_that_was_not_acknowledged_is_read_again_and_not_vouched_for() -> None:
