@@ -9,10 +9,10 @@ when the records have caught up. Deciding by wall clock, as the Collector and Re
 what cuts traces in two at every membership change.
 
 The split stage knows how far it got on each input partition it owns: the largest input
-timestamp it has produced and committed there, or, when the partition has nothing more to read,
-the time it last looked. Every record it writes to a `caudal-spans` partition carries those
-claims in the `caudal-progress` header, and when it has written nothing to a partition for a
-while it sends a record with the header alone. Because a claim travels in the partition it is
+timestamp it has produced there, or, once it has read the partition to its end, a moment before
+it last looked. Every record it writes to a `caudal-spans` partition carries those claims in the
+`caudal-progress` header, and every partition gets a record with the latest claims alone at
+least every 200 ms. Because a claim travels in the partition it is
 about, everything it covers is at lower offsets: a worker that has read the claim has read what
 it covers. A partition's watermark is the least claim over all input partitions; the claim of
 a newer assignment of an input partition (a higher epoch) replaces the older one, so the claims
