@@ -122,7 +122,7 @@ class DecisionTick:
     decider: Decider
     producer: Any
     ownership: Ownership
-    clock: Any  # streams.progress.PartitionClock or WallClock
+    clock: Any  # streams.progress.PartitionClock or DirectClock
     batch_limit: Callable[[], int]
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     flush_timeout: float = 30.0
