@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from streams import faust_seam
@@ -31,11 +32,12 @@ from streams.degrade import Degradation, LagClock, Pressure
 from streams.experiments import ExperimentMeter
 from streams.export import ExportLoop
 from streams.handover import DecisionTick, Handover, Lease, Ownership
-from streams.health import ExportOutcomes, Health, rss_bytes, serve_health
+from streams.health import ExportOutcomes, Health, Supervised, rss_bytes, serve_health
 from streams.kafka import (
     INDEX_HEADER,
     ORIGIN_HEADER,
     TENANT_HEADER,
+    DeliveryFailures,
     client_config,
     ensure_topics,
     faust_credentials,
@@ -44,20 +46,23 @@ from streams.kafka import (
 )
 from streams.logs import logging_dict_config
 from streams.metrics import (
+    BUFFER_MAX_BYTES,
     BUFFER_MAX_TRACES,
     CONFIG_RELOADS,
     DECISION_WAIT,
     PARTITIONS_OWNED,
     REDELIVERED,
     SPANS_RECEIVED,
+    TRACE_MAX_BYTES,
     set_consumer_lag,
 )
 from streams.origin import NO_ORIGIN, decode_origins, origin
-from streams.otlp import BadInput, decode_request, fragments_of, split_by_trace, unpack_index
+from streams.otlp import BadInput, decode_request, span_count, split_by_trace, unpack_index
 from streams.progress import PROGRESS_HEADER, DirectClock, PartitionClock
 from streams.route import TenantResolver, TenantRoutes
-from streams.split import SplitStage, span_count
-from streams.state import TableStore, bind_to_commits, recover_to_true_end
+from streams.split import SplitStage, fit_fragments, fragment_budget
+from streams.state import PartitionNotOwned, TableStore, bind_to_commits, recover_to_true_end
+from streams.tracekey import tenant_problem, trace_key
 
 __all__ = ["Drain", "Worker", "build_worker", "run_worker"]
 
@@ -78,14 +83,21 @@ class Worker:
     degradation: Degradation
     lag: LagClock
     meter: ExperimentMeter
-    threads: list[threading.Thread] = field(default_factory=list)
+    threads: list[Supervised] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     # Set first on SIGTERM: reading input stops before the buffer agent drains.
     stop_input: threading.Event = field(default_factory=threading.Event)
 
+    def fail(self, reason: str) -> None:
+        """A worker thread died: /healthz fails and the worker drains and exits with code 1."""
+        if self.health.failure is None:
+            self.health.failure = reason
+            os.kill(os.getpid(), signal.SIGTERM)
+
     def run(self) -> int:
         """Start the threads and the Faust worker; stop and flush everything; the exit code."""
         for thread in self.threads:
+            thread.on_failure = self.fail
             thread.start()
         self.health.set_pipeline("starting")
         worker = faust.Worker(
@@ -109,12 +121,19 @@ class Worker:
                 thread.join(timeout=15)
             self.producer.flush(10)
             self.health.set_pipeline("stopped")
+            if self.health.failure is not None:
+                code = 1
+                log.error("worker stopped reason=%r", self.health.failure)
             log.info("worker stopped code=%d", code)
         return code
 
 
 class Intake:
-    """Per record of the buffer agent: follow remembered decisions, buffer everything else."""
+    """Per record of the buffer agent: follow remembered decisions, buffer everything else.
+
+    Nothing in a record can stop it: a record that cannot be read is dead-lettered whole, a
+    fragment that cannot be used is dead-lettered alone, and the rest of the record goes on.
+    """
 
     def __init__(
         self,
@@ -126,8 +145,11 @@ class Intake:
         self.resolver = resolver
         # A DirectClock when the worker reads the input itself (no split stage).
         self.clock = clock
-        self.encoding = worker.settings.kafka.input_encoding
-        self.dlq_topic = worker.settings.kafka.dlq_topic
+        kafka = worker.settings.kafka
+        self.encoding = kafka.input_encoding
+        self.dlq_topic = kafka.dlq_topic
+        self.max_bytes = kafka.max_message_bytes
+        self.budget = fragment_budget(kafka.max_message_bytes)
         # Last offset read per partition, for the consumer lag gauge.
         self.offsets: dict[int, int] = {}
 
@@ -137,22 +159,16 @@ class Intake:
         PartitionNotOwned (the lease lapsed between the agent's check and a write) is raised:
         skipping the record would let its offset be committed without its spans.
         """
-        headers = dict(message.headers or ())
         now = time.time()
         self.offsets[message.partition] = message.offset
         if message.timestamp:
             self.worker.lag.note(now - message.timestamp)
         try:
+            headers = _headers(message.headers)
             index = headers.get(INDEX_HEADER)
             progress = headers.get(PROGRESS_HEADER)
             if index is not None:
-                tenant = headers.get(TENANT_HEADER, b"").decode() or self.resolver.default
-                fragments = list(unpack_index(message.value, index))
-                origins = _origins(headers.get(ORIGIN_HEADER), len(fragments))
-                # The window starts at the record's input time (streams.progress).
-                seen = min(message.timestamp or now, now)
-                for (trace_id, fragment), source in zip(fragments, origins, strict=True):
-                    self._take(message.partition, trace_id, tenant, fragment, seen, source)
+                self._take_spans(message, headers, index, now)
             elif isinstance(self.clock, DirectClock):
                 seen = min(message.timestamp or now, now)
                 self._take_input(message, headers, seen)
@@ -164,17 +180,31 @@ class Intake:
                     self.clock.observe(message.partition, progress)
                 except ValueError as exc:
                     raise BadInput("invalid_progress", str(exc)) from None
+        except PartitionNotOwned:
+            raise
         except BadInput as exc:
-            send_dead_letter(
-                self.worker.producer,
-                self.dlq_topic,
-                message.value,
-                reason=exc.reason,
-                detail=exc.detail,
-                key=message.key,
-                origin=(message.topic, message.partition, message.offset),
-                headers=list(headers.items()),
-            )
+            self._dead_letter(message, message.value, exc.reason, exc.detail)
+        except Exception as exc:  # a record no rule foresaw: dead-lettered, never fatal
+            self._dead_letter(message, message.value, "unusable_record", _describe(exc))
+
+    def _take_spans(
+        self, message: Any, headers: dict[str, bytes], index: bytes, now: float
+    ) -> None:
+        """A caudal-spans record: the split stage's fragments, sliced by its index."""
+        name = headers.get(TENANT_HEADER, b"")
+        try:
+            tenant = name.decode() if name else self.resolver.default
+        except UnicodeDecodeError:
+            raise BadInput("invalid_tenant", "the tenant header is not UTF-8") from None
+        problem = tenant_problem(tenant)
+        if problem is not None:
+            raise BadInput("invalid_tenant", problem)
+        fragments = list(unpack_index(message.value or b"", index))
+        origins = _origins(headers.get(ORIGIN_HEADER), len(fragments))
+        # The window starts at the record's input time (streams.progress).
+        seen = min(message.timestamp or now, now)
+        for (trace_id, fragment), source in zip(fragments, origins, strict=True):
+            self._take_fragment(message, trace_key(trace_id, tenant), fragment, seen, source)
 
     def _take_input(self, message: Any, headers: dict[str, bytes], now: float) -> None:
         # Reading the input topic directly (input_keyed_by_trace_id): split here, same rules.
@@ -186,51 +216,96 @@ class Intake:
         if not groups and invalid is None:
             raise BadInput("no_spans", "the request holds no spans")
         if invalid is not None:
-            send_dead_letter(
-                self.worker.producer,
-                self.dlq_topic,
+            self._dead_letter(
+                message,
                 invalid.SerializeToString(),
-                reason="invalid_trace_id",
-                detail="spans without a valid 16-byte trace ID",
-                key=message.key,
-                origin=(message.topic, message.partition, message.offset),
+                "invalid_trace_id",
+                "spans without a valid 16-byte trace ID",
             )
         hints = self.resolver.hints(headers)
         source = origin(message.partition, message.offset)
-        for trace_id, fragment in fragments_of(groups):
-            tenant = self.resolver.resolve(hints, groups[trace_id])
-            SPANS_RECEIVED.labels(self.worker.settings.tenant_label(tenant)).inc(
-                span_count(groups[trace_id])
-            )
-            self._take(message.partition, trace_id, tenant, fragment, now, source)
+        for trace_id, blocks in groups.items():
+            tenant = self.resolver.resolve(hints, blocks)
+            problem = tenant_problem(tenant)
+            if problem is not None:
+                value = ExportTraceServiceRequest(resource_spans=blocks).SerializeToString()
+                self._dead_letter(message, value, "invalid_tenant", problem)
+                continue
+            SPANS_RECEIVED.labels(self.worker.settings.tenant_label(tenant)).inc(span_count(blocks))
+            fragments, too_large = fit_fragments(blocks, source, self.budget)
+            if too_large is not None:
+                detail = f"a span larger than kafka.max_message_bytes={self.max_bytes}"
+                self._dead_letter(message, too_large.SerializeToString(), "span_too_large", detail)
+            key = trace_key(trace_id, tenant)
+            for fragment, where in fragments:
+                self._take_fragment(message, key, fragment, now, where)
 
-    def _take(
-        self,
-        partition: int,
-        trace_id: bytes,
-        tenant: str,
-        fragment: bytes,
-        now: float,
-        source: int,
+    def _take_fragment(
+        self, message: Any, key: bytes, fragment: bytes, now: float, source: int
     ) -> None:
+        try:
+            self._take(message.partition, key, fragment, now, source)
+        except PartitionNotOwned:
+            raise
+        except Exception as exc:  # this fragment alone is unusable; the record goes on
+            reason = "invalid_protobuf" if isinstance(exc, DecodeError) else "unusable_fragment"
+            self._dead_letter(message, fragment, reason, _describe(exc))
+
+    def _take(self, partition: int, key: bytes, fragment: bytes, now: float, source: int) -> None:
         worker = self.worker
-        if not worker.buffer.holds(partition, trace_id):
-            decided = worker.cache.get(trace_id)
+        if len(fragment) > self.budget:
+            # Only a record not written by a split stage can hold one (Caudal's own fit).
+            raise BadInput("fragment_too_large", f"a {len(fragment)}-byte fragment")
+        if not worker.buffer.holds(partition, key):
+            decided = worker.cache.get(key)
             if decided is not None:
                 if decided.already_applied(source):
                     REDELIVERED.inc()
                     return
-                spans = span_count(ExportTraceServiceRequest.FromString(fragment).resource_spans)
-                worker.decider.follow(trace_id, decided, fragment, spans)
-                worker.cache.advance(trace_id, decided, source)
+                worker.decider.follow(key, decided, fragment)
+                worker.cache.advance(key, decided, source)
                 return
             percentage = worker.degradation.percentage()
             if percentage is not None:
                 # Degraded: a new trace is not buffered; its spans are decided on arrival.
-                worker.decider.shed(trace_id, tenant, fragment, percentage, now)
+                worker.decider.shed(key, fragment, percentage, now)
                 return
-        if not worker.buffer.append(partition, trace_id, tenant, fragment, now, source):
+        if not worker.buffer.append(partition, key, fragment, now, source):
             REDELIVERED.inc()
+
+    def _dead_letter(self, message: Any, value: bytes | None, reason: str, detail: str) -> None:
+        send_dead_letter(
+            self.worker.producer,
+            self.dlq_topic,
+            value,
+            reason=reason,
+            detail=detail,
+            key=message.key,
+            origin=(message.topic, message.partition, message.offset),
+            headers=_raw_headers(message.headers),
+            max_bytes=self.max_bytes,
+            on_delivery=self._delivered,
+        )
+
+    def _delivered(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self.worker.decider.failures.failed("dead_letter")
+
+
+def _headers(raw: Any) -> dict[str, bytes]:
+    """A record's headers by name (the last of a repeated name wins)."""
+    return {str(k): bytes(v) if v is not None else b"" for k, v in raw or ()}
+
+
+def _raw_headers(raw: Any) -> list[tuple[str, bytes]]:
+    try:
+        return [(str(k), bytes(v) if v is not None else b"") for k, v in raw or ()]
+    except (TypeError, ValueError):
+        return []
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
 
 
 def _origins(header: bytes | None, count: int) -> list[int]:
@@ -335,7 +410,7 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
         broker_session_timeout=settings.worker.session_timeout,
         broker_rebalance_timeout=settings.worker.session_timeout,
         broker_heartbeat_interval=1,
-        producer_max_request_size=16 * 1024 * 1024,
+        producer_max_request_size=kafka.max_message_bytes,
         consumer_max_fetch_size=16 * 1024 * 1024,
     )
     topic = app.topic(
@@ -355,13 +430,28 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
     ownership = Ownership(lease=Lease(settings.worker.session_timeout))
     trace_store = TableStore(traces, producer, ownership.writable)
     decision_store = TableStore(decisions, producer, ownership.writable)
-    bind_to_commits(app, producer, [trace_store, decision_store])
-    buffer = TraceBuffer(trace_store, decision.wait, decision.max_traces)
+    failures = DeliveryFailures()
+    bind_to_commits(app, producer, [trace_store, decision_store], failures.take)
+    buffer = TraceBuffer(
+        trace_store,
+        decision.wait,
+        decision.max_traces,
+        decision.max_trace_bytes,
+        decision.max_buffer_bytes,
+    )
     dc = decision.decision_cache
     cache = DecisionCache(decision_store, dc.kept, dc.dropped, dc.ttl)
     routes = TenantRoutes(settings)
     decider = Decider(
-        PolicySets.from_settings(settings), routes, buffer, cache, producer, kafka.sampled_topic
+        PolicySets.from_settings(settings),
+        routes,
+        buffer,
+        cache,
+        producer,
+        kafka.sampled_topic,
+        kafka.dlq_topic,
+        kafka.max_message_bytes,
+        failures,
     )
     outcomes = ExportOutcomes()
     health = Health(
@@ -376,7 +466,7 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
     worker = Worker(
         settings, app, buffer, cache, decider, producer, health, degradation, lag, meter
     )
-    resolver = TenantResolver(settings.tenant_from, settings.default_tenant)
+    resolver = TenantResolver.from_settings(settings)
 
     def caught_up(partition: int) -> bool:
         end = faust_seam.highwater(app, faust_seam.TP(source_topic, partition))
@@ -410,6 +500,8 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
     recover_to_true_end(app, client_config(kafka), [trace_store, decision_store])
     faust_seam.limit_fetch_wait(app, 0.2)
     BUFFER_MAX_TRACES.set(decision.max_traces)
+    BUFFER_MAX_BYTES.set(decision.max_buffer_bytes)
+    TRACE_MAX_BYTES.set(decision.max_trace_bytes)
     DECISION_WAIT.set(decision.wait)
 
     @app.agent(topic, name="buffer-spans")

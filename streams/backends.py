@@ -9,11 +9,13 @@ errors; `retry_after` from the backend when it said) and `PermanentError` when i
 from __future__ import annotations
 
 import gzip
+import hashlib
 import http.client
 import os
 import ssl
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -65,6 +67,15 @@ class Backend(Protocol):
         """Release connections and files."""
 
 
+def file_name(tenant: str) -> str:
+    """A file name of its own for every tenant name: percent-encoded, so two tenants never share
+    a file; a name too long for a file system is cut and ends in a digest of the whole."""
+    name = urllib.parse.quote(tenant, safe="-_") or "_"
+    if len(name) > 200:
+        name = name[:180] + "~" + hashlib.sha256(tenant.encode()).hexdigest()[:16]
+    return name
+
+
 class FileBackend:
     """OTLP/JSON lines, one file per tenant (`<path>/<tenant>.jsonl`), one line per trace.
 
@@ -83,8 +94,7 @@ class FileBackend:
             request_to_json(ExportTraceServiceRequest.FromString(payload)) + "\n"
             for payload in traces
         ).encode()
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in tenant) or "_"
-        target = self.dir / f"{safe}.jsonl"
+        target = self.dir / f"{file_name(tenant)}.jsonl"
         try:
             size = target.stat().st_size
         except FileNotFoundError:

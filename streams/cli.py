@@ -191,8 +191,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Measure the worker end to end against the raw consume+parse floor."""
-    from streams.bench import run_bench
+    from streams.bench import run_bench, run_big_trace_bench
 
+    if args.big_trace:
+        return run_big_trace_bench(
+            rate=args.rate,
+            seconds=args.seconds,
+            big_spans=args.big_trace,
+            partitions=args.partitions,
+            bootstrap=args.bootstrap,
+        )
     return run_bench(
         traces=args.traces,
         spans=args.spans,
@@ -311,6 +319,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--bootstrap", help="use this broker instead of a local one")
     p.add_argument("--policies-only", action="store_true", help="policy engine only")
+    p.add_argument(
+        "--big-trace",
+        type=int,
+        metavar="SPANS",
+        help="instead: steady traffic alone, then next to one trace of SPANS spans",
+    )
+    p.add_argument("--rate", type=int, default=500, help="--big-trace: steady traces per second")
+    p.add_argument("--seconds", type=float, default=40, help="--big-trace: steady traffic's length")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("decide", help="decide captured OTLP traces offline (a dry run)")

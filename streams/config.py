@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from policies import PolicyConfigError, PolicyEngine, build_engine
+from streams.tracekey import tenant_problem
 
 __all__ = [
     "ConfigError",
@@ -88,6 +89,13 @@ class KafkaConfig(_Model):
     sampled_topic: str = "caudal-sampled"
     dlq_topic: str = "caudal-dlq"
     group_id: str = "caudal"
+    # The largest record the brokers take (Kafka's max.message.bytes, 1 MiB by default): no
+    # record Caudal writes is larger; a trace that needs more goes in several records.
+    max_message_bytes: ByteSize = Field(default=1024 * 1024, ge=64 * 1024)
+    # Whether `header:` sources of tenant_from may name the tenant. The ingest gateway sets
+    # x-tenant-id from the authenticated token; on an input topic that untrusted producers can
+    # write, set false and a forged header names nobody.
+    trust_tenant_headers: bool = True
 
 
 class DecisionCacheConfig(_Model):
@@ -99,10 +107,15 @@ class DecisionCacheConfig(_Model):
 
 
 class DecisionConfig(_Model):
-    """The decision window and the bound on buffered traces."""
+    """The decision window and the bounds of the buffer (traces, bytes per trace, bytes)."""
 
     wait: Duration = 10.0
     max_traces: int = Field(default=200_000, ge=1)
+    # A trace past this is decided at once on what arrived; its later spans follow the
+    # decision (0: no bound).
+    max_trace_bytes: ByteSize = 32 * 1024 * 1024
+    # Past this, the oldest traces are decided early (0: no bound).
+    max_buffer_bytes: ByteSize = 2 * 1024 * 1024 * 1024
     tick: Duration = 0.25
     decision_cache: DecisionCacheConfig = DecisionCacheConfig()
 
@@ -415,6 +428,11 @@ class Settings(_Model):
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:
+        names = [*self.tenants, self.default_tenant, *self.ingest.tokens.values()]
+        for name in names:
+            problem = tenant_problem(name)
+            if problem is not None:
+                raise ValueError(f"tenant {name[:40]!r}: {problem}")
         for source in self.tenant_from:
             if not TENANT_SOURCE.match(source):
                 raise ValueError(

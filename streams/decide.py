@@ -1,7 +1,8 @@
 """Decisions: expired traces go through the policy engine; kept ones go to `caudal-sampled`.
 
-A decision is taken once per trace ID and remembered (the `decisions` table plus a bounded
-in-memory cache) so late spans follow it. The order of effects is what makes at-least-once safe:
+A decision is taken once per trace (tenant and trace ID) and remembered (the `decisions` table
+plus a bounded in-memory cache) so late spans follow it. The order of effects is what makes
+at-least-once safe:
 1. decide and remember in memory (late spans arriving meanwhile follow the decision);
 2. produce kept traces and wait for the broker's acknowledgement;
 3. only then persist the decision and delete the trace from the buffer.
@@ -17,13 +18,21 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from confluent_kafka import KafkaException
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from policies import Decision, PolicyEngine, TraceView
-from streams.buffer import Pending, TraceBuffer
+from streams.buffer import BufferedTrace, Pending, TraceBuffer, Unreadable
 from streams.config import Settings
 from streams.degrade import DEGRADED_POLICY, DEGRADED_SPANS, shed_fragment
-from streams.kafka import SPAN_COUNT_HEADER
+from streams.kafka import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    RECORD_MARGIN,
+    SPAN_COUNT_HEADER,
+    DeliveryFailures,
+    produce,
+    send_dead_letter,
+)
 from streams.metrics import (
     DECISION_LAG,
     DECISIONS,
@@ -33,14 +42,18 @@ from streams.metrics import (
     TRACES_WITHOUT_ROOT,
     UNKNOWN_TENANT_DROPS,
 )
-from streams.origin import add_origin, covers
-from streams.otlp import annotate_kept
+from streams.origin import ENTRY_BYTES, add_origin, covers
+from streams.otlp import annotate_kept, span_count, split_request
 from streams.route import TenantRoutes
 from streams.state import TableStore
+from streams.tracekey import key_tenant, key_trace_id, parse_key
 
-__all__ = ["DecisionCache", "Decider", "PolicySets", "Remembered"]
+__all__ = ["DEAD_LETTER_POLICY", "DecisionCache", "Decider", "PolicySets", "Remembered"]
 
-_DECISION = struct.Struct(">dBdH")
+_DECISION = struct.Struct(">dBdH")  # decided at, kept, probability, origins
+
+
+DEAD_LETTER_POLICY = "dead_letter"  # a trace that could not be decided, and its late spans
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,24 +71,31 @@ class Remembered:
     origins: bytes = b""
 
     def encode(self) -> bytes:
-        """Value stored in the `decisions` table."""
-        count = len(self.origins) // 8
+        """Value stored in the `decisions` table (the tenant is in the key)."""
+        count = len(self.origins) // ENTRY_BYTES
         head = _DECISION.pack(self.decided_at, self.kept, self.probability, count)
-        return head + self.origins + self.policy.encode() + b"\0" + self.tenant.encode()
+        return head + self.origins + self.policy.encode()
 
     @classmethod
-    def decode(cls, partition: int, value: bytes) -> Remembered:
-        """Inverse of `encode`."""
-        decided_at, kept, probability, count = _DECISION.unpack_from(value)
-        end = _DECISION.size + 8 * count
-        policy, _, tenant = value[end:].partition(b"\0")
+    def decode(cls, partition: int, key: bytes, value: bytes) -> Remembered:
+        """Inverse of `encode`; ValueError if `value` is not a decision."""
+        parsed = parse_key(key)
+        if parsed is None or parsed[1]:
+            raise ValueError("not a trace key")
+        try:
+            decided_at, kept, probability, count = _DECISION.unpack_from(value)
+        except struct.error as exc:
+            raise ValueError(f"a {len(value)}-byte decision") from exc
+        end = _DECISION.size + ENTRY_BYTES * count
+        if end > len(value):
+            raise ValueError(f"a decision of {count} origins in {len(value)} bytes")
         return cls(
             decided_at,
             partition,
             bool(kept),
-            policy.decode(),
+            value[end:].decode("utf-8", "replace"),
             probability,
-            tenant.decode(),
+            key_tenant(key),
             value[_DECISION.size : end],
         )
 
@@ -85,7 +105,8 @@ class Remembered:
 
 
 class DecisionCache:
-    """Bounded memory of recent decisions, kept and dropped counted separately (as Refinery)."""
+    """Bounded memory of recent decisions per trace key (tenant and trace ID), kept and
+    dropped counted separately (as Refinery)."""
 
     def __init__(self, store: TableStore, kept: int, dropped: int, ttl: float) -> None:
         self.store = store
@@ -96,30 +117,30 @@ class DecisionCache:
             False: OrderedDict(),
         }
 
-    def get(self, trace_id: bytes) -> Remembered | None:
+    def get(self, key: bytes) -> Remembered | None:
         """The remembered decision for a trace, if any."""
-        return self.entries[True].get(trace_id) or self.entries[False].get(trace_id)
+        return self.entries[True].get(key) or self.entries[False].get(key)
 
-    def remember(self, trace_id: bytes, decision: Remembered) -> None:
+    def remember(self, key: bytes, decision: Remembered) -> None:
         """Hold a decision in memory (persisted later by `persist`)."""
-        self.entries[decision.kept][trace_id] = decision
+        self.entries[decision.kept][key] = decision
 
-    def advance(self, trace_id: bytes, decision: Remembered, origin: int) -> None:
+    def advance(self, key: bytes, decision: Remembered, origin: int) -> None:
         """A late span was applied: remember its origin so a copy is not applied again."""
         origins = add_origin(decision.origins, origin)
         if origins != decision.origins:
             moved = dataclasses.replace(decision, origins=origins)
-            self.entries[moved.kept][trace_id] = moved
-            self.persist(trace_id, moved)
+            self.entries[moved.kept][key] = moved
+            self.persist(key, moved)
 
-    def forget(self, trace_id: bytes) -> None:
+    def forget(self, key: bytes) -> None:
         """Drop a decision that could not be carried out."""
         for entries in self.entries.values():
-            entries.pop(trace_id, None)
+            entries.pop(key, None)
 
-    def persist(self, trace_id: bytes, decision: Remembered) -> None:
+    def persist(self, key: bytes, decision: Remembered) -> None:
         """Write a decision to the changelogged table."""
-        self.store.put(decision.partition, trace_id, decision.encode())
+        self.store.put(decision.partition, key, decision.encode())
 
     def evict(self, now: float, writable: Callable[[int], bool] = lambda p: True) -> int:
         """Forget decisions beyond the size limits or older than the TTL; return how many.
@@ -131,30 +152,36 @@ class DecisionCache:
         for kept, entries in self.entries.items():
             limit = self.limits[kept]
             while entries:
-                trace_id, entry = next(iter(entries.items()))
+                key, entry = next(iter(entries.items()))
                 if len(entries) <= limit and now - entry.decided_at < self.ttl:
                     break
                 entries.popitem(last=False)
                 if writable(entry.partition):
-                    self.store.delete(entry.partition, trace_id)
+                    self.store.delete(entry.partition, key)
                 evicted += 1
         return evicted
 
-    def rebuild(self, partitions: Iterable[int]) -> None:
-        """Load the remembered decisions of `partitions` from the table (after recovery)."""
+    def rebuild(self, partitions: Iterable[int]) -> list[tuple[int, bytes]]:
+        """Load the remembered decisions of `partitions` from the table (after recovery);
+        the (partition, key) of stored values that are not decisions (to be deleted)."""
         partitions = set(partitions)
         self.forget_partitions(partitions)
         loaded = []
+        unreadable = []
         for partition in partitions:
-            for trace_id, value in self.store.items(partition):
-                loaded.append((trace_id, Remembered.decode(partition, value)))
-        for trace_id, decision in loaded:
-            self.entries[decision.kept][trace_id] = decision
+            for key, value in self.store.items(partition):
+                try:
+                    loaded.append((key, Remembered.decode(partition, key, value)))
+                except ValueError:
+                    unreadable.append((partition, key))
+        for key, decision in loaded:
+            self.entries[decision.kept][key] = decision
         # Eviction goes oldest first: keep each map in decision order.
         for kept, entries in self.entries.items():
             self.entries[kept] = OrderedDict(
                 sorted(entries.items(), key=lambda item: item[1].decided_at)
             )
+        return unreadable
 
     def forget_partitions(self, partitions: Iterable[int]) -> None:
         """Drop the decisions of partitions this worker no longer owns (from memory only)."""
@@ -162,8 +189,8 @@ class DecisionCache:
         if not gone:
             return
         for entries in self.entries.values():
-            for trace_id in [t for t, d in entries.items() if d.partition in gone]:
-                del entries[trace_id]
+            for key in [k for k, d in entries.items() if d.partition in gone]:
+                del entries[key]
 
 
 @dataclass(frozen=True)
@@ -192,7 +219,14 @@ class DecidedBatch:
 
 
 class Decider:
-    """Decide due traces and hand kept ones to a producer of `caudal-sampled`."""
+    """Decide due traces and hand kept ones to a producer of `caudal-sampled`.
+
+    No trace can stop it: a fragment that is not OTLP is dead-lettered and the trace decided
+    on the rest; a trace that cannot be decided, annotated, redacted or serialized is
+    dead-lettered whole, remembered as `dead_letter`, and its late spans follow it there.
+    Every record produced fits `max_message_bytes` (a large kept trace is cut into several
+    records of the same trace).
+    """
 
     def __init__(
         self,
@@ -202,6 +236,9 @@ class Decider:
         cache: DecisionCache,
         producer: object,
         sampled_topic: str,
+        dlq_topic: str = "caudal-dlq",
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        failures: DeliveryFailures | None = None,
     ) -> None:
         self.policy_sets = policy_sets
         self.routes = routes
@@ -209,6 +246,11 @@ class Decider:
         self.cache = cache
         self.producer = producer
         self.sampled_topic = sampled_topic
+        self.dlq_topic = dlq_topic
+        self.max_message_bytes = max_message_bytes
+        # Deliveries outside a decision batch (late spans, degraded mode, dead letters of the
+        # buffer agent): a failure holds back the next offset commit.
+        self.failures = failures or DeliveryFailures()
 
     def decide_due(
         self,
@@ -224,62 +266,170 @@ class Decider:
         """
         batch = DecidedBatch()
         due = self.buffer.pop_due(clock if clock is not None else now, limit, partitions)
-        for trace_id, entry in due:
-            trace = self.buffer.load(trace_id, entry)
+        for key, entry in due:
+            trace = self.buffer.load(key, entry)
             if trace is None:
                 continue
-            request = ExportTraceServiceRequest.FromString(trace.otlp)
-            view = TraceView.from_resource_spans(trace_id, request.resource_spans)
-            engine = self.policy_sets.for_tenant(trace.tenant)
-            decision: Decision = engine.decide(view, now)
-            if view.root_span is None:
-                TRACES_WITHOUT_ROOT.inc()
-            orphans = view.orphan_span_count
-            if orphans:
-                ORPHAN_SPANS.inc(orphans)
-            kept, policy = decision.kept, decision.policy or "none"
-            label = self.routes.label(trace.tenant)
-            if kept:
-                refused = self.routes.admit(trace.tenant, view.span_count, view.has_error, now)
-                if refused == "quota":
-                    QUOTA_DROPS.labels(label, policy).inc()
-                elif refused:
-                    UNKNOWN_TENANT_DROPS.inc()
-                if refused:
-                    kept, policy = False, refused
-            probability = decision.probability if kept else 0.0
-            remembered = Remembered(
-                now, entry.partition, kept, policy, probability, trace.tenant, trace.origins
-            )
-            self.cache.remember(trace_id, remembered)
-            if kept:
-                annotate_kept(request, policy, probability)
-                self.routes.redact(trace.tenant, request)
-                self._produce(trace_id, trace.tenant, request, view.span_count, batch)
-            DECISIONS.labels(policy if kept else "none", "kept" if kept else "dropped", label).inc()
-            DECISION_LAG.observe(max(0.0, now - entry.deadline))
-            batch.items.append((trace_id, entry, remembered))
+            try:
+                remembered = self._decide(key, entry, trace, now, batch)
+            except KafkaException:
+                raise  # the producer failed, not the trace
+            except Exception as exc:  # whatever the trace holds, the others go on
+                detail = f"{type(exc).__name__}: {exc}"
+                remembered = self._quarantine(key, entry, trace, now, batch, detail)
+            self.cache.remember(key, remembered)
+            batch.items.append((key, entry, remembered))
         return batch
 
-    def follow(self, trace_id: bytes, decision: Remembered, fragment: bytes, spans: int) -> None:
-        """A late span: export it at once if its trace was kept, else drop it. Counted."""
-        if decision.kept:
-            request = annotate_kept(
-                ExportTraceServiceRequest.FromString(fragment),
-                decision.policy,
-                decision.probability,
+    def _decide(
+        self, key: bytes, entry: Pending, trace: BufferedTrace, now: float, batch: DecidedBatch
+    ) -> Remembered:
+        trace_id, tenant = key_trace_id(key), key_tenant(key)
+        request, usable = self._parse(key, trace, batch)
+        view = TraceView.from_resource_spans(trace_id, request.resource_spans)
+        if view.span_count == 0:
+            return self._quarantine(key, entry, trace, now, batch, "no spans", usable)
+        engine = self.policy_sets.for_tenant(tenant)
+        decision: Decision = engine.decide(view, now)
+        if view.root_span is None:
+            TRACES_WITHOUT_ROOT.inc()
+        orphans = view.orphan_span_count
+        if orphans:
+            ORPHAN_SPANS.inc(orphans)
+        kept, policy = decision.kept, decision.policy or "none"
+        label = self.routes.label(tenant)
+        if kept:
+            refused = self.routes.admit(tenant, view.span_count, view.has_error, now)
+            if refused == "quota":
+                QUOTA_DROPS.labels(label, policy).inc()
+            elif refused:
+                UNKNOWN_TENANT_DROPS.inc()
+            if refused:
+                kept, policy = False, refused
+        probability = decision.probability if kept else 0.0
+        if kept:
+            annotate_kept(request, policy, probability)
+            self.routes.redact(tenant, request)
+            self._produce(key, request, view.span_count, batch)
+        DECISIONS.labels(policy if kept else "none", "kept" if kept else "dropped", label).inc()
+        DECISION_LAG.observe(max(0.0, now - entry.deadline))
+        return Remembered(now, entry.partition, kept, policy, probability, tenant, trace.origins)
+
+    def _parse(
+        self, key: bytes, trace: BufferedTrace, batch: DecidedBatch
+    ) -> tuple[ExportTraceServiceRequest, list[bytes]]:
+        """The trace's spans and the fragments that hold them; fragments that are not OTLP
+        are dead-lettered and left out."""
+        try:
+            return ExportTraceServiceRequest.FromString(trace.otlp), trace.fragments
+        except Exception:
+            pass
+        request = ExportTraceServiceRequest()
+        usable = []
+        for fragment in trace.fragments:
+            try:
+                request.MergeFrom(ExportTraceServiceRequest.FromString(fragment))
+            except Exception as exc:
+                detail = f"a buffered fragment: {exc}"
+                self._dead_letter(key, fragment, "invalid_protobuf", detail, batch)
+            else:
+                usable.append(fragment)
+        return request, usable
+
+    def _quarantine(
+        self,
+        key: bytes,
+        entry: Pending,
+        trace: BufferedTrace,
+        now: float,
+        batch: DecidedBatch,
+        detail: str,
+        fragments: list[bytes] | None = None,
+    ) -> Remembered:
+        """Dead-letter a trace that cannot be decided (its `fragments` not yet dead-lettered,
+        all by default); its late spans will follow it."""
+        for fragment in trace.fragments if fragments is None else fragments:
+            self._dead_letter(key, fragment, "undecidable_trace", detail, batch)
+        tenant = key_tenant(key)
+        return Remembered(
+            now, entry.partition, False, DEAD_LETTER_POLICY, 0.0, tenant, trace.origins
+        )
+
+    def _dead_letter(
+        self, key: bytes, value: bytes, reason: str, detail: str, batch: DecidedBatch | None
+    ) -> None:
+        def on_delivery(err: object, _msg: object) -> None:
+            if err is not None:
+                if batch is not None:
+                    batch.failed.add(key)
+                else:
+                    self.failures.failed("dead_letter")
+
+        send_dead_letter(
+            self.producer,
+            self.dlq_topic,
+            value,
+            reason=reason,
+            detail=detail,
+            key=key_tenant(key).encode(),
+            headers=[("caudal-dlq-trace-id", key_trace_id(key).hex().encode())],
+            max_bytes=self.max_message_bytes,
+            on_delivery=on_delivery,
+        )
+
+    def settle_recovered(
+        self,
+        partitions: Iterable[int],
+        unreadable: list[Unreadable],
+        bad_decisions: list[tuple[int, bytes]],
+    ) -> None:
+        """After recovery of `partitions`: dead-letter and delete stored records that cannot be
+        read, and delete what is left of traces already decided (a crash between a decision's
+        record and its tombstones)."""
+        for item in unreadable:
+            send_dead_letter(
+                self.producer,
+                self.dlq_topic,
+                item.value,
+                reason="unreadable_buffer",
+                detail=f"stored key {item.key.hex()[:100]} is not a buffered fragment",
+                origin=(self.buffer.store.topic, item.partition, -1),
+                max_bytes=self.max_message_bytes,
+                on_delivery=self._note_failure,
             )
+        self.buffer.drop_unreadable(unreadable)
+        for partition, key in bad_decisions:
+            self.cache.store.delete(partition, key)
+        for partition in partitions:
+            queue = self.buffer.queues.get(partition, {})
+            for key in [k for k in queue if self.cache.get(k) is not None]:
+                self.buffer.discard(partition, key)
+
+    def _note_failure(self, err: object, _msg: object) -> None:
+        if err is not None:
+            self.failures.failed("dead_letter")
+
+    def follow(self, key: bytes, decision: Remembered, fragment: bytes) -> None:
+        """A late span: export it at once if its trace was kept, else drop it. Counted.
+
+        Raises if the fragment is not OTLP (the caller dead-letters it)."""
+        if decision.policy == DEAD_LETTER_POLICY:
+            self._dead_letter(key, fragment, "undecidable_trace", "a late span", None)
+            return
+        request = ExportTraceServiceRequest.FromString(fragment)
+        spans = span_count(request.resource_spans)
+        if decision.kept:
+            annotate_kept(request, decision.policy, decision.probability)
             self.routes.redact(decision.tenant, request)
-            self._produce(trace_id, decision.tenant, request, spans, None)
+            self._produce(key, request, spans, None)
             LATE_SPANS.labels("kept").inc(spans)
         else:
             LATE_SPANS.labels("dropped").inc(spans)
 
-    def shed(
-        self, trace_id: bytes, tenant: str, fragment: bytes, percentage: float, now: float
-    ) -> None:
+    def shed(self, key: bytes, fragment: bytes, percentage: float, now: float) -> None:
         """Degraded mode: decide a fragment of a new trace on arrival (see streams.degrade)."""
-        result = shed_fragment(trace_id, fragment, percentage)
+        tenant = key_tenant(key)
+        result = shed_fragment(key_trace_id(key), fragment, percentage)
         if result.dropped_spans:
             DEGRADED_SPANS.labels("dropped").inc(result.dropped_spans)
         if result.request is None:
@@ -294,43 +444,65 @@ class Decider:
             return
         DEGRADED_SPANS.labels("kept").inc(result.kept_spans)
         self.routes.redact(tenant, result.request)
-        self._produce(trace_id, tenant, result.request, result.kept_spans, None)
+        self._produce(key, result.request, result.kept_spans, None)
 
     def complete(
         self, batch: DecidedBatch, now: float, writable: Callable[[int], bool] = lambda p: True
     ) -> None:
         """After the flush: persist decisions and free the buffer; retry what failed."""
         retry = []
-        for trace_id, entry, remembered in batch.items:
+        for key, entry, remembered in batch.items:
             # Not acknowledged, or this worker's lease lapsed meanwhile (streams.handover): the
             # trace stays in the table and is decided again by whoever owns it.
-            if trace_id in batch.failed or not writable(entry.partition):
-                self.cache.forget(trace_id)
-                retry.append((trace_id, entry))
+            if key in batch.failed or not writable(entry.partition):
+                self.cache.forget(key)
+                retry.append((key, entry))
                 continue
-            self.cache.persist(trace_id, remembered)
-            self.buffer.remove(entry.partition, trace_id)
+            self.cache.persist(key, remembered)
+            self.buffer.remove(key, entry)
         if retry:
             self.buffer.requeue(retry, now)
         self.cache.evict(now, writable)
 
     def _produce(
         self,
-        trace_id: bytes,
-        tenant: str,
+        key: bytes,
         request: ExportTraceServiceRequest,
         spans: int,
         batch: DecidedBatch | None,
     ) -> None:
-        def on_delivery(err: object, _msg: object) -> None:
-            if err is not None and batch is not None:
-                batch.failed.add(trace_id)
+        """Produce a kept trace (or late spans of one) to `caudal-sampled`, keyed by tenant, in
+        as many records as `max_message_bytes` needs."""
+        tenant = key_tenant(key).encode()
 
-        self.producer.produce(  # type: ignore[attr-defined]
-            self.sampled_topic,
-            key=tenant.encode(),
-            value=request.SerializeToString(),
-            headers=[(SPAN_COUNT_HEADER, str(spans).encode())],
-            on_delivery=on_delivery,
-        )
-        self.producer.poll(0)  # type: ignore[attr-defined]
+        def on_delivery(err: object, _msg: object) -> None:
+            if err is not None:
+                if batch is not None:
+                    batch.failed.add(key)
+                else:
+                    self.failures.failed("sampled")
+
+        budget = self.max_message_bytes - RECORD_MARGIN - len(tenant) - len(SPAN_COUNT_HEADER) - 12
+        value = request.SerializeToString()
+        if len(value) <= budget:
+            parts = [(value, spans)]
+        else:
+            parts, too_large = split_request(request, budget)
+            if too_large is not None:
+                self._dead_letter(
+                    key,
+                    too_large.SerializeToString(),
+                    "span_too_large",
+                    f"a kept span larger than kafka.max_message_bytes={self.max_message_bytes}",
+                    batch,
+                )
+        for value, count in parts:
+            produce(
+                self.producer,  # type: ignore[arg-type]
+                self.sampled_topic,
+                key=tenant,
+                value=value,
+                headers=[(SPAN_COUNT_HEADER, str(count).encode())],
+                on_delivery=on_delivery,
+            )
+            self.producer.poll(0)  # type: ignore[attr-defined]

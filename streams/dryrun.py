@@ -80,7 +80,7 @@ def decide_inputs(
             groups, _invalid = split_by_trace(request)
             for trace_id, blocks in groups.items():
                 traces.setdefault(trace_id, []).extend(blocks)
-    resolver = TenantResolver(settings.tenant_from, settings.default_tenant)
+    resolver = TenantResolver.from_settings(settings)
     policy_sets = PolicySets.from_settings(settings)
     no_headers = resolver.hints({})  # files carry no Kafka headers
     now = time.time()

@@ -19,11 +19,11 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streams.backends import PermanentError, RetryableError, build_backend
 from streams.config import CircuitBreakerConfig, Settings
-from streams.health import ExportOutcomes
+from streams.health import ExportOutcomes, Supervised
 from streams.kafka import SPAN_COUNT_HEADER, client_config, send_dead_letter
 from streams.metrics import (
     CIRCUIT_OPENS,
@@ -84,7 +84,7 @@ class CircuitBreaker:
         self.open_until = now + self.config.open_duration
 
 
-class ExportLoop(threading.Thread):
+class ExportLoop(Supervised):
     """Feed one exporter from `caudal-sampled`, committing only what it delivered."""
 
     def __init__(
@@ -95,7 +95,7 @@ class ExportLoop(threading.Thread):
         producer: Any,
         outcomes: ExportOutcomes | None = None,
     ) -> None:
-        super().__init__(name=f"caudal-export-{name}", daemon=True)
+        super().__init__(name=f"caudal-export-{name}")
         self.exporter_name = name
         self.settings = settings
         self.stop = stop
@@ -142,37 +142,46 @@ class ExportLoop(threading.Thread):
         # A batch in hand now belongs to the partitions' next owner: abandon it uncommitted.
         self.revoked = True
 
-    def run(self) -> None:
+    def work(self) -> None:
+        """Consume, deliver, commit, until the worker stops."""
         self.consumer.subscribe([self.settings.kafka.sampled_topic], on_revoke=self._on_revoke)
         batch = self.config.batch
         try:
             while not self.stop.is_set():
                 self.revoked = False
-                messages = [
-                    m
-                    for m in self.consumer.consume(batch.max_traces, timeout=batch.timeout)
-                    if m.error() is None or m.error().code() != KafkaError._PARTITION_EOF
-                ]
+                consumed = self.consumer.consume(batch.max_traces, timeout=batch.timeout)
+                # An error event is not data: the records around it are delivered as usual.
+                messages = [m for m in consumed if not self._is_error(m)]
                 self._observe_backlog()
                 if not messages:
                     continue
                 if self._deliver(messages) and not self.revoked:
-                    self.consumer.commit(asynchronous=False)
+                    try:
+                        self.consumer.commit(asynchronous=False)
+                    except KafkaException as exc:
+                        # A rebalance took the partitions meanwhile: their next owner delivers
+                        # this batch again (at-least-once, a duplicate at worst).
+                        log.warning(
+                            "export commit failed exporter=%s error=%s", self.exporter_name, exc
+                        )
                 self.set_state("idle")
         finally:
             self.backend.close()
             self.consumer.close()
+
+    def _is_error(self, msg: Message) -> bool:
+        err = msg.error()
+        if err is None:
+            return False
+        if err.code() != KafkaError._PARTITION_EOF:
+            log.warning("export consume error exporter=%s error=%s", self.exporter_name, err)
+        return True
 
     def _deliver(self, messages: list[Message]) -> bool:
         """Deliver a batch, retrying as configured; False if it must be read again."""
         pending: dict[str, list[bytes]] = defaultdict(list)
         spans: dict[str, int] = defaultdict(int)
         for msg in messages:
-            if msg.error() is not None:
-                log.warning(
-                    "export consume error exporter=%s error=%s", self.exporter_name, msg.error()
-                )
-                return False
             tenant = (msg.key() or b"").decode("utf-8", "replace")
             if self._routed_here(tenant):
                 pending[tenant].append(msg.value() or b"")

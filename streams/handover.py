@@ -143,11 +143,13 @@ class DecisionTick:
                     return
                 if await asyncio.to_thread(self.producer.flush, self.flush_timeout):
                     # Unacknowledged: keep those traces buffered and decide them again.
-                    batch.failed.update(tid for tid, _, r in batch.items if r.kept)
+                    batch.failed.update(key for key, _, r in batch.items if r.kept)
                 self.decider.complete(batch, time.time(), self.ownership.writable)
                 # Decisions and tombstones durable now, not at the next commit: a crash after
                 # the kept traces were acknowledged re-exports only what this flush covers.
                 await asyncio.to_thread(self.producer.flush, self.flush_timeout)
+                if batch.failed:
+                    return  # the next tick tries again: no tight loop while the broker fails
 
 
 async def _no_commit(offsets: dict[int, int]) -> bool:
@@ -207,10 +209,11 @@ class Handover:
         """Tables recovered: rebuild queues of newly assigned partitions, then own them all."""
         self._let_go(actives)
         new = actives - self.held
-        self.buffer.rebuild(sorted(new))
-        self.cache.rebuild(sorted(new))
+        unreadable = self.buffer.rebuild(sorted(new))
+        bad_decisions = self.cache.rebuild(sorted(new))
         self.held = actives
         self.ownership.assign(actives)
+        self.tick.decider.settle_recovered(sorted(new), unreadable, bad_decisions)
         took = time.monotonic() - self.assigned_at if self.assigned_at is not None else 0.0
         PARTITION_RECOVERY.observe(took)
         WORKER_READY.set(1)

@@ -12,6 +12,7 @@ failures are over `health.max_export_failure`, or RSS is over `health.memory_lim
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import deque
@@ -24,16 +25,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, generate_lat
 
 from streams.config import Settings
 from streams.degrade import Degradation
+from streams.metrics import THREAD_FAILURES
 
 __all__ = [
     "HEALTH_STATES",
     "PIPELINE_STATES",
     "ExportOutcomes",
     "Health",
+    "Supervised",
     "rss_bytes",
     "serve_endpoints",
     "serve_health",
 ]
+
+log = logging.getLogger(__name__)
 
 PIPELINE_STATES = ("initializing", "starting", "running", "degraded", "draining", "stopped")
 HEALTH_STATES = ("healthy", "degraded", "unhealthy")
@@ -68,6 +73,32 @@ class ExportOutcomes:
             return sum(ok for _, ok in self.events) / len(self.events)
 
 
+class Supervised(threading.Thread):
+    """A worker thread (split stage, exporter) whose loop must never end by itself.
+
+    Its loop handles the failures it expects; anything else ends it, is logged once with its
+    cause and counted (caudal_thread_failures_total), and `on_failure` stops the worker:
+    /healthz fails and the process exits non-zero, so the orchestrator restarts it and the
+    partitions it held are read again from their committed offsets.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.on_failure: Callable[[str], None] = lambda reason: None
+
+    def run(self) -> None:
+        try:
+            self.work()
+        except BaseException as exc:
+            log.critical("thread failed thread=%s error=%s", self.name, exc, exc_info=True)
+            THREAD_FAILURES.labels(self.name).inc()
+            self.on_failure(f"thread {self.name} failed: {type(exc).__name__}: {exc}")
+
+    def work(self) -> None:
+        """The thread's loop."""
+        raise NotImplementedError
+
+
 def rss_bytes() -> int:
     """This process's resident memory (Linux), 0 where it cannot be read."""
     try:
@@ -93,6 +124,8 @@ class Health:
     consumer_lag: dict[int, int] = field(default_factory=dict)
     read_offsets: Callable[[], dict[int, int]] = dict
     config_version: str = "defaults"
+    # Why the worker is failing for good (a thread died): /healthz answers 503 from then on.
+    failure: str | None = None
 
     def __post_init__(self) -> None:
         self.degradation = Degradation(self.settings.degradation)
@@ -128,6 +161,8 @@ class Health:
                 degraded.append(f"export success at {success:.1%} over the last minute")
         if config.memory_limit and rss > config.memory_limit:
             unhealthy.append(f"RSS {rss // 2**20} MiB over health.memory_limit")
+        if self.failure is not None:
+            unhealthy.append(self.failure)
         state = "unhealthy" if unhealthy else "degraded" if degraded else "healthy"
         for known in HEALTH_STATES:
             HEALTH_STATE.labels(known).set(1 if known == state else 0)
@@ -136,7 +171,10 @@ class Health:
         return state, unhealthy + degraded
 
     def alive(self) -> bool:
-        """Liveness: before the worker runs, starting up counts as alive."""
+        """Liveness: before the worker runs, starting up counts as alive; a worker thread
+        that died (`failure`) never is."""
+        if self.failure is not None:
+            return False
         if self.pipeline in ("initializing", "starting", "draining", "stopped"):
             return True
         return time.monotonic() - self.heartbeat < 30
@@ -202,7 +240,7 @@ def serve_endpoints(
                 self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
                 ok = alive()
-                self._send(200 if ok else 503, b"ok\n" if ok else b"event loop stalled\n")
+                self._send(200 if ok else 503, b"ok\n" if ok else b"not alive: see /status\n")
             elif path == "/readyz":
                 ok = ready()
                 self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")

@@ -39,9 +39,11 @@ from streams.config import Settings
 from streams.health import serve_endpoints
 from streams.kafka import ensure_topics, make_producer
 from streams.logs import configure_logging
-from streams.otlp import BadInput, decode_request, fragments_of, split_by_trace
+from streams.origin import NO_ORIGIN
+from streams.otlp import BadInput, decode_request, span_count, split_by_trace
 from streams.route import TokenBucket
-from streams.split import partition_for, span_count
+from streams.split import fit_fragments, fragment_budget, partition_for
+from streams.tracekey import tenant_problem
 
 __all__ = ["Gateway", "Refused", "run_ingest"]
 
@@ -100,6 +102,7 @@ class Gateway:
         kafka = settings.kafka
         self.topic = kafka.input_topic
         self.partitions = kafka.partitions
+        self.budget = fragment_budget(kafka.max_message_bytes)
         self._producer_options = {
             "linger.ms": 5,
             "message.timeout.ms": 15_000,
@@ -236,6 +239,9 @@ class Gateway:
         if tenant is None:
             raise Refused(401, "missing or unknown bearer token")
         if self.config.trust_client_tenant and claimed:
+            problem = tenant_problem(claimed)
+            if problem is not None:
+                raise Refused(400, f"x-tenant-id refused: {problem}")
             return claimed
         return tenant
 
@@ -243,24 +249,30 @@ class Gateway:
         """Split, rate-limit and produce a request; return (rejected spans, message)."""
         groups, invalid = split_by_trace(request)
         rejected = span_count(invalid.resource_spans) if invalid is not None else 0
-        spans = sum(span_count(blocks) for blocks in groups.values())
+        # One record per trace, or several when it is over kafka.max_message_bytes.
+        records, too_large = [], 0
+        for tid, blocks in groups.items():
+            parts, oversize = fit_fragments(blocks, NO_ORIGIN, self.budget)
+            records += [(partition_for(tid, self.partitions), tid, frag) for frag, _ in parts]
+            too_large += span_count(oversize.resource_spans) if oversize is not None else 0
+        spans = sum(span_count(blocks) for blocks in groups.values()) - too_large
         label = self.settings.tenant_label(tenant)
         bucket = self.buckets.get(tenant)
         if bucket is not None and spans and not bucket.take(spans, time.monotonic()):
             SPANS.labels(label, "rate_limited").inc(spans)
             raise Refused(429, f"tenant {tenant!r} is over its ingest rate limit", retry_after=1)
-        if groups:
-            await self._produce(
-                [
-                    (partition_for(tid, self.partitions), tid, frag)
-                    for tid, frag in fragments_of(groups)
-                ],
-                tenant,
-            )
+        if records:
+            await self._produce(records, tenant)
         SPANS.labels(label, "accepted").inc(spans)
+        rejected += too_large
         if rejected:
             SPANS.labels(label, "rejected").inc(rejected)
-            return rejected, f"{rejected} span(s) without a valid 16-byte trace ID were rejected"
+            reasons = []
+            if too_large:
+                reasons.append(f"{too_large} span(s) larger than kafka.max_message_bytes")
+            if rejected > too_large:
+                reasons.append(f"{rejected - too_large} span(s) without a valid 16-byte trace ID")
+            return rejected, "rejected: " + "; ".join(reasons)
         return 0, ""
 
     async def _produce(self, records: list[tuple[int, bytes, bytes]], tenant: str) -> None:

@@ -26,7 +26,11 @@ __all__ = [
     "CIRCUIT_OPENS",
     "CONFIG_RELOADS",
     "CONSUMER_LAG",
+    "BUFFER_MAX_BYTES",
     "BUFFER_MAX_TRACES",
+    "PRODUCE_FAILURES",
+    "THREAD_FAILURES",
+    "TRACE_MAX_BYTES",
     "DECISION_WAIT",
     "ORPHAN_SPANS",
     "REDELIVERED",
@@ -50,7 +54,9 @@ DECISIONS = Counter(
 )
 TRACES_DECIDED_EARLY = Counter(
     "caudal_traces_decided_early",
-    "Traces decided before their window closed because the buffer reached decision.max_traces.",
+    "Traces decided before their window closed, per bound reached (max_traces, "
+    "max_buffer_bytes, max_trace_bytes).",
+    ["reason"],
 )
 LATE_SPANS = Counter(
     "caudal_late_spans",
@@ -143,6 +149,24 @@ DECISION_WAIT = Gauge(
 DEAD_LETTERS = Counter(
     "caudal_dead_letters", "Messages sent to the dead-letter topic, per reason.", ["reason"]
 )
+BUFFER_MAX_BYTES = Gauge(
+    "caudal_buffer_max_bytes", "decision.max_buffer_bytes: buffered bytes at most (0: no bound)."
+)
+TRACE_MAX_BYTES = Gauge(
+    "caudal_trace_max_bytes",
+    "decision.max_trace_bytes: bytes one trace buffers at most (0: no bound).",
+)
+PRODUCE_FAILURES = Counter(
+    "caudal_produce_failures",
+    "Records not delivered that no retry covers, per kind (sampled: late spans, degraded-mode "
+    "spans; dead_letter); each refuses the next offset commit.",
+    ["kind"],
+)
+THREAD_FAILURES = Counter(
+    "caudal_thread_failures",
+    "Worker threads (split stage, exporters) that stopped on an unexpected error, per thread.",
+    ["thread"],
+)
 
 
 # Label sets known in advance exist from the start (at 0), so rate() and increase() see their
@@ -151,6 +175,10 @@ for _outcome in ("kept", "dropped"):
     LATE_SPANS.labels(_outcome)
 for _outcome in ("success", "failure"):
     CONFIG_RELOADS.labels(_outcome)
+for _reason in ("max_traces", "max_buffer_bytes", "max_trace_bytes"):
+    TRACES_DECIDED_EARLY.labels(_reason)
+for _kind in ("sampled", "dead_letter"):
+    PRODUCE_FAILURES.labels(_kind)
 
 
 _LAG_PARTITIONS: dict[str, set[int]] = {}

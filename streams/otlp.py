@@ -26,7 +26,9 @@ __all__ = [
     "decode_request",
     "pack_index",
     "request_to_json",
+    "span_count",
     "split_by_trace",
+    "split_request",
     "unpack_index",
 ]
 
@@ -57,12 +59,82 @@ def decode_request(data: bytes | None, encoding: str = "otlp_proto") -> ExportTr
             json_format.Parse(_hex_ids_to_base64(data), request)
         except (json_format.ParseError, ValueError, UnicodeDecodeError) as exc:
             raise BadInput("invalid_json", str(exc)[:200]) from exc
+        except RecursionError:
+            raise BadInput("invalid_json", "nested too deeply") from None
         return request
     try:
         request.ParseFromString(data)
     except DecodeError as exc:
         raise BadInput("invalid_protobuf", str(exc)[:200]) from exc
+    except RecursionError:
+        raise BadInput("invalid_protobuf", "nested too deeply") from None
     return request
+
+
+def span_count(blocks: Iterable[object]) -> int:
+    """Number of spans in a list of ResourceSpans."""
+    return sum(len(ss.spans) for rs in blocks for ss in rs.scope_spans)  # type: ignore[attr-defined]
+
+
+# Protobuf framing a nested message adds at most: a tag and a 5-byte length.
+_FRAMING = 6
+
+
+def split_request(
+    request: ExportTraceServiceRequest, budget: int
+) -> tuple[list[tuple[bytes, int]], ExportTraceServiceRequest | None]:
+    """Cut a request into serialized parts of at most `budget` bytes, each span keeping its
+    resource and scope, spans in order; with each part its span count.
+
+    Also returns a request of the spans too large for any part (each one alone, with its
+    resource and scope, is over `budget`), or None.
+    """
+    parts: list[tuple[bytes, int]] = []
+    too_large: ExportTraceServiceRequest | None = None
+    part = ExportTraceServiceRequest()
+    size = count = 0
+
+    def close() -> None:
+        nonlocal part, size, count
+        if count:
+            value = part.SerializeToString()
+            assert len(value) <= budget, "the part's size estimate is an upper bound"
+            parts.append((value, count))
+        part, size, count = ExportTraceServiceRequest(), 0, 0
+
+    for rs in request.resource_spans:
+        whole = rs.ByteSize() + _FRAMING
+        if whole <= budget:
+            # The common case: a whole resource block goes in one part.
+            if size + whole > budget:
+                close()
+            part.resource_spans.append(rs)
+            size += whole
+            count += sum(len(ss.spans) for ss in rs.scope_spans)
+            continue
+        rs_head = rs.resource.ByteSize() + len(rs.schema_url) + 3 * _FRAMING
+        for ss in rs.scope_spans:
+            ss_head = ss.scope.ByteSize() + len(ss.schema_url) + 3 * _FRAMING
+            out_ss = None
+            for span in ss.spans:
+                cost = span.ByteSize() + _FRAMING
+                if rs_head + ss_head + cost > budget:
+                    if too_large is None:
+                        too_large = ExportTraceServiceRequest()
+                    alone = too_large.resource_spans.add(resource=rs.resource)
+                    alone.scope_spans.add(scope=ss.scope).spans.append(span)
+                    continue
+                if out_ss is None or size + cost > budget:
+                    if size + rs_head + ss_head + cost > budget:
+                        close()
+                    out_rs = part.resource_spans.add(resource=rs.resource, schema_url=rs.schema_url)
+                    out_ss = out_rs.scope_spans.add(scope=ss.scope, schema_url=ss.schema_url)
+                    size += rs_head + ss_head
+                out_ss.spans.append(span)
+                size += cost
+                count += 1
+    close()
+    return parts, too_large
 
 
 def split_by_trace(

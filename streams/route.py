@@ -10,6 +10,7 @@ Tenant sources (`tenant_from`), in order, the first present wins:
 from __future__ import annotations
 
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -34,11 +35,24 @@ def parse_baggage(header: bytes | str) -> dict[str, str]:
 
 
 class TenantResolver:
-    """Resolve a tenant from the configured sources; `default` when none is present."""
+    """Resolve a tenant from the configured sources; `default` when none is present.
 
-    def __init__(self, sources: Sequence[str], default: str) -> None:
+    `trust_headers=False` skips the `header:` sources (an input topic untrusted producers can
+    write: a forged x-tenant-id must not reach another tenant's backends).
+    """
+
+    def __init__(self, sources: Sequence[str], default: str, trust_headers: bool = True) -> None:
         self.default = default
-        self._order = [tuple(s.split(":", 1)) for s in sources]
+        self._order = [
+            tuple(s.split(":", 1)) for s in sources if trust_headers or not s.startswith("header:")
+        ]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TenantResolver:
+        """The resolver `tenant_from`, `default_tenant` and `kafka.trust_tenant_headers` say."""
+        return cls(
+            settings.tenant_from, settings.default_tenant, settings.kafka.trust_tenant_headers
+        )
 
     def hints(self, headers: Mapping[str, bytes]) -> list[str | None]:
         """What the message's headers say, per source (computed once per message)."""
@@ -48,7 +62,9 @@ class TenantResolver:
             value: str | None = None
             if kind == "header":
                 raw = headers.get(name)
-                value = raw.decode("utf-8", "replace") if raw else None
+                # Undecodable bytes stay visible (as surrogates): such a name is refused
+                # (streams.tracekey.tenant_problem), never turned into another tenant's.
+                value = raw.decode("utf-8", "surrogateescape") if raw else None
             elif kind == "baggage":
                 if baggage is None:
                     raw = headers.get("baggage")
@@ -78,7 +94,12 @@ class TenantResolver:
 
 
 class TokenBucket:
-    """Spans per second with a burst; a trace is admitted whole or not at all."""
+    """Spans per second with a burst; a trace is admitted whole or not at all.
+
+    A trace larger than the burst is admitted when the bucket is full, and the bucket goes
+    into debt by the difference: over time the tenant still gets its rate, and no trace is
+    refused for its size alone.
+    """
 
     def __init__(self, rate: float, burst: float) -> None:
         self.rate = rate
@@ -91,10 +112,16 @@ class TokenBucket:
         if self.updated is not None:
             self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
-        if self.tokens >= spans:
+        if self.tokens >= min(spans, self.burst):
             self.tokens -= spans
             return True
         return False
+
+
+# Quota buckets of tenants not named in `tenants`, each drawing on the default tenant's quota
+# on its own; beyond this many, the least recently used bucket is dropped (it starts full if
+# that tenant comes back).
+MAX_UNKNOWN_BUCKETS = 10_000
 
 
 class TenantRoutes:
@@ -117,17 +144,40 @@ class TenantRoutes:
         self.global_redactor = global_redactor
         self.share = 1.0
         self.buckets: dict[str, TokenBucket] = {}
+        self.unknown_buckets: OrderedDict[str, TokenBucket] = OrderedDict()
         self.set_share(1.0)
 
     def set_share(self, share: float) -> None:
         """Scale the quotas to this worker's share of the partitions."""
         self.share = share
         self.buckets = {}
-        for name, tenant in self.settings.tenants.items():
-            if tenant.quota_spans_per_second:
-                rate = tenant.quota_spans_per_second * share
-                burst = (tenant.quota_burst_spans or tenant.quota_spans_per_second) * share
-                self.buckets[name] = TokenBucket(rate, max(burst, 1.0))
+        self.unknown_buckets = OrderedDict()
+        for name in self.settings.tenants:
+            bucket = self._new_bucket(name)
+            if bucket is not None:
+                self.buckets[name] = bucket
+
+    def _new_bucket(self, route_name: str) -> TokenBucket | None:
+        tenant = self.settings.tenants.get(route_name)
+        if tenant is None or not tenant.quota_spans_per_second:
+            return None
+        rate = tenant.quota_spans_per_second * self.share
+        burst = (tenant.quota_burst_spans or tenant.quota_spans_per_second) * self.share
+        return TokenBucket(rate, max(burst, 1.0))
+
+    def _bucket(self, tenant: str, known: bool) -> TokenBucket | None:
+        if known:
+            return self.buckets.get(tenant)
+        bucket = self.unknown_buckets.get(tenant)
+        if bucket is not None:
+            self.unknown_buckets.move_to_end(tenant)
+            return bucket
+        bucket = self._new_bucket(self.default)
+        if bucket is not None:
+            self.unknown_buckets[tenant] = bucket
+            if len(self.unknown_buckets) > MAX_UNKNOWN_BUCKETS:
+                self.unknown_buckets.popitem(last=False)
+        return bucket
 
     def label(self, tenant: str) -> str:
         """The tenant name used in metric labels (see Settings.tenant_label)."""
@@ -138,7 +188,7 @@ class TenantRoutes:
         known = tenant in self.settings.tenants
         if not known and self.drop_unknown:
             return "unknown_tenant"
-        bucket = self.buckets.get(tenant if known else self.default)
+        bucket = self._bucket(tenant, known)
         if bucket is None or bucket.take(spans, now):
             return None
         route = self.settings.tenants[tenant if known else self.default]

@@ -21,33 +21,43 @@ from collections.abc import Iterable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
 from streams.config import Settings
 from streams.degrade import Degradation, LagClock
 from streams.experiments import ExperimentMeter
+from streams.health import Supervised
 from streams.kafka import (
     INDEX_HEADER,
     ORIGIN_HEADER,
+    RECORD_MARGIN,
     TENANT_HEADER,
     client_config,
     make_producer,
+    produce,
+    record_size,
     rewind,
     send_dead_letter,
 )
 from streams.metrics import SPANS_RECEIVED, set_consumer_lag
-from streams.origin import origin, pack_origins
+from streams.origin import ENTRY_BYTES, origin, pack_origins, with_part
 from streams.otlp import (
     BadInput,
     decode_request,
     pack_index,
+    span_count,
     split_by_trace,
+    split_request,
 )
 from streams.progress import PROGRESS_HEADER, SplitProgress
 from streams.route import TenantResolver
+from streams.tracekey import tenant_problem
 
 __all__ = [
     "DeadLetterSink",
     "SplitStage",
+    "fragment_budget",
+    "fit_fragments",
     "partition_for",
     "split_messages",
     "span_count",
@@ -55,7 +65,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MAX_RECORD_BYTES = 900 * 1024  # below Kafka's default 1 MB message limit
+# Room kept in every caudal-spans record for its headers besides the per-fragment index and
+# origin entries (tenant, progress claims), and in every buffered fragment's changelog record
+# for its key and prefix (streams.buffer.FRAGMENT_OVERHEAD).
+_HEADER_RESERVE = 64 * 1024
+_PER_FRAGMENT = 20 + ENTRY_BYTES  # its index entry and its origin entry
 # How often each caudal-spans partition gets a record with the latest progress claims (data
 # records carry the claims of the batch before theirs).
 PROGRESS_INTERVAL = 0.2
@@ -66,9 +80,23 @@ def partition_for(trace_id: bytes, partitions: int) -> int:
     return zlib.crc32(trace_id) % partitions
 
 
-def span_count(blocks: Iterable[object]) -> int:
-    """Number of spans in a list of ResourceSpans."""
-    return sum(len(ss.spans) for rs in blocks for ss in rs.scope_spans)  # type: ignore[attr-defined]
+def fragment_budget(max_message_bytes: int) -> int:
+    """The largest fragment that fits a caudal-spans record and a changelog record."""
+    return max_message_bytes - RECORD_MARGIN - _HEADER_RESERVE
+
+
+def fit_fragments(
+    blocks: list[ResourceSpans], source: int, budget: int
+) -> tuple[list[tuple[bytes, int]], ExportTraceServiceRequest | None]:
+    """One trace's spans of one input record as fragments of at most `budget` bytes, each with
+    its origin (several parts of `source` when it is too large for one); and the spans too
+    large for any record, or None."""
+    request = ExportTraceServiceRequest(resource_spans=blocks)
+    fragment = request.SerializeToString()
+    if len(fragment) <= budget:
+        return [(fragment, source)], None
+    parts, too_large = split_request(request, budget)
+    return [(value, with_part(source, i)) for i, (value, _) in enumerate(parts)], too_large
 
 
 # (trace ID, fragment, origin: the input record its spans came from, see streams.origin)
@@ -87,44 +115,79 @@ def split_messages(
 
     Experiment spans are counted here (`meter`), on all traffic, before any decision.
     """
-    partitions = settings.kafka.partitions
-    encoding = settings.kafka.input_encoding
+    budget = fragment_budget(settings.kafka.max_message_bytes)
     batch: Batch = defaultdict(list)
     received: dict[str, int] = defaultdict(int)
     for msg in messages:
-        headers = dict(msg.headers() or ())
-        value = msg.value()
         try:
-            request = decode_request(value, encoding)
-        except BadInput as exc:
-            dead_letter(msg, exc.reason, exc.detail)
+            split = _split_one(msg, settings, resolver, dead_letter, meter, budget)
+        except Exception as exc:  # a message no rule foresaw: dead-lettered, never a stall
+            dead_letter(msg, "unusable_record", f"{type(exc).__name__}: {exc}"[:500])
             continue
-        if meter is not None and meter.may_apply(value):
-            meter.observe(request.resource_spans)
-        groups, invalid = split_by_trace(request)
-        if invalid is not None:
-            dead_letter(msg, "invalid_trace_id", "spans without a valid 16-byte trace ID", invalid)
-        elif not groups:
-            dead_letter(msg, "no_spans", "the request holds no spans")
-            continue
-        hints = resolver.hints(headers)
-        source = origin(msg.partition(), msg.offset())
-        for tid, blocks in groups.items():
-            tenant = resolver.resolve(hints, blocks)
-            received[tenant] += span_count(blocks)
-            fragment = ExportTraceServiceRequest(resource_spans=blocks).SerializeToString()
-            batch[(partition_for(tid, partitions), tenant)].append((tid, fragment, source))
+        for target, tenant, spans, fragments in split:
+            received[tenant] += spans
+            batch[target].extend(fragments)
     for tenant, count in received.items():
         SPANS_RECEIVED.labels(settings.tenant_label(tenant)).inc(count)
     return batch
 
 
+def _split_one(
+    msg: Message,
+    settings: Settings,
+    resolver: TenantResolver,
+    dead_letter: DeadLetterSink,
+    meter: ExperimentMeter | None,
+    budget: int,
+) -> list[tuple[tuple[int, str], str, int, list[SourcedFragment]]]:
+    """One input message's traces: (target, tenant, spans, fragments) each."""
+    value = msg.value()
+    try:
+        request = decode_request(value, settings.kafka.input_encoding)
+    except BadInput as exc:
+        dead_letter(msg, exc.reason, exc.detail)
+        return []
+    if meter is not None and meter.may_apply(value):
+        meter.observe(request.resource_spans)
+    groups, invalid = split_by_trace(request)
+    if invalid is not None:
+        dead_letter(msg, "invalid_trace_id", "spans without a valid 16-byte trace ID", invalid)
+    elif not groups:
+        dead_letter(msg, "no_spans", "the request holds no spans")
+        return []
+    hints = resolver.hints(dict(msg.headers() or ()))
+    source = origin(msg.partition(), msg.offset())
+    out = []
+    for tid, blocks in groups.items():
+        tenant = resolver.resolve(hints, blocks)
+        problem = tenant_problem(tenant)
+        if problem is not None:
+            part = ExportTraceServiceRequest(resource_spans=blocks)
+            dead_letter(msg, "invalid_tenant", problem, part)
+            continue
+        fragments, too_large = fit_fragments(blocks, source, budget)
+        if too_large is not None:
+            detail = (
+                f"a span larger than kafka.max_message_bytes={settings.kafka.max_message_bytes}"
+            )
+            dead_letter(msg, "span_too_large", detail, too_large)
+        target = (partition_for(tid, settings.kafka.partitions), tenant)
+        out.append((target, tenant, span_count(blocks), [(tid, f, w) for f, w in fragments]))
+    return out
+
+
 class DeadLetterSink:
     """Send unusable input messages (or the unusable part of one) to the dead-letter topic."""
 
-    def __init__(self, producer: Producer, topic: str) -> None:
+    def __init__(self, producer: Producer, topic: str, max_bytes: int) -> None:
         self.producer = producer
         self.topic = topic
+        self.max_bytes = max_bytes
+        self.failures = 0  # deliveries that failed: the batch is read again
+
+    def _delivered(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            self.failures += 1
 
     def __call__(
         self,
@@ -144,10 +207,12 @@ class DeadLetterSink:
             key=msg.key(),
             origin=(msg.topic(), msg.partition(), msg.offset()),
             headers=msg.headers() or (),
+            max_bytes=self.max_bytes,
+            on_delivery=self._delivered,
         )
 
 
-class SplitStage(threading.Thread):
+class SplitStage(Supervised):
     """Consume the input topic, write trace-ID-partitioned records, commit after delivery."""
 
     def __init__(
@@ -159,7 +224,7 @@ class SplitStage(threading.Thread):
         meter: ExperimentMeter | None = None,
         batch_size: int = 1000,
     ) -> None:
-        super().__init__(name="caudal-split", daemon=True)
+        super().__init__(name="caudal-split")
         self.settings = settings
         self.stop = stop
         self.lag = lag or LagClock()
@@ -167,9 +232,9 @@ class SplitStage(threading.Thread):
         self.meter = meter
         self.batch_size = batch_size
         kafka = settings.kafka
-        self.resolver = TenantResolver(settings.tenant_from, settings.default_tenant)
+        self.resolver = TenantResolver.from_settings(settings)
         self.producer = make_producer(kafka)
-        self.dead_letter = DeadLetterSink(self.producer, kafka.dlq_topic)
+        self.dead_letter = DeadLetterSink(self.producer, kafka.dlq_topic, kafka.max_message_bytes)
         self.consumer = Consumer(
             client_config(
                 kafka,
@@ -192,7 +257,8 @@ class SplitStage(threading.Thread):
         self.next_lag = 0.0
         self.sent_at: dict[int, float] = {}
 
-    def run(self) -> None:
+    def work(self) -> None:
+        """Split batches until the worker stops."""
         kafka = self.settings.kafka
         self.consumer.subscribe([kafka.input_topic], on_assign=self._on_assign)
         log.info("split stage started topic=%s", kafka.input_topic)
@@ -268,8 +334,12 @@ class SplitStage(threading.Thread):
         topic = self.settings.kafka.spans_topic
         for partition in range(self.settings.kafka.partitions):
             if now - self.sent_at.get(partition, 0.0) >= PROGRESS_INTERVAL:
-                self.producer.produce(
-                    topic, value=None, partition=partition, headers=[(PROGRESS_HEADER, header)]
+                produce(
+                    self.producer,
+                    topic,
+                    value=None,
+                    partition=partition,
+                    headers=[(PROGRESS_HEADER, header)],
                 )
                 self.sent_at[partition] = now
         self.producer.poll(0)
@@ -304,17 +374,21 @@ class SplitStage(threading.Thread):
         topic = self.settings.kafka.spans_topic
         timestamp = int(stamp * 1000)
         progress = self.progress.header()
+        limit = self.settings.kafka.max_message_bytes - RECORD_MARGIN
         for (partition, tenant), fragments in batch.items():
-            for chunk in _chunks(fragments):
+            fixed = [(TENANT_HEADER, tenant.encode())]
+            if progress is not None:
+                fixed.append((PROGRESS_HEADER, progress))
+            room = limit - record_size(None, None, fixed) - len(INDEX_HEADER) - len(ORIGIN_HEADER)
+            for chunk in _chunks(fragments, room):
                 value, index = pack_index([(tid, fragment) for tid, fragment, _ in chunk])
                 headers = [
                     (INDEX_HEADER, index),
                     (ORIGIN_HEADER, pack_origins([source for _, _, source in chunk])),
-                    (TENANT_HEADER, tenant.encode()),
+                    *fixed,
                 ]
-                if progress is not None:
-                    headers.append((PROGRESS_HEADER, progress))
-                self.producer.produce(
+                produce(
+                    self.producer,
                     topic,
                     value=value,
                     partition=partition,
@@ -324,26 +398,31 @@ class SplitStage(threading.Thread):
                 )
                 self.producer.poll(0)
         remaining = self.producer.flush(30)
-        if failures or remaining:
+        dead, self.dead_letter.failures = self.dead_letter.failures, 0
+        if failures or remaining or dead:
             log.error(
-                "split produce failed errors=%d undelivered=%d first=%s",
+                "split produce failed errors=%d undelivered=%d dead_letters=%d first=%s",
                 len(failures),
                 remaining,
+                dead,
                 failures[0] if failures else "timeout",
             )
             return False
         return True
 
 
-def _chunks(fragments: list[SourcedFragment]) -> Iterable[list[SourcedFragment]]:
+def _chunks(fragments: list[SourcedFragment], room: int) -> Iterable[list[SourcedFragment]]:
+    """Fragments grouped into records of at most `room` bytes of value, index and origins
+    (each fragment alone fits: streams.split.fragment_budget)."""
     chunk: list[SourcedFragment] = []
     size = 0
     for frag in fragments:
-        if chunk and size + len(frag[1]) > MAX_RECORD_BYTES:
+        cost = len(frag[1]) + _PER_FRAGMENT
+        if chunk and size + cost > room:
             yield chunk
             chunk, size = [], 0
         chunk.append(frag)
-        size += len(frag[1])
+        size += cost
     if chunk:
         yield chunk
 

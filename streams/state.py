@@ -31,6 +31,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from streams import faust_seam
 from streams.faust_seam import TP
+from streams.kafka import produce
 
 __all__ = [
     "ChangelogError",
@@ -93,17 +94,24 @@ class TableStore:
         value = self._db(partition).get(key)
         return bytes(value) if value is not None else None
 
+    def get_many(self, partition: int, keys: list[bytes]) -> list[bytes | None]:
+        """The stored values of `keys`, in order (one RocksDB multi-get)."""
+        if not keys:
+            return []
+        return [bytes(v) if v is not None else None for v in self._db(partition)[keys]]
+
     def put(self, partition: int, key: bytes, value: bytes) -> None:
         """Store a value and record it in the changelog (so the next owner recovers it)."""
         self._check(partition)
-        self._db(partition).put(key, value)
+        # Changelog first: a record refused by the producer leaves the table unchanged.
         self._log(partition, key, value)
+        self._db(partition).put(key, value)
 
     def delete(self, partition: int, key: bytes) -> None:
         """Remove a key and write its tombstone to the changelog."""
         self._check(partition)
-        self._db(partition).delete(key)
         self._log(partition, key, None)
+        self._db(partition).delete(key)
 
     def items(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
         """Every key and value stored for a partition."""
@@ -112,18 +120,14 @@ class TableStore:
                 yield bytes(key), bytes(value)
 
     def _log(self, partition: int, key: bytes, value: bytes | None) -> None:
-        while True:
-            try:
-                self.producer.produce(
-                    self.topic,
-                    key=key,
-                    value=value,
-                    partition=partition,
-                    on_delivery=self._acked_cb,
-                )
-                return
-            except BufferError:  # librdkafka's queue is full: let it drain, then retry
-                self.producer.poll(0.05)
+        produce(
+            self.producer,
+            self.topic,
+            key=key,
+            value=value,
+            partition=partition,
+            on_delivery=self._acked_cb,
+        )
 
     def _acked_cb(self, err: Any, msg: Any) -> None:
         if err is not None:
@@ -142,20 +146,30 @@ class TableStore:
                 faust_seam.set_persisted_offset(self.table, self.topic, partition, offset)
 
 
-def bind_to_commits(app: Any, producer: Any, stores: list[TableStore]) -> None:
+def bind_to_commits(
+    app: Any, producer: Any, stores: list[TableStore], others: Callable[[], int] = lambda: 0
+) -> None:
     """Make Faust's pre-commit producer flush also flush `producer` (and check the stores).
 
     Faust flushes its producer before committing source offsets so that table changes are in
     the changelog before the input that caused them is marked done; the changelog records of
-    `stores` go through `producer`, so it has to be part of that flush.
+    `stores` go through `producer`, so it has to be part of that flush. `others` counts the
+    other records of `producer` that failed since the last flush (late spans, dead letters).
+
+    A failure refuses the commit: the worker stops (Faust's commit fails) and the input is
+    read again from the last commit, by this worker after a restart or by the next owner.
+    Every record is sized under kafka.max_message_bytes, so only a broker failure that
+    outlasts librdkafka's own retries (message.timeout.ms) gets here.
     """
 
     async def flush() -> None:
         remaining = await asyncio.to_thread(producer.flush, 30)
-        failures = sum(store.failures for store in stores)
+        failures = sum(store.failures for store in stores) + others()
+        for store in stores:
+            store.failures = 0
         if remaining or failures:
             raise ChangelogError(
-                f"{remaining} changelog records unacknowledged, {failures} failed: "
+                f"{remaining} records unacknowledged, {failures} failed: "
                 "not committing input offsets"
             )
         for store in stores:

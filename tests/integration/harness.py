@@ -139,7 +139,9 @@ class Pipeline:
         """Exported file lines: tenant → trace ID (hex) → list of OTLP/JSON requests."""
         result: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
         for path in (self.root / directory).glob("*.jsonl"):
-            for line in path.read_text().splitlines():
+            for line in path.read_text().splitlines(keepends=True):
+                if not line.endswith("\n"):
+                    break  # the exporter is writing this line right now
                 doc = json.loads(line)
                 trace_ids = {
                     span["traceId"]

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from streams.buffer import TraceBuffer, decode_value
+from streams.buffer import TraceBuffer
 from streams.decide import DecisionCache, Remembered
 from streams.origin import NO_ORIGIN, origin, pack_origins
+from streams.tracekey import trace_key
 
 
 class MemoryStore:
     """The TableStore interface over dicts, recording changelog writes."""
+
+    topic = "caudal-traces-changelog"
 
     def __init__(self) -> None:
         self.data: dict[int, dict[bytes, bytes]] = defaultdict(dict)
@@ -18,6 +21,9 @@ class MemoryStore:
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         return self.data[partition].get(key)
+
+    def get_many(self, partition: int, keys: list[bytes]) -> list[bytes | None]:
+        return [self.data[partition].get(key) for key in keys]
 
     def put(self, partition: int, key: bytes, value: bytes) -> None:
         self.data[partition][key] = value
@@ -28,41 +34,116 @@ class MemoryStore:
         self.changelog.append((partition, key, None))
 
     def items(self, partition: int):
-        return iter(list(self.data[partition].items()))
+        return iter(sorted(self.data[partition].items()))
+
+
+def key(tid: bytes, tenant: str = "t") -> bytes:
+    return trace_key(tid, tenant)
+
+
+def buffer_on(store: MemoryStore, **limits: int) -> TraceBuffer:
+    return TraceBuffer(store, wait=10.0, **{"max_traces": 100, **limits})  # type: ignore[arg-type]
 
 
 def test_fragments_append_and_window_starts_at_first_span() -> None:
     store = MemoryStore()
-    buffer = TraceBuffer(store, wait=10.0, max_traces=100)  # type: ignore[arg-type]
-    buffer.append(2, b"t" * 16, "acme", b"AA", now=100.0)
-    buffer.append(2, b"t" * 16, "other", b"BB", now=105.0)
+    buffer = buffer_on(store)
+    buffer.append(2, key(b"t" * 16, "acme"), b"AA", now=100.0)
+    buffer.append(2, key(b"t" * 16, "acme"), b"BB", now=105.0)
     assert buffer.pop_due(109.9, limit=10) == []
-    [(trace_id, entry)] = buffer.pop_due(110.0, limit=10)
-    trace = buffer.load(trace_id, entry)
-    assert trace is not None
-    assert (trace.first_seen, trace.tenant, trace.otlp) == (100.0, "acme", b"AABB")
+    [(trace, entry)] = buffer.pop_due(110.0, limit=10)
+    loaded = buffer.load(trace, entry)
+    assert loaded is not None
+    assert (loaded.first_seen, loaded.otlp) == (100.0, b"AABB")
     assert len(buffer) == 0
+
+
+def test_two_tenants_sharing_a_trace_id_are_two_traces() -> None:
+    store = MemoryStore()
+    buffer = buffer_on(store)
+    tid = b"s" * 16
+    buffer.append(0, key(tid, "acme"), b"A", now=1.0)
+    buffer.append(0, key(tid, "globex"), b"G", now=2.0)
+    due = buffer.pop_due(100.0, limit=10)
+    assert [(k, buffer.load(k, e).otlp) for k, e in due] == [  # type: ignore[union-attr]
+        (key(tid, "acme"), b"A"),
+        (key(tid, "globex"), b"G"),
+    ]
+
+
+def test_append_writes_only_the_new_fragment() -> None:
+    store = MemoryStore()
+    buffer = buffer_on(store)
+    trace = key(b"h" * 16)
+    for i in range(50):
+        buffer.append(0, trace, bytes([i]) * 1000, now=1.0)
+    # Each append wrote one record of its own size, not the trace so far.
+    assert [len(value or b"") for _, _, value in store.changelog] == [1020] * 50
+    [(k, entry)] = buffer.pop_due(100.0, 10)
+    loaded = buffer.load(k, entry)
+    assert loaded is not None and loaded.otlp == b"".join(bytes([i]) * 1000 for i in range(50))
+    buffer.remove(k, entry)
+    assert store.data[0] == {}
 
 
 def test_full_buffer_decides_oldest_early_never_drops() -> None:
     store = MemoryStore()
-    buffer = TraceBuffer(store, wait=10.0, max_traces=3)  # type: ignore[arg-type]
+    buffer = buffer_on(store, max_traces=3)
     for i in range(5):
-        buffer.append(0, bytes([i]) * 16, "t", b"x", now=float(i))
+        buffer.append(0, key(bytes([i]) * 16), b"x", now=float(i))
     due = buffer.pop_due(5.0, limit=100)
-    assert [tid[0] for tid, _ in due] == [0, 1]
+    assert [k[0] for k, _ in due] == [0, 1]
     assert len(buffer) == 3
+
+
+def test_a_trace_past_max_trace_bytes_is_due_at_once() -> None:
+    store = MemoryStore()
+    buffer = buffer_on(store, max_trace_bytes=5000)
+    buffer.append(0, key(b"n" * 16), b"x" * 100, now=1.0)
+    big = key(b"b" * 16)
+    for _ in range(4):
+        buffer.append(0, big, b"y" * 1000, now=2.0)
+    assert buffer.pop_due(3.0, limit=10) == []
+    buffer.append(0, big, b"y" * 1000, now=2.0)
+    [(k, entry)] = buffer.pop_due(3.0, limit=10)
+    assert k == big and entry.fragments == 5
+    assert len(buffer) == 1  # the small trace waits for its window
+
+
+def test_past_max_buffer_bytes_the_oldest_are_decided_early() -> None:
+    store = MemoryStore()
+    buffer = buffer_on(store, max_buffer_bytes=3500)
+    for i in range(5):
+        buffer.append(0, key(bytes([i]) * 16), b"z" * 980, now=float(i))
+    due = buffer.pop_due(0.0, limit=100)
+    assert [k[0] for k, _ in due] == [0, 1]
+    assert buffer.bytes == 3000
 
 
 def test_rebuild_restores_queue_in_deadline_order() -> None:
     store = MemoryStore()
-    buffer = TraceBuffer(store, wait=10.0, max_traces=100)  # type: ignore[arg-type]
-    buffer.append(1, b"b" * 16, "t", b"x", now=2.0)
-    buffer.append(0, b"a" * 16, "t", b"x", now=1.0)
-    again = TraceBuffer(store, wait=10.0, max_traces=100)  # type: ignore[arg-type]
-    again.rebuild([0, 1])
-    assert [tid for tid, _ in again.pop_due(100.0, 10)] == [b"a" * 16, b"b" * 16]
-    assert decode_value(store.data[0][b"a" * 16]).tenant == "t"
+    buffer = buffer_on(store)
+    buffer.append(1, key(b"b" * 16), b"x", now=2.0)
+    buffer.append(0, key(b"a" * 16), b"x", now=1.0)
+    buffer.append(0, key(b"a" * 16), b"y", now=5.0)
+    again = buffer_on(store)
+    assert again.rebuild([0, 1]) == []
+    due = again.pop_due(100.0, 10)
+    assert [k for k, _ in due] == [key(b"a" * 16), key(b"b" * 16)]
+    assert due[0][1].deadline == 11.0 and due[0][1].fragments == 2
+    assert again.load(*due[0]).otlp == b"xy"  # type: ignore[union-attr]
+
+
+def test_rebuild_reports_records_that_are_not_fragments() -> None:
+    store = MemoryStore()
+    store.put(0, b"k" * 16, b"an older release's value")
+    store.put(0, key(b"g" * 16) + b"\0\0\0\0", b"short")
+    buffer = buffer_on(store)
+    buffer.append(0, key(b"a" * 16), b"x", now=1.0)
+    again = buffer_on(store)
+    unreadable = again.rebuild([0])
+    assert sorted(u.key for u in unreadable) == sorted([b"k" * 16, key(b"g" * 16) + bytes(4)])
+    assert len(again) == 1
 
 
 def test_decision_cache_is_bounded_and_persisted() -> None:
@@ -70,64 +151,68 @@ def test_decision_cache_is_bounded_and_persisted() -> None:
     cache = DecisionCache(store, kept=2, dropped=1, ttl=60.0)  # type: ignore[arg-type]
     for i in range(3):
         d = Remembered(float(i), 0, True, "errors", 1.0, "acme")
-        cache.remember(bytes([i]) * 16, d)
-        cache.persist(bytes([i]) * 16, d)
+        cache.remember(key(bytes([i]) * 16, "acme"), d)
+        cache.persist(key(bytes([i]) * 16, "acme"), d)
     cache.evict(now=3.0)
-    assert cache.get(b"\0" * 16) is None
-    assert cache.get(b"\2" * 16) == Remembered(2.0, 0, True, "errors", 1.0, "acme")
-    assert b"\0" * 16 not in store.data[0]
+    assert cache.get(key(b"\0" * 16, "acme")) is None
+    assert cache.get(key(b"\2" * 16, "acme")) == Remembered(2.0, 0, True, "errors", 1.0, "acme")
+    assert key(b"\0" * 16, "acme") not in store.data[0]
     cache.evict(now=1000.0)  # past the TTL
-    assert cache.get(b"\2" * 16) is None
+    assert cache.get(key(b"\2" * 16, "acme")) is None
     restored = DecisionCache(store, kept=2, dropped=1, ttl=60.0)  # type: ignore[arg-type]
     restored.rebuild([0])
-    assert restored.get(b"\2" * 16) is None
+    assert restored.get(key(b"\2" * 16, "acme")) is None
 
 
 def test_a_record_delivered_again_is_not_appended_twice() -> None:
     store = MemoryStore()
-    buffer = TraceBuffer(store, wait=10.0, max_traces=100)  # type: ignore[arg-type]
-    tid = b"r" * 16
+    buffer = buffer_on(store)
+    trace = key(b"r" * 16)
     # The trace's spans came from input records 40 and 41 of input partition 3 and record 7
-    # of input partition 0.
-    assert buffer.append(0, tid, "t", b"A", 1.0, origin(3, 40))
-    assert buffer.append(0, tid, "t", b"B", 1.0, origin(0, 7))
-    assert buffer.append(0, tid, "t", b"C", 2.0, origin(3, 41))
+    # of input partition 0; record 41 was cut in two parts.
+    assert buffer.append(0, trace, b"A", 1.0, origin(3, 40))
+    assert buffer.append(0, trace, b"B", 1.0, origin(0, 7))
+    assert buffer.append(0, trace, b"C", 2.0, origin(3, 41, 0))
+    assert buffer.append(0, trace, b"c", 2.0, origin(3, 41, 1))
     # After a restart the table is rebuilt and the same fragments arrive again, whether the
     # caudal-spans record was read again or the input record was split again.
-    again = TraceBuffer(store, wait=10.0, max_traces=100)  # type: ignore[arg-type]
+    again = buffer_on(store)
     again.rebuild([0])
-    for source in (origin(3, 40), origin(0, 7), origin(3, 41)):
-        assert not again.append(0, tid, "t", b"X", 3.0, source)
-    assert again.append(0, tid, "t", b"D", 3.0, origin(3, 42))
-    assert again.append(0, tid, "t", b"E", 3.0, origin(1, 0))
-    trace = decode_value(store.data[0][tid])
-    assert (trace.otlp, trace.tenant, trace.first_seen) == (b"ABCDE", "t", 1.0)
+    for source in (origin(3, 40), origin(0, 7), origin(3, 41), origin(3, 41, 1)):
+        assert not again.append(0, trace, b"X", 3.0, source)
+    assert again.append(0, trace, b"D", 3.0, origin(3, 42))
+    assert again.append(0, trace, b"E", 3.0, origin(1, 0))
+    [(k, entry)] = again.pop_due(100.0, 10)
+    loaded = again.load(k, entry)
+    assert loaded is not None
+    assert (loaded.otlp, loaded.first_seen) == (b"ABCcDE", 1.0)
 
 
 def test_fragments_of_unknown_origin_are_always_appended() -> None:
     store = MemoryStore()
-    buffer = TraceBuffer(store, wait=10.0, max_traces=100)  # type: ignore[arg-type]
-    tid = b"n" * 16
-    assert buffer.append(0, tid, "t", b"A", 1.0, NO_ORIGIN)
-    assert buffer.append(0, tid, "t", b"B", 1.0, NO_ORIGIN)
-    assert decode_value(store.data[0][tid]).otlp == b"AB"
+    buffer = buffer_on(store)
+    trace = key(b"n" * 16)
+    assert buffer.append(0, trace, b"A", 1.0, NO_ORIGIN)
+    assert buffer.append(0, trace, b"B", 1.0, NO_ORIGIN)
+    [(k, entry)] = buffer.pop_due(100.0, 10)
+    assert buffer.load(k, entry).otlp == b"AB"  # type: ignore[union-attr]
 
 
 def test_a_decision_knows_which_fragments_it_covered() -> None:
     store = MemoryStore()
     cache = DecisionCache(store, kept=10, dropped=10, ttl=60.0)  # type: ignore[arg-type]
-    tid = b"d" * 16
+    trace = key(b"d" * 16, "acme")
     decided = Remembered(1.0, 0, True, "errors", 1.0, "acme", pack_origins([origin(2, 7)]))
-    cache.remember(tid, decided)
-    cache.persist(tid, decided)
+    cache.remember(trace, decided)
+    cache.persist(trace, decided)
     assert decided.already_applied(origin(2, 7))
     assert decided.already_applied(origin(2, 6))
     assert not decided.already_applied(origin(2, 8))
     assert not decided.already_applied(origin(1, 7))
     # A late span from input record 8 is followed; delivered again, it is recognised.
-    cache.advance(tid, decided, origin(2, 8))
+    cache.advance(trace, decided, origin(2, 8))
     restored = DecisionCache(store, kept=10, dropped=10, ttl=60.0)  # type: ignore[arg-type]
     restored.rebuild([0])
-    entry = restored.get(tid)
+    entry = restored.get(trace)
     assert entry is not None and entry.already_applied(origin(2, 8))
     assert (entry.policy, entry.tenant, entry.kept) == ("errors", "acme", True)

@@ -48,3 +48,26 @@ def test_the_budget_refills_and_reports_what_it_skipped() -> None:
     assert budget.allow(10.0)
     assert budget.take_suppressed() == 3
     assert budget.take_suppressed() == 0
+
+
+def test_a_value_too_large_for_one_record_goes_in_parts() -> None:
+    producer = FakeProducer()
+    value = bytes(range(256)) * 1000  # 256 kB
+    send_dead_letter(
+        producer,  # type: ignore[arg-type]
+        "dlq",
+        value,
+        reason="span_too_large",
+        detail="x" * 5000,
+        headers=[("original", b"h")],
+        max_bytes=64 * 1024,
+    )
+    parts = producer.sent
+    assert len(parts) == 5
+    assert b"".join(p["value"] for p in parts) == value  # type: ignore[misc]
+    for i, part in enumerate(parts):
+        headers = dict(part["headers"])  # type: ignore[arg-type]
+        assert headers[kafka.DLQ_PART_HEADER] == f"{i + 1}/5".encode()
+        assert headers["original"] == b"h"
+        size = kafka.record_size(None, part["value"], part["headers"])  # type: ignore[arg-type]
+        assert size <= 64 * 1024 - kafka.RECORD_MARGIN

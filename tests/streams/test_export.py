@@ -102,3 +102,12 @@ def test_file_backend_rotates_and_keeps_max_files(tmp_path: Path) -> None:
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["acme.jsonl", "acme.jsonl.1", "acme.jsonl.2"]
     assert all(p.stat().st_size <= 2048 for p in tmp_path.iterdir())
+
+
+def test_every_tenant_has_a_file_of_its_own() -> None:
+    from streams.backends import file_name
+
+    names = ["a/b", "a_b", "a.b", "a b", "../etc", "é" * 127, "é" * 126 + "x"]
+    files = [file_name(n) for n in names]
+    assert len(set(files)) == len(names)
+    assert all("/" not in f and len(f) <= 200 for f in files)

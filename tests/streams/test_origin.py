@@ -34,3 +34,16 @@ def test_each_origin_is_applied_once(plan: list[tuple[int, int, int]]) -> None:
 def test_header_round_trip() -> None:
     origins = [origin(0, 5), origin(65535, 2**47)]
     assert decode_origins(pack_origins(origins), 2) == origins
+
+
+def test_parts_of_one_input_record_are_distinct_and_ordered() -> None:
+    applied = add_origin(b"", origin(1, 9, 0))
+    assert not covers(applied, origin(1, 9, 1))
+    applied = add_origin(applied, origin(1, 9, 1))
+    assert covers(applied, origin(1, 9, 0)) and covers(applied, origin(1, 8, 7))
+    assert not covers(applied, origin(1, 10, 0))
+
+
+def test_headers_of_the_previous_release_are_read() -> None:
+    legacy = (3 << 48 | 41).to_bytes(8, "big")
+    assert decode_origins(legacy, 1) == [origin(3, 41)]

@@ -114,3 +114,29 @@ def test_redaction_on_resource_span_and_event_attributes() -> None:
     assert attrs["note"] == "paid with <card>"
     assert span.events[0].attributes[0].value.string_value == "mail me at <email>"
     assert rs.resource.attributes[0].value.string_value == "<email>"
+
+
+def test_a_trace_larger_than_the_burst_is_admitted_when_the_bucket_is_full() -> None:
+    bucket = TokenBucket(rate=100, burst=100)
+    assert bucket.take(500, now=0.0), "full: admitted, the bucket goes into debt"
+    assert not bucket.take(1, now=3.0)  # -400 + 300
+    assert not bucket.take(500, now=4.0), "not full again yet"
+    assert bucket.take(500, now=5.0)
+
+
+def test_unknown_tenants_each_get_their_own_bucket() -> None:
+    settings = validate_mapping(
+        {"tenants": {"default": {"exporters": ["file"], "quota_spans_per_second": 10}}}
+    )
+    routes = TenantRoutes(settings)
+    assert routes.admit("stranger-1", 10, False, 0.0) is None
+    assert routes.admit("stranger-2", 10, False, 0.0) is None, "not stranger-1's quota"
+    assert routes.admit("default", 10, False, 0.0) is None, "nor the default tenant's"
+    assert routes.admit("stranger-1", 10, False, 0.0) == "quota"
+
+
+def test_untrusted_headers_name_no_tenant() -> None:
+    resolver = TenantResolver(["header:x-tenant-id", "resource:tenant.id"], "d", False)
+    hints = resolver.hints({"x-tenant-id": b"forged"})
+    assert resolver.resolve(hints, [block({"tenant.id": "r"})]) == "r"
+    assert resolver.resolve(hints, [block({})]) == "d"
