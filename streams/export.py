@@ -20,11 +20,12 @@ from collections import defaultdict
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from streams.backends import PermanentError, RetryableError, build_backend
 from streams.config import CircuitBreakerConfig, Settings
 from streams.health import ExportOutcomes, Supervised
-from streams.kafka import SPAN_COUNT_HEADER, client_config, send_dead_letter
+from streams.kafka import client_config, send_dead_letter
 from streams.metrics import (
     CIRCUIT_OPENS,
     EXPORT_BATCHES,
@@ -33,6 +34,7 @@ from streams.metrics import (
     EXPORTER_STATE,
     SPANS_EXPORTED,
 )
+from streams.otlp import span_count
 
 __all__ = ["STATES", "CircuitBreaker", "ExportLoop"]
 
@@ -183,9 +185,13 @@ class ExportLoop(Supervised):
         spans: dict[str, int] = defaultdict(int)
         for msg in messages:
             tenant = (msg.key() or b"").decode("utf-8", "replace")
-            if self._routed_here(tenant):
-                pending[tenant].append(msg.value() or b"")
-                spans[tenant] += int(dict(msg.headers() or ()).get(SPAN_COUNT_HEADER, b"0"))
+            if not self._routed_here(tenant):
+                continue
+            value = msg.value() or b""
+            count = self._usable(msg, value)
+            if count:
+                pending[tenant].append(value)
+                spans[tenant] += count
         retry = self.config.retry
         interval, retries, started = retry.initial_interval, 0, time.monotonic()
         while pending:
@@ -264,6 +270,32 @@ class ExportLoop(Supervised):
             )
         return None
 
+    def _usable(self, msg: Message, value: bytes) -> int:
+        """Spans in a record of caudal-sampled; 0 (and dead-lettered) if it is not OTLP, so
+        one bad record never fails the batch it came in."""
+        try:
+            request = ExportTraceServiceRequest.FromString(value)
+            count = span_count(request.resource_spans)
+        except Exception as exc:
+            reason, detail = "invalid_protobuf", f"{type(exc).__name__}: {exc}"
+        else:
+            if count:
+                return count
+            reason, detail = "no_spans", "a record of caudal-sampled without spans"
+        send_dead_letter(
+            self.producer,
+            self.settings.kafka.dlq_topic,
+            msg.value(),
+            reason=reason,
+            detail=detail,
+            key=msg.key(),
+            origin=(msg.topic(), msg.partition(), msg.offset()),
+            headers=[*(msg.headers() or ()), ("caudal-dlq-exporter", self.exporter_name.encode())],
+            max_bytes=self.settings.kafka.max_message_bytes,
+        )
+        self.producer.flush(30)  # in the dead-letter topic before this batch is committed
+        return 0
+
     def _label(self, tenant: str) -> str:
         return self.settings.tenant_label(tenant)
 
@@ -286,8 +318,9 @@ class ExportLoop(Supervised):
                 headers=[
                     ("caudal-dlq-exporter", self.exporter_name.encode()),
                     ("caudal-dlq-status", str(exc.status).encode()),
-                    ("caudal-dlq-body", exc.body),
+                    ("caudal-dlq-body", exc.body[:4096]),
                 ],
+                max_bytes=self.settings.kafka.max_message_bytes,
             )
         self.producer.flush(30)
 

@@ -174,6 +174,24 @@ def test_bad_input_suite(broker: LocalBroker, tmp_path: Path) -> None:
                     partition=rng.randrange(PARTITIONS),
                     headers=[(CASE_HEADER, case.encode()), *headers],
                 )
+        # Records on caudal-sampled written by something else than a worker.
+        sampled_topic = pipeline.kafka["sampled_topic"]
+        bad["sampled"] = (20, {"invalid_protobuf"})
+        for _ in range(20):
+            pipeline.producer.produce(
+                sampled_topic,
+                key=b"default",
+                value=garbage(rng),
+                headers=[(CASE_HEADER, b"sampled")],
+            )
+        counted = rng.randbytes(16)
+        pipeline.producer.produce(
+            sampled_topic,
+            key=b"default",
+            value=valid(counted),
+            headers=[("caudal-span-count", b"not a number")],
+        )
+        expected[counted.hex()] = 3
         pipeline.flush()
 
         wanted = sum(count for count, _ in bad.values()) + forged_garbage
