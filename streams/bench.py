@@ -67,16 +67,21 @@ def _messages(traces: int, spans: int) -> list[bytes]:
     return out
 
 
-def _raw_floor(bootstrap: str, topic: str, expect: int) -> tuple[float, int]:
-    """Consume a topic from the start, parse each message and touch every span: spans/s."""
-    consumer = Consumer(
+def _reader(bootstrap: str, name: str) -> Consumer:
+    """A consumer that reads topics from their start and commits nothing."""
+    return Consumer(
         {
             "bootstrap.servers": bootstrap,
-            "group.id": f"bench-floor-{uuid.uuid4().hex[:6]}",
+            "group.id": f"{name}-{uuid.uuid4().hex[:6]}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
         }
     )
+
+
+def _raw_floor(bootstrap: str, topic: str, expect: int) -> tuple[float, int]:
+    """Consume a topic from the start, parse each message and touch every span: spans/s."""
+    consumer = _reader(bootstrap, "bench-floor")
     consumer.subscribe([topic])
     seen = spans = 0
     started = None
@@ -401,14 +406,7 @@ def _big_phase(
 
 def _big_exported(bootstrap: str, topic: str, big_id: bytes) -> dict[str, float]:
     """Spans of the huge trace on the backend topic, its records and the largest record."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"big-reader-{uuid.uuid4().hex[:6]}",
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": True,
-        }
-    )
+    consumer = _reader(bootstrap, "big-reader")
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
     spans = records = largest = 0

@@ -358,13 +358,6 @@ class Decider:
     def _dead_letter(
         self, key: bytes, value: bytes, reason: str, detail: str, batch: DecidedBatch | None
     ) -> None:
-        def on_delivery(err: object, _msg: object) -> None:
-            if err is not None:
-                if batch is not None:
-                    batch.failed.add(key)
-                else:
-                    self.failures.failed("dead_letter")
-
         send_dead_letter(
             self.producer,
             self.dlq_topic,
@@ -374,8 +367,23 @@ class Decider:
             key=key_tenant(key).encode(),
             headers=[("caudal-dlq-trace-id", key_trace_id(key).hex().encode())],
             max_bytes=self.max_message_bytes,
-            on_delivery=on_delivery,
+            on_delivery=self._on_delivery(key, batch, "dead_letter"),
         )
+
+    def _on_delivery(
+        self, key: bytes, batch: DecidedBatch | None, kind: str
+    ) -> Callable[[object, object], None]:
+        """A delivery callback: a failure retries the decision of `batch`, or (outside a
+        decision) is counted and refuses the next commit."""
+
+        def on_delivery(err: object, _msg: object) -> None:
+            if err is not None:
+                if batch is not None:
+                    batch.failed.add(key)
+                else:
+                    self.failures.failed(kind)
+
+        return on_delivery
 
     def settle_recovered(
         self,
@@ -475,13 +483,7 @@ class Decider:
         as many records as `max_message_bytes` needs."""
         tenant = key_tenant(key).encode()
 
-        def on_delivery(err: object, _msg: object) -> None:
-            if err is not None:
-                if batch is not None:
-                    batch.failed.add(key)
-                else:
-                    self.failures.failed("sampled")
-
+        on_delivery = self._on_delivery(key, batch, "sampled")
         budget = self.max_message_bytes - RECORD_MARGIN - len(tenant) - len(SPAN_COUNT_HEADER) - 12
         value = request.SerializeToString()
         if len(value) <= budget:
