@@ -54,7 +54,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run one worker."""
-    from streams.app import run_worker
+    from streams.worker import run_worker
 
     path = Path(args.config) if args.config else None
     settings = _settings(args)
@@ -73,7 +73,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     """Run the OTLP ingest gateway."""
-    from streams.ingest import run_ingest
+    from streams.ingest.gateway import run_ingest
 
     settings = _settings(args, read_tokens=True)
     if args.metrics_port is not None:
@@ -85,7 +85,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_broker(args: argparse.Namespace) -> int:
     """Run the local development broker until Ctrl-C or SIGTERM."""
-    from streams.broker import LocalBroker
+    from streams.devtools.broker import LocalBroker
 
     broker = LocalBroker(port=args.port).start()
     print(f"tansu broker listening; bootstrap servers: {broker.bootstrap}", flush=True)
@@ -105,8 +105,13 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Write synthetic OTLP traffic to the input topic."""
-    from streams.generate import GeneratorOptions, GroundTruth, parse_experiment, run_generator
-    from streams.kafka import ensure_topics, make_producer
+    from streams.devtools.generate import (
+        GeneratorOptions,
+        GroundTruth,
+        parse_experiment,
+        run_generator,
+    )
+    from streams.kafka.clients import ensure_topics, make_producer
 
     try:
         experiment = parse_experiment(args.experiment) if args.experiment else None
@@ -161,7 +166,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def _parse_mix(text: str) -> dict[str, float]:
     """`error=0.05,slow=0.05,...` → weights per trace kind."""
-    from streams.generate import DEFAULT_MIX
+    from streams.devtools.generate import DEFAULT_MIX
 
     if not text:
         return dict(DEFAULT_MIX)
@@ -184,14 +189,14 @@ def _parse_mix(text: str) -> dict[str, float]:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Broker, worker, traffic and a live summary, all local."""
-    from streams.demo import run_demo
+    from streams.devtools.demo import run_demo
 
     return run_demo(duration=args.duration, output=args.output)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Measure the worker end to end against the raw consume+parse floor."""
-    from streams.bench import run_bench, run_big_trace_bench
+    from streams.devtools.bench import run_bench, run_big_trace_bench
 
     if args.big_trace:
         return run_big_trace_bench(
@@ -212,8 +217,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_decide(args: argparse.Namespace) -> int:
     """Decide captured traces offline and print one JSON line per trace."""
-    from streams.dryrun import decide_inputs
-    from streams.otlp import BadInput
+    from streams.devtools.dryrun import decide_inputs
+    from streams.wire.otlp import BadInput
 
     settings = _settings(args)
     inputs = []
@@ -350,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # one readable line instead of a traceback
-        from streams.broker import BrokerError
+        from streams.devtools.broker import BrokerError
 
         if isinstance(exc, BrokerError | OSError):
             print(f"caudal {args.command}: {exc}", file=sys.stderr)

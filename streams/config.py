@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from policies import PolicyConfigError, PolicyEngine, build_engine
-from streams.tracekey import tenant_problem
+from streams.wire.tracekey import tenant_problem
 
 __all__ = [
     "ConfigError",
@@ -272,7 +272,7 @@ class HealthConfig(_Model):
 
 
 class DegradationConfig(_Model):
-    """Load shedding in announced levels under sustained pressure (see streams.degrade)."""
+    """Load shedding in announced levels under sustained pressure (see streams.pipeline.degrade)."""
 
     enabled: bool = True
     max_level: int = Field(default=4, ge=0, le=4)

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from streams.broker import LocalBroker
+from streams.devtools.broker import LocalBroker
 
 
 @pytest.fixture(scope="session")

@@ -36,8 +36,8 @@ _KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset", "by", "without",
 def known_series() -> frozenset[str]:
     """Every series name the worker and the gateway export (histogram series included), read
     from the metrics their code registers, plus what Prometheus adds itself."""
-    import streams.app  # noqa: F401  (metrics register when their modules are imported)
-    import streams.ingest  # noqa: F401
+    import streams.ingest.gateway  # noqa: F401
+    import streams.worker  # noqa: F401  (metrics register when their modules are imported)
 
     names: set[str] = set()
     for family in REGISTRY.collect():

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streams.broker import LocalBroker
+from streams.devtools.broker import LocalBroker
 from tests.faults.traffic import Tally, Traffic, read_backend, tally
 from tests.integration.harness import Pipeline, WorkerProcess, wait_for
 

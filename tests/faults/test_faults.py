@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import LocalBroker
+from streams.devtools.broker import LocalBroker
 from tests.faults.scenario import Scenario, Step
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from streams.broker import LocalBroker
+from streams.devtools.broker import LocalBroker
 from tests.faults.traffic import PARTS, SPANS, _request, _trace
 from tests.integration.harness import Pipeline, WorkerProcess, wait_for
 

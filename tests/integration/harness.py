@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 from confluent_kafka import Consumer, Producer
 
-from streams.broker import LocalBroker, free_port
-from streams.demo import read_metrics, start_worker, stop_process
+from streams.devtools.broker import LocalBroker, free_port
+from streams.devtools.demo import read_metrics, start_worker, stop_process
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:

@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from streams.broker import free_port
-from streams.demo import read_metrics, stop_process
+from streams.devtools.broker import free_port
+from streams.devtools.demo import read_metrics, stop_process
 
 
 class IngestProcess:

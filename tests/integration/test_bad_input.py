@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from streams.broker import LocalBroker
-from streams.kafka import DLQ_PART_HEADER, DLQ_REASON_HEADER
-from streams.origin import pack_origins
-from streams.otlp import pack_index
-from streams.split import partition_for
+from streams.devtools.broker import LocalBroker
+from streams.kafka.dead_letters import DLQ_PART_HEADER, DLQ_REASON_HEADER
+from streams.wire.origin import pack_origins
+from streams.wire.otlp import pack_index
+from streams.wire.records import partition_for
 from tests.integration.bad_input import (
     CASE_HEADER,
     deep_json,

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from streams.broker import LocalBroker
-from streams.generate import GeneratorOptions, run_generator
-from streams.kafka import DLQ_REASON_HEADER
-from streams.otlp import BadInput, decode_request, split_by_trace
+from streams.devtools.broker import LocalBroker
+from streams.devtools.generate import GeneratorOptions, run_generator
+from streams.kafka.dead_letters import DLQ_REASON_HEADER
+from streams.wire.otlp import BadInput, decode_request, split_by_trace
 from tests.integration.harness import Pipeline, wait_for
 from tests.integration.sdk_traces import SdkTraces, encode
 

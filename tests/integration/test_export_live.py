@@ -11,8 +11,8 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from streams.broker import LocalBroker
-from streams.generate import build_trace
+from streams.devtools.broker import LocalBroker
+from streams.devtools.generate import build_trace
 from tests.httpbackend import HttpBackend
 from tests.integration.harness import Pipeline, wait_for
 

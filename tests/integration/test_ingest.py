@@ -18,8 +18,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from streams.broker import LocalBroker
-from streams.generate import build_trace
+from streams.devtools.broker import LocalBroker
+from streams.devtools.generate import build_trace
 from tests.integration.harness import Pipeline, wait_for
 from tests.integration.ingest_harness import IngestProcess
 from tests.integration.sdk_traces import SdkTraces
@@ -205,7 +205,7 @@ def test_broker_outage_answers_503_and_loses_nothing(tmp_path: Path) -> None:
     import threading
     import time
 
-    from streams.broker import LocalBroker, free_port
+    from streams.devtools.broker import LocalBroker, free_port
 
     port = free_port()
     broker = LocalBroker(port=port, log_path=tmp_path / "tansu.log").start()
@@ -264,7 +264,7 @@ def test_overload_is_throttled_and_every_accepted_span_is_in_kafka(
     import threading
     import time
 
-    from streams.broker import LocalBroker  # noqa: F401 (type only)
+    from streams.devtools.broker import LocalBroker  # noqa: F401 (type only)
 
     pipeline = Pipeline(broker, tmp_path)
     gateway = IngestProcess(

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import LocalBroker
-from streams.generate import GeneratorOptions, GroundTruth, parse_experiment, run_generator
+from streams.devtools.broker import LocalBroker
+from streams.devtools.generate import GeneratorOptions, GroundTruth, parse_experiment, run_generator
 from tests.integration.harness import Pipeline, wait_for
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from streams.broker import LocalBroker
-from streams.kafka import DLQ_PART_HEADER, record_size
+from streams.devtools.broker import LocalBroker
+from streams.kafka.dead_letters import DLQ_PART_HEADER
+from streams.wire.records import record_size
 from tests.integration.bad_input import garbage, request, span
 from tests.integration.harness import Pipeline, wait_for
 from tests.integration.test_bad_input import spans_exported

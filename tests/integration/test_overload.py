@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import LocalBroker
+from streams.devtools.broker import LocalBroker
 from tests.integration.harness import Pipeline, wait_for
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ import pytest
 from opentelemetry import trace as trace_api
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from streams.broker import LocalBroker
+from streams.devtools.broker import LocalBroker
 from tests.integration.harness import Pipeline, wait_for
 from tests.integration.sdk_traces import SdkTraces, encode
 

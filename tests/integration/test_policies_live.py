@@ -14,8 +14,8 @@ import pytest
 import yaml
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
-from streams.broker import LocalBroker
-from streams.otlp import request_to_json
+from streams.devtools.broker import LocalBroker
+from streams.wire.otlp import request_to_json
 from tests.integration.harness import Pipeline, wait_for
 from tests.integration.sdk_traces import SdkTraces, encode
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.broker import LocalBroker, free_port
+from streams.devtools.broker import LocalBroker, free_port
 from tests.integration.harness import Pipeline, WorkerProcess, wait_for
 from tests.integration.sdk_traces import SdkTraces, encode
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import LocalBroker
+from streams.devtools.broker import LocalBroker
 from tests.integration.harness import Pipeline, wait_for
 from tests.integration.sdk_traces import SdkTraces, encode
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import LocalBroker
+from streams.devtools.broker import LocalBroker
 from tests.integration.bad_input import request, span
 from tests.integration.harness import Pipeline, wait_for
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from streams.broker import BrokerError, find_tansu
 from streams.cli import main
+from streams.devtools.broker import BrokerError, find_tansu
 
 
 def test_missing_binary_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from streams.buffer import TraceBuffer
-from streams.decide import DecisionCache, Remembered
-from streams.origin import NO_ORIGIN, origin, pack_origins
-from streams.tracekey import trace_key
+from streams.pipeline.buffer import TraceBuffer
+from streams.pipeline.decide import DecisionCache, Remembered
+from streams.wire.origin import NO_ORIGIN, origin, pack_origins
+from streams.wire.tracekey import trace_key
 
 
 class MemoryStore:

@@ -80,7 +80,7 @@ def test_valid_file_passes(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
 
 
 def test_tenant_policy_sets_replace_or_extend(tmp_path: Path) -> None:
-    from streams.decide import PolicySets
+    from streams.pipeline.decide import PolicySets
 
     path = tmp_path / "c.yaml"
     path.write_text(

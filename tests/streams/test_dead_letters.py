@@ -6,8 +6,9 @@ import logging
 
 import pytest
 
-from streams import kafka
-from streams.kafka import DLQ_REASON_HEADER, send_dead_letter
+from streams.kafka import dead_letters
+from streams.kafka.dead_letters import DLQ_REASON_HEADER, send_dead_letter
+from streams.wire import records
 
 
 class FakeProducer:
@@ -21,9 +22,11 @@ class FakeProducer:
 def test_headers_and_a_bounded_number_of_log_lines(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(kafka, "_DEAD_LETTER_LOG", kafka._LogBudget(burst=10, period=10.0))
+    monkeypatch.setattr(
+        dead_letters, "_DEAD_LETTER_LOG", dead_letters._LogBudget(burst=10, period=10.0)
+    )
     producer = FakeProducer()
-    with caplog.at_level(logging.WARNING, logger="streams.kafka"):
+    with caplog.at_level(logging.WARNING, logger="streams.kafka.dead_letters"):
         for offset in range(25):
             send_dead_letter(
                 producer,  # type: ignore[arg-type]
@@ -43,7 +46,7 @@ def test_headers_and_a_bounded_number_of_log_lines(
 
 
 def test_the_budget_refills_and_reports_what_it_skipped() -> None:
-    budget = kafka._LogBudget(burst=2, period=10.0)
+    budget = dead_letters._LogBudget(burst=2, period=10.0)
     assert [budget.allow(0.0) for _ in range(5)] == [True, True, False, False, False]
     assert budget.allow(10.0)
     assert budget.take_suppressed() == 3
@@ -67,7 +70,7 @@ def test_a_value_too_large_for_one_record_goes_in_parts() -> None:
     assert b"".join(p["value"] for p in parts) == value  # type: ignore[misc]
     for i, part in enumerate(parts):
         headers = dict(part["headers"])  # type: ignore[arg-type]
-        assert headers[kafka.DLQ_PART_HEADER] == f"{i + 1}/5".encode()
+        assert headers[dead_letters.DLQ_PART_HEADER] == f"{i + 1}/5".encode()
         assert headers["original"] == b"h"
-        size = kafka.record_size(None, part["value"], part["headers"])  # type: ignore[arg-type]
-        assert size <= 64 * 1024 - kafka.RECORD_MARGIN
+        size = records.record_size(None, part["value"], part["headers"])  # type: ignore[arg-type]
+        assert size <= 64 * 1024 - records.RECORD_MARGIN

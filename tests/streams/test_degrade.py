@@ -11,8 +11,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Status
 from policies import TraceView
 from policies.builtin.probabilistic import Probabilistic, ProbabilisticConfig
 from streams.config import DegradationConfig
-from streams.degrade import Degradation, LagClock, Pressure, shed_fragment
-from streams.generate import build_trace
+from streams.devtools.generate import build_trace
+from streams.pipeline.degrade import Degradation, LagClock, Pressure, shed_fragment
 
 CALM = Pressure(lag_seconds=0.5, buffer_fill=0.1)
 LAGGING = Pressure(lag_seconds=60, buffer_fill=0.1)
@@ -156,7 +156,7 @@ def test_shed_keeps_every_error_span_with_probability_one() -> None:
 def test_consumer_lag_series_follow_the_assignment() -> None:
     from prometheus_client import REGISTRY
 
-    from streams.metrics import set_consumer_lag
+    from streams.ops.metrics import set_consumer_lag
 
     def series(topic: str) -> dict[str, float]:
         return {

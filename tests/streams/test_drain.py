@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from streams.app import Drain
+from streams.worker import Drain
 
 
 class FakeHealth:

@@ -8,7 +8,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
 from prometheus_client import REGISTRY
 
 from streams.config import ExperimentsConfig
-from streams.experiments import ExperimentMeter
+from streams.ops.experiments import ExperimentMeter
 
 
 def kv(key: str, value: str) -> KeyValue:

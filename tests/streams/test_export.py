@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from streams.backends import FileBackend, OtlpHttpBackend, PermanentError, RetryableError
 from streams.config import CircuitBreakerConfig, ExporterConfig
-from streams.export import CircuitBreaker
-from streams.generate import build_trace
+from streams.devtools.generate import build_trace
+from streams.export.backends import FileBackend, OtlpHttpBackend, PermanentError, RetryableError
+from streams.export.loop import CircuitBreaker
 from tests.httpbackend import HttpBackend
 
 
@@ -67,7 +67,7 @@ def test_other_4xx_are_permanent_with_body(backend: HttpBackend, status: int) ->
 
 
 def test_connection_refused_is_retryable() -> None:
-    from streams.broker import free_port
+    from streams.devtools.broker import free_port
 
     with pytest.raises(RetryableError):
         http(f"http://127.0.0.1:{free_port()}", timeout=2).write("acme", [payload(1)])
@@ -105,7 +105,7 @@ def test_file_backend_rotates_and_keeps_max_files(tmp_path: Path) -> None:
 
 
 def test_every_tenant_has_a_file_of_its_own() -> None:
-    from streams.backends import file_name
+    from streams.export.backends import file_name
 
     names = ["a/b", "a_b", "a.b", "a b", "../etc", "é" * 127, "é" * 126 + "x"]
     files = [file_name(n) for n in names]

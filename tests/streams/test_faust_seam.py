@@ -11,8 +11,8 @@ from pathlib import Path
 import faust
 import pytest
 
-from streams import faust_seam
-from streams.faust_seam import FaustSeamError
+from streams.kafka import faust_seam
+from streams.kafka.faust_seam import FaustSeamError
 
 
 def make_app(tmp_path: Path) -> faust.App:

@@ -8,9 +8,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
-from streams.origin import origin
-from streams.otlp import split_request
-from streams.split import fit_fragments
+from streams.wire.origin import origin
+from streams.wire.otlp import split_request
+from streams.wire.records import fit_fragments
 
 
 def big_request(sizes: list[list[int]]) -> ExportTraceServiceRequest:

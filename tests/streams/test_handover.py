@@ -9,15 +9,15 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
-from streams.buffer import TraceBuffer
 from streams.config import Settings
-from streams.decide import Decider, DecisionCache, PolicySets
-from streams.handover import DecisionTick, Handover, Lease, LeaseLapsed, Ownership
-from streams.metrics import PARTITION_RECOVERY
-from streams.progress import PartitionClock, encode_claims
-from streams.route import TenantRoutes
-from streams.state import PartitionNotOwned
-from streams.tracekey import trace_key
+from streams.kafka.state import PartitionNotOwned
+from streams.ops.metrics import PARTITION_RECOVERY
+from streams.pipeline.buffer import TraceBuffer
+from streams.pipeline.decide import Decider, DecisionCache, PolicySets
+from streams.pipeline.handover import DecisionTick, Handover, Lease, LeaseLapsed, Ownership
+from streams.pipeline.progress import PartitionClock, encode_claims
+from streams.pipeline.route import TenantRoutes
+from streams.wire.tracekey import trace_key
 from tests.streams.test_buffer import MemoryStore
 
 SETTINGS = Settings.model_validate(

@@ -9,7 +9,7 @@ from faust.auth import GSSAPICredentials, SASLCredentials, SSLCredentials
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from streams.config import ConfigError
-from streams.kafka import faust_credentials
+from streams.kafka.clients import faust_credentials
 
 SSL_KEY = "kafka.security.ssl"
 

@@ -7,12 +7,14 @@ import logging
 import logging.config
 
 from streams.config import LoggingConfig
-from streams.logs import JsonFormatter, TextFormatter, logging_dict_config
+from streams.ops.logs import JsonFormatter, TextFormatter, logging_dict_config
 
 
 def record(msg: str, *args: object, **extra: object) -> logging.LogRecord:
-    logger = logging.getLogger("streams.decide")
-    rec = logger.makeRecord("streams.decide", logging.WARNING, __file__, 1, msg, args, None)
+    logger = logging.getLogger("streams.pipeline.decide")
+    rec = logger.makeRecord(
+        "streams.pipeline.decide", logging.WARNING, __file__, 1, msg, args, None
+    )
     for key, value in extra.items():
         setattr(rec, key, value)
     return rec
@@ -52,7 +54,7 @@ def test_text_lines_are_key_value() -> None:
 
 def test_dict_config_selects_the_formatter_and_level() -> None:
     config = logging_dict_config(LoggingConfig(format="json", level="warning"))
-    assert config["formatters"]["caudal"]["()"] == "streams.logs.JsonFormatter"
+    assert config["formatters"]["caudal"]["()"] == "streams.ops.logs.JsonFormatter"
     assert config["root"]["level"] == "WARNING"
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level

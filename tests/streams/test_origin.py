@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.origin import add_origin, covers, decode_origins, origin, pack_origins
+from streams.wire.origin import add_origin, covers, decode_origins, origin, pack_origins
 
 # Per input partition, offsets arrive in order; copies replay a suffix of what was applied.
 deliveries = st.lists(

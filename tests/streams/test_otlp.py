@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
-from streams.generate import build_trace
-from streams.otlp import (
+from streams.devtools.generate import build_trace
+from streams.wire.otlp import (
     BadInput,
     decode_request,
     fragments_of,

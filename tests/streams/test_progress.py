@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from streams.progress import (
+from streams.pipeline.progress import (
     DirectClock,
     PartitionClock,
     SplitProgress,

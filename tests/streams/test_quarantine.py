@@ -9,13 +9,15 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-from streams.buffer import TraceBuffer
 from streams.config import Settings
-from streams.decide import DEAD_LETTER_POLICY, Decider, DecisionCache, PolicySets
-from streams.health import ExportOutcomes, Health, Supervised
-from streams.kafka import DLQ_REASON_HEADER, RECORD_MARGIN, SPAN_COUNT_HEADER, record_size
-from streams.route import TenantRoutes
-from streams.tracekey import trace_key
+from streams.kafka.clients import SPAN_COUNT_HEADER
+from streams.kafka.dead_letters import DLQ_REASON_HEADER
+from streams.ops.health import ExportOutcomes, Health, Supervised
+from streams.pipeline.buffer import TraceBuffer
+from streams.pipeline.decide import DEAD_LETTER_POLICY, Decider, DecisionCache, PolicySets
+from streams.pipeline.route import TenantRoutes
+from streams.wire.records import RECORD_MARGIN, record_size
+from streams.wire.tracekey import trace_key
 from tests.streams.test_buffer import MemoryStore
 
 SETTINGS = Settings.model_validate({"policies": [{"name": "all", "type": "always_sample"}]})

@@ -10,8 +10,8 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span
 
 from streams.config import RedactionConfig, validate_mapping
-from streams.redact import MASK, Redactor
-from streams.route import TenantResolver, TenantRoutes, TokenBucket, parse_baggage
+from streams.pipeline.redact import MASK, Redactor
+from streams.pipeline.route import TenantResolver, TenantRoutes, TokenBucket, parse_baggage
 
 
 def kv(key: str, value: str) -> KeyValue:

@@ -9,10 +9,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from streams.config import Settings
-from streams.kafka import INDEX_HEADER, ORIGIN_HEADER
-from streams.origin import decode_origins, origin
-from streams.progress import decode_claims
-from streams.split import SplitStage
+from streams.kafka.clients import INDEX_HEADER, ORIGIN_HEADER
+from streams.pipeline.progress import decode_claims
+from streams.pipeline.split import SplitStage
+from streams.wire.origin import decode_origins, origin
 
 
 class Message:

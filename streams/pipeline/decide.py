@@ -22,18 +22,11 @@ from confluent_kafka import KafkaException
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from policies import Decision, PolicyEngine, TraceView
-from streams.buffer import BufferedTrace, Pending, TraceBuffer, Unreadable
 from streams.config import Settings
-from streams.degrade import DEGRADED_POLICY, DEGRADED_SPANS, shed_fragment
-from streams.kafka import (
-    DEFAULT_MAX_MESSAGE_BYTES,
-    RECORD_MARGIN,
-    SPAN_COUNT_HEADER,
-    DeliveryFailures,
-    produce,
-    send_dead_letter,
-)
-from streams.metrics import (
+from streams.kafka.clients import SPAN_COUNT_HEADER, DeliveryFailures, produce
+from streams.kafka.dead_letters import send_dead_letter
+from streams.kafka.state import TableStore
+from streams.ops.metrics import (
     DECISION_LAG,
     DECISIONS,
     LATE_SPANS,
@@ -42,11 +35,13 @@ from streams.metrics import (
     TRACES_WITHOUT_ROOT,
     UNKNOWN_TENANT_DROPS,
 )
-from streams.origin import ENTRY_BYTES, add_origin, covers
-from streams.otlp import annotate_kept, span_count, split_request
-from streams.route import TenantRoutes
-from streams.state import TableStore
-from streams.tracekey import key_tenant, key_trace_id, parse_key
+from streams.pipeline.buffer import BufferedTrace, Pending, TraceBuffer, Unreadable
+from streams.pipeline.degrade import DEGRADED_POLICY, DEGRADED_SPANS, shed_fragment
+from streams.pipeline.route import TenantRoutes
+from streams.wire.origin import ENTRY_BYTES, add_origin, covers
+from streams.wire.otlp import annotate_kept, span_count, split_request
+from streams.wire.records import DEFAULT_MAX_MESSAGE_BYTES, RECORD_MARGIN
+from streams.wire.tracekey import key_tenant, key_trace_id, parse_key
 
 __all__ = ["DEAD_LETTER_POLICY", "DecisionCache", "Decider", "PolicySets", "Remembered"]
 
@@ -66,7 +61,7 @@ class Remembered:
     policy: str
     probability: float
     tenant: str
-    # The origins (streams.origin) of the spans the trace held: a fragment they cover is a
+    # The origins (streams.wire.origin) of the spans the trace held: a fragment they cover is a
     # copy of one already decided, not a late span.
     origins: bytes = b""
 
@@ -261,8 +256,8 @@ class Decider:
     ) -> DecidedBatch:
         """Decide traces whose window closed and produce the kept ones (not yet flushed).
 
-        A window closes on the partition's `clock` (streams.progress; `now` without one); only
-        traces of `partitions` are decided (every buffered one when empty).
+        A window closes on the partition's `clock` (streams.pipeline.progress; `now` without
+        one); only traces of `partitions` are decided (every buffered one when empty).
         """
         batch = DecidedBatch()
         due = self.buffer.pop_due(clock if clock is not None else now, limit, partitions)
@@ -435,7 +430,7 @@ class Decider:
             LATE_SPANS.labels("dropped").inc(spans)
 
     def shed(self, key: bytes, fragment: bytes, percentage: float, now: float) -> None:
-        """Degraded mode: decide a fragment of a new trace on arrival (see streams.degrade)."""
+        """Degraded mode: decide a fragment of a new trace on arrival (streams.pipeline.degrade)."""
         tenant = key_tenant(key)
         result = shed_fragment(key_trace_id(key), fragment, percentage)
         if result.dropped_spans:
@@ -460,8 +455,8 @@ class Decider:
         """After the flush: persist decisions and free the buffer; retry what failed."""
         retry = []
         for key, entry, remembered in batch.items:
-            # Not acknowledged, or this worker's lease lapsed meanwhile (streams.handover): the
-            # trace stays in the table and is decided again by whoever owns it.
+            # Not acknowledged, or this worker's lease lapsed meanwhile (streams.pipeline.handover):
+            # the trace stays in the table and is decided again by whoever owns it.
             if key in batch.failed or not writable(entry.partition):
                 self.cache.forget(key)
                 retry.append((key, entry))

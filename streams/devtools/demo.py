@@ -21,8 +21,8 @@ from pathlib import Path
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.broker import LocalBroker, free_port
-from streams.generate import GeneratorOptions, run_generator
+from streams.devtools.broker import LocalBroker, free_port
+from streams.devtools.generate import GeneratorOptions, run_generator
 
 __all__ = ["read_metrics", "run_demo", "start_worker", "stop_process"]
 
@@ -113,7 +113,7 @@ def run_demo(duration: float = 0, output: str = "./demo-output", rate: float = 2
 
     def generate() -> None:
         from streams.config import KafkaConfig
-        from streams.kafka import make_producer
+        from streams.kafka.clients import make_producer
 
         producer = make_producer(KafkaConfig(bootstrap_servers=broker.bootstrap))
 

@@ -36,14 +36,14 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from prometheus_client import Counter, Gauge, Histogram
 
 from streams.config import Settings
-from streams.health import serve_endpoints
-from streams.kafka import ensure_topics, make_producer
-from streams.logs import configure_logging
-from streams.origin import NO_ORIGIN
-from streams.otlp import BadInput, decode_request, span_count, split_by_trace
-from streams.route import TokenBucket
-from streams.split import fit_fragments, fragment_budget, partition_for
-from streams.tracekey import tenant_problem
+from streams.kafka.clients import ensure_topics, make_producer
+from streams.ops.health import serve_endpoints
+from streams.ops.logs import configure_logging
+from streams.pipeline.route import TokenBucket
+from streams.wire.origin import NO_ORIGIN
+from streams.wire.otlp import BadInput, decode_request, span_count, split_by_trace
+from streams.wire.records import fit_fragments, fragment_budget, partition_for
+from streams.wire.tracekey import tenant_problem
 
 __all__ = ["Gateway", "Refused", "run_ingest"]
 

@@ -15,91 +15,62 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import zlib
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
 from streams.config import Settings
-from streams.degrade import Degradation, LagClock
-from streams.experiments import ExperimentMeter
-from streams.health import Supervised
-from streams.kafka import (
+from streams.kafka.clients import (
     INDEX_HEADER,
     ORIGIN_HEADER,
-    RECORD_MARGIN,
     TENANT_HEADER,
     client_config,
     make_producer,
     produce,
-    record_size,
     rewind,
-    send_dead_letter,
 )
-from streams.metrics import SPANS_RECEIVED, set_consumer_lag
-from streams.origin import ENTRY_BYTES, origin, pack_origins, with_part
-from streams.otlp import (
+from streams.kafka.dead_letters import send_dead_letter
+from streams.ops.experiments import ExperimentMeter
+from streams.ops.health import Supervised
+from streams.ops.metrics import SPANS_RECEIVED, set_consumer_lag
+from streams.pipeline.degrade import Degradation, LagClock
+from streams.pipeline.progress import PROGRESS_HEADER, SplitProgress
+from streams.pipeline.route import TenantResolver
+from streams.wire.origin import ENTRY_BYTES, origin, pack_origins
+from streams.wire.otlp import (
     BadInput,
     decode_request,
     pack_index,
     span_count,
     split_by_trace,
-    split_request,
 )
-from streams.progress import PROGRESS_HEADER, SplitProgress
-from streams.route import TenantResolver
-from streams.tracekey import tenant_problem
+from streams.wire.records import (
+    RECORD_MARGIN,
+    fit_fragments,
+    fragment_budget,
+    partition_for,
+    record_size,
+)
+from streams.wire.tracekey import tenant_problem
 
 __all__ = [
     "DeadLetterSink",
     "SplitStage",
-    "fragment_budget",
-    "fit_fragments",
-    "partition_for",
+    "split_one",
     "split_messages",
-    "span_count",
 ]
 
 log = logging.getLogger(__name__)
 
-# Room kept in every caudal-spans record for its headers besides the per-fragment index and
-# origin entries (tenant, progress claims), and in every buffered fragment's changelog record
-# for its key and prefix (streams.buffer.FRAGMENT_OVERHEAD).
-_HEADER_RESERVE = 64 * 1024
 _PER_FRAGMENT = 20 + ENTRY_BYTES  # its index entry and its origin entry
 # How often each caudal-spans partition gets a record with the latest progress claims (data
 # records carry the claims of the batch before theirs).
 PROGRESS_INTERVAL = 0.2
 
 
-def partition_for(trace_id: bytes, partitions: int) -> int:
-    """The `caudal-spans` partition of a trace: the same answer in every process and release."""
-    return zlib.crc32(trace_id) % partitions
-
-
-def fragment_budget(max_message_bytes: int) -> int:
-    """The largest fragment that fits a caudal-spans record and a changelog record."""
-    return max_message_bytes - RECORD_MARGIN - _HEADER_RESERVE
-
-
-def fit_fragments(
-    blocks: list[ResourceSpans], source: int, budget: int
-) -> tuple[list[tuple[bytes, int]], ExportTraceServiceRequest | None]:
-    """One trace's spans of one input record as fragments of at most `budget` bytes, each with
-    its origin (several parts of `source` when it is too large for one); and the spans too
-    large for any record, or None."""
-    request = ExportTraceServiceRequest(resource_spans=blocks)
-    fragment = request.SerializeToString()
-    if len(fragment) <= budget:
-        return [(fragment, source)], None
-    parts, too_large = split_request(request, budget)
-    return [(value, with_part(source, i)) for i, (value, _) in enumerate(parts)], too_large
-
-
-# (trace ID, fragment, origin: the input record its spans came from, see streams.origin)
+# (trace ID, fragment, origin: the input record its spans came from, see streams.wire.origin)
 SourcedFragment = tuple[bytes, bytes, int]
 Batch = dict[tuple[int, str], list[SourcedFragment]]
 
@@ -120,7 +91,7 @@ def split_messages(
     received: dict[str, int] = defaultdict(int)
     for msg in messages:
         try:
-            split = _split_one(msg, settings, resolver, dead_letter, meter, budget)
+            split = split_one(msg, settings, resolver, dead_letter, meter, budget)
         except Exception as exc:  # a message no rule foresaw: dead-lettered, never a stall
             dead_letter(msg, "unusable_record", f"{type(exc).__name__}: {exc}"[:500])
             continue
@@ -132,7 +103,7 @@ def split_messages(
     return batch
 
 
-def _split_one(
+def split_one(
     msg: Message,
     settings: Settings,
     resolver: TenantResolver,
@@ -140,7 +111,8 @@ def _split_one(
     meter: ExperimentMeter | None,
     budget: int,
 ) -> list[tuple[tuple[int, str], str, int, list[SourcedFragment]]]:
-    """One input message's traces: (target, tenant, spans, fragments) each."""
+    """One input message's traces: (target, tenant, spans, fragments) each; what cannot be
+    used goes to `dead_letter`. The worker reading the input directly uses it too."""
     value = msg.value()
     try:
         request = decode_request(value, settings.kafka.input_encoding)
@@ -179,15 +151,24 @@ def _split_one(
 class DeadLetterSink:
     """Send unusable input messages (or the unusable part of one) to the dead-letter topic."""
 
-    def __init__(self, producer: Producer, topic: str, max_bytes: int) -> None:
+    def __init__(
+        self,
+        producer: Producer,
+        topic: str,
+        max_bytes: int,
+        on_failure: Callable[[], None] | None = None,
+    ) -> None:
         self.producer = producer
         self.topic = topic
         self.max_bytes = max_bytes
         self.failures = 0  # deliveries that failed: the batch is read again
+        self.on_failure = on_failure
 
     def _delivered(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:
             self.failures += 1
+            if self.on_failure is not None:
+                self.on_failure()
 
     def __call__(
         self,
@@ -311,7 +292,7 @@ class SplitStage(Supervised):
             self.consumer.commit(asynchronous=False)
         except KafkaException as exc:
             # A rebalance moved the partitions meanwhile: their next owner splits these records
-            # again, and the copies are recognised by their origin (streams.origin).
+            # again, and the copies are recognised by their origin (streams.wire.origin).
             log.warning("split commit failed error=%s", exc)
 
     def _rewind(self) -> None:
@@ -413,7 +394,7 @@ class SplitStage(Supervised):
 
 def _chunks(fragments: list[SourcedFragment], room: int) -> Iterable[list[SourcedFragment]]:
     """Fragments grouped into records of at most `room` bytes of value, index and origins
-    (each fragment alone fits: streams.split.fragment_budget)."""
+    (each fragment alone fits: streams.pipeline.split.fragment_budget)."""
     chunk: list[SourcedFragment] = []
     size = 0
     for frag in fragments:

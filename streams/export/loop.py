@@ -22,11 +22,12 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from streams.backends import PermanentError, RetryableError, build_backend
 from streams.config import CircuitBreakerConfig, Settings
-from streams.health import ExportOutcomes, Supervised
-from streams.kafka import client_config, send_dead_letter
-from streams.metrics import (
+from streams.export.backends import PermanentError, RetryableError, build_backend
+from streams.kafka.clients import client_config
+from streams.kafka.dead_letters import send_dead_letter
+from streams.ops.health import ExportOutcomes, Supervised
+from streams.ops.metrics import (
     CIRCUIT_OPENS,
     EXPORT_BATCHES,
     EXPORT_RETRIES,
@@ -34,7 +35,7 @@ from streams.metrics import (
     EXPORTER_STATE,
     SPANS_EXPORTED,
 )
-from streams.otlp import span_count
+from streams.wire.otlp import span_count
 
 __all__ = ["STATES", "CircuitBreaker", "ExportLoop"]
 

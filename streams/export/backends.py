@@ -24,8 +24,8 @@ from typing import Protocol
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from streams.config import ExporterConfig, KafkaConfig
-from streams.kafka import make_producer
-from streams.otlp import request_to_json
+from streams.kafka.clients import make_producer
+from streams.wire.otlp import request_to_json
 
 __all__ = [
     "Backend",

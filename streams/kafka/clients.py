@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import logging
 import ssl
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.config import ConfigError, KafkaConfig
-from streams.metrics import DEAD_LETTERS, PRODUCE_FAILURES
+from streams.ops.metrics import PRODUCE_FAILURES
 
 __all__ = [
-    "DEFAULT_MAX_MESSAGE_BYTES",
-    "DLQ_DETAIL_HEADER",
-    "DLQ_PART_HEADER",
-    "DLQ_REASON_HEADER",
     "DeliveryFailures",
-    "RECORD_MARGIN",
-    "record_size",
     "INDEX_HEADER",
     "ORIGIN_HEADER",
     "SPAN_COUNT_HEADER",
@@ -32,26 +25,15 @@ __all__ = [
     "make_producer",
     "produce",
     "rewind",
-    "send_dead_letter",
 ]
 
 log = logging.getLogger(__name__)
 
 # Record headers Caudal reads and writes.
-DLQ_REASON_HEADER = "caudal-dlq-reason"
-DLQ_DETAIL_HEADER = "caudal-dlq-detail"
-DLQ_PART_HEADER = "caudal-dlq-part"  # i/n: a value too large for one record, in parts
-DLQ_HEADERS_DROPPED = "caudal-dlq-headers-dropped"  # the original headers did not fit
-_DETAIL_CHARS = 1000
 INDEX_HEADER = "caudal-index"  # caudal-spans: (trace ID, length) of each packed fragment
 ORIGIN_HEADER = "caudal-origin"  # caudal-spans: input partition and offset of each fragment
 TENANT_HEADER = "caudal-tenant"  # caudal-spans: the tenant resolved by the split stage
 SPAN_COUNT_HEADER = "caudal-span-count"  # caudal-sampled: spans in the record
-
-# Kafka's default max.message.bytes; every record Caudal writes stays under
-# kafka.max_message_bytes, with RECORD_MARGIN left for the record batch's own framing.
-DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
-RECORD_MARGIN = 1024
 
 
 # librdkafka's own messages (connection failures and the like) go through Python logging, so
@@ -181,17 +163,10 @@ def produce(producer: Producer, topic: str, **record: Any) -> None:
             producer.poll(0.05)
 
 
-def record_size(
-    key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]
-) -> int:
-    """What a record counts against a message size limit, before RECORD_MARGIN."""
-    return len(key or b"") + len(value or b"") + sum(len(k) + len(v or b"") for k, v in headers)
-
-
 class DeliveryFailures:
     """Counts records whose delivery failed and that nothing retries (late spans, dead
     letters, degraded-mode spans): a failure refuses the next offset commit, so the input that
-    caused them is read again (streams.state.bind_to_commits)."""
+    caused them is read again (streams.kafka.state.bind_to_commits)."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -205,95 +180,6 @@ class DeliveryFailures:
         """Failures since the last call."""
         count, self.count = self.count, 0
         return count
-
-
-def send_dead_letter(
-    producer: Producer,
-    topic: str,
-    value: bytes | None,
-    *,
-    reason: str,
-    detail: str,
-    key: bytes | None = None,
-    origin: tuple[str, int, int] | None = None,
-    headers: Sequence[tuple[str, bytes]] = (),
-    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    on_delivery: Callable[[Any, Any], None] | None = None,
-) -> None:
-    """Send a message that cannot be used to the dead-letter topic, reason in its headers.
-
-    The original key, value and headers are kept so the message can be inspected and replayed;
-    `origin` is the (topic, partition, offset) it was read from. A value too large for one
-    record (`max_bytes`) is sent in parts, each with a `caudal-dlq-part` header `i/n`: join
-    their values in order to get it back.
-    """
-    out = [
-        *headers,
-        (DLQ_REASON_HEADER, reason.encode()),
-        (DLQ_DETAIL_HEADER, detail[:_DETAIL_CHARS].encode("utf-8", "replace")),
-    ]
-    if origin is not None:
-        source_topic, partition, offset = origin
-        out += [
-            ("caudal-dlq-topic", source_topic.encode()),
-            ("caudal-dlq-partition", str(partition).encode()),
-            ("caudal-dlq-offset", str(offset).encode()),
-        ]
-    if record_size(key, None, out) > max_bytes // 4:
-        # Headers that could not travel with any part of the value: keep Caudal's own.
-        out = [(k, v) for k, v in out[len(headers) :]] + [(DLQ_HEADERS_DROPPED, b"1")]
-    budget = max_bytes - RECORD_MARGIN - record_size(key, None, out) - len(DLQ_PART_HEADER) - 24
-    data = value or b""
-    if len(data) <= budget:
-        produce(producer, topic, value=value, key=key, headers=out, on_delivery=on_delivery)
-    else:
-        parts = [data[i : i + budget] for i in range(0, len(data), budget)]
-        for i, part in enumerate(parts):
-            part_headers = [*out, (DLQ_PART_HEADER, f"{i + 1}/{len(parts)}".encode())]
-            produce(
-                producer, topic, value=part, key=key, headers=part_headers, on_delivery=on_delivery
-            )
-    DEAD_LETTERS.labels(reason).inc()
-    if _DEAD_LETTER_LOG.allow(time.monotonic()):
-        where = {}
-        if origin is not None:
-            where = {"topic": origin[0], "partition": origin[1], "offset": origin[2]}
-        suppressed = _DEAD_LETTER_LOG.take_suppressed()
-        log.warning(
-            "dead letter reason=%s detail=%r%s",
-            reason,
-            detail[:200],
-            f" (and {suppressed} more not logged)" if suppressed else "",
-            extra=where,
-        )
-
-
-class _LogBudget:
-    """At most `burst` lines per `period` seconds; the rest are counted, not logged (a flood of
-    bad input must not become a flood of log lines; caudal_dead_letters_total counts all)."""
-
-    def __init__(self, burst: int, period: float) -> None:
-        self.burst = burst
-        self.period = period
-        self.window_start = float("-inf")
-        self.used = 0
-        self.suppressed = 0
-
-    def allow(self, now: float) -> bool:
-        if now - self.window_start >= self.period:
-            self.window_start, self.used = now, 0
-        if self.used < self.burst:
-            self.used += 1
-            return True
-        self.suppressed += 1
-        return False
-
-    def take_suppressed(self) -> int:
-        count, self.suppressed = self.suppressed, 0
-        return count
-
-
-_DEAD_LETTER_LOG = _LogBudget(burst=10, period=10.0)
 
 
 def rewind(consumer: Consumer, messages: Sequence[Message]) -> None:

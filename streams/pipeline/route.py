@@ -17,7 +17,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
 from streams.config import Settings
-from streams.redact import Redactor
+from streams.pipeline.redact import Redactor
 
 __all__ = ["TenantResolver", "TenantRoutes", "TokenBucket", "parse_baggage"]
 
@@ -63,7 +63,7 @@ class TenantResolver:
             if kind == "header":
                 raw = headers.get(name)
                 # Undecodable bytes stay visible (as surrogates): such a name is refused
-                # (streams.tracekey.tenant_problem), never turned into another tenant's.
+                # (streams.wire.tracekey.tenant_problem), never turned into another tenant's.
                 value = raw.decode("utf-8", "surrogateescape") if raw else None
             elif kind == "baggage":
                 if baggage is None:

@@ -2,9 +2,9 @@
 
 Buffer, decision cache and late spans are keyed by the *trace key*: the 16-byte trace ID, one
 byte of tenant-name length, then the tenant name (UTF-8). The length byte makes every key a
-unique prefix of the keys of its fragments (streams.buffer), and caps tenant names at 255 bytes:
-a longer name is refused where the tenant is resolved, never cut (a cut name could collide with
-another tenant's, or end inside a UTF-8 character).
+unique prefix of the keys of its fragments (streams.pipeline.buffer), and caps tenant names at
+255 bytes: a longer name is refused where the tenant is resolved, never cut (a cut name could
+collide with another tenant's, or end inside a UTF-8 character).
 """
 
 from __future__ import annotations

@@ -5,12 +5,12 @@ count, origins applied), in arrival order per partition; span data stays in Rock
 every trace waits the same `decision.wait`, arrival order is decision order, and an ordered dict
 per partition is the whole timer queue.
 
-Each fragment is its own key: the trace key (streams.tracekey: trace ID and tenant) followed by
+Each fragment is its own key: the trace key (streams.wire.tracekey: trace ID and tenant) followed by
 the fragment's 4-byte sequence number. Appending a fragment is one RocksDB put and one changelog
 record of that fragment's size, whatever the trace's size; the decision reads the fragments back
 in order (one multi-get) and concatenates them (protobuf merges repeated fields, see
-streams.otlp). Stored value: the fragment's time on the input's clock (8 bytes), its origin
-(streams.origin, 12 bytes), then its OTLP bytes. A fragment whose origin the trace already
+streams.wire.otlp). Stored value: the fragment's time on the input's clock (8 bytes), its origin
+(streams.wire.origin, 12 bytes), then its OTLP bytes. A fragment whose origin the trace already
 covers is a copy (a record delivered again, or an input record split again after a crash) and
 is skipped.
 
@@ -27,10 +27,17 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from streams.metrics import BUFFER_BYTES, TRACES_BUFFERED, TRACES_DECIDED_EARLY
-from streams.origin import ENTRY_BYTES, NO_ORIGIN, add_origin, covers, decode_origin, encode_origin
-from streams.state import TableStore
-from streams.tracekey import parse_key
+from streams.kafka.state import TableStore
+from streams.ops.metrics import BUFFER_BYTES, TRACES_BUFFERED, TRACES_DECIDED_EARLY
+from streams.wire.origin import (
+    ENTRY_BYTES,
+    NO_ORIGIN,
+    add_origin,
+    covers,
+    decode_origin,
+    encode_origin,
+)
+from streams.wire.tracekey import parse_key
 
 __all__ = [
     "FRAGMENT_OVERHEAD",
@@ -94,7 +101,7 @@ class TraceBuffer:
 
     A queue is in arrival order, which is deadline order since every trace waits the same
     `decision.wait`. A trace is due when its deadline has passed on its partition's clock
-    (`streams.progress`), so a partition that lags behind its input holds its traces back
+    (`streams.pipeline.progress`), so a partition that lags behind its input holds its traces back
     while the others go on; a trace past `max_trace_bytes` is due at once.
     """
 
@@ -138,7 +145,7 @@ class TraceBuffer:
     ) -> bool:
         """Add a fragment of spans to a trace, starting its decision window if it is new.
 
-        `key` is the trace key (streams.tracekey), `now` the fragment's time on the input's
+        `key` is the trace key (streams.wire.tracekey), `now` the fragment's time on the input's
         clock, `origin` where its spans entered Caudal. False when the trace already has it
         (a copy, skipped).
         """

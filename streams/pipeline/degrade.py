@@ -29,7 +29,7 @@ from prometheus_client import Counter, Gauge
 from policies.builtin.probabilistic import DEFAULT_HASH_SALT
 from policies.hashing import fnv1a_64, ratio_threshold
 from streams.config import DegradationConfig
-from streams.otlp import annotate_kept
+from streams.wire.otlp import annotate_kept
 
 __all__ = [
     "DEGRADED_POLICY",

@@ -24,8 +24,8 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, generate_latest
 
 from streams.config import Settings
-from streams.degrade import Degradation
-from streams.metrics import THREAD_FAILURES
+from streams.ops.metrics import THREAD_FAILURES
+from streams.pipeline.degrade import Degradation
 
 __all__ = [
     "HEALTH_STATES",

@@ -10,11 +10,12 @@ spends ~20 µs of Python per record, librdkafka ~2 µs, and the buffer writes se
 trace. Faust's guarantee is kept: `bind_to_commits` makes every offset commit of the source
 topic wait until the changelog records are acknowledged, as Faust's producer flush does.
 Recovery, standby replicas and rebalancing stay Faust's. All RocksDB specifics live here; the
-Faust internals it needs are in streams.faust_seam.
+Faust internals it needs are in streams.kafka.faust_seam.
 
 A partition's table is written only while this worker owns it (`writable`, from
-streams.handover.Ownership): a write to a partition that has been handed over is refused with
-PartitionNotOwned, so a late write can never overwrite what the next owner recovered.
+streams.pipeline.handover.Ownership): a write to a partition that has been handed over is
+refused with PartitionNotOwned, so a late write can never overwrite what the next owner
+recovered.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ from typing import Any
 import rocksdict
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from streams import faust_seam
-from streams.faust_seam import TP
-from streams.kafka import produce
+from streams.kafka import faust_seam
+from streams.kafka.clients import produce
+from streams.kafka.faust_seam import TP
 
 __all__ = [
     "ChangelogError",

@@ -21,11 +21,11 @@ import yaml
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from streams.broker import LocalBroker, free_port
 from streams.config import DEFAULT_POLICIES, KafkaConfig
-from streams.demo import read_metrics, start_worker, stop_process
-from streams.generate import DEFAULT_MIX, build_trace
-from streams.kafka import ensure_topics, make_producer
+from streams.devtools.broker import LocalBroker, free_port
+from streams.devtools.demo import read_metrics, start_worker, stop_process
+from streams.devtools.generate import DEFAULT_MIX, build_trace
+from streams.kafka.clients import ensure_topics, make_producer
 
 __all__ = ["bench_policies", "run_big_trace_bench", "run_bench"]
 

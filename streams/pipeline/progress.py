@@ -73,8 +73,9 @@ class SplitProgress:
     """What one split stage can vouch for, per input partition it owns (the split thread's)."""
 
     # A record stored at the broker reaches the consumer's queue within fetch.wait.max.ms
-    # (100 ms, streams.split) and a round trip. When a read returns with partitions drained, they
-    # vouch only for what was stored this long before it returned: three times that bound.
+    # (100 ms, streams.pipeline.split) and a round trip. When a read returns with partitions
+    # drained, they vouch only for what was stored this long before it returned: three times
+    # that bound.
     IDLE_MARGIN = 0.3
 
     def __init__(self, total: int = 0) -> None:

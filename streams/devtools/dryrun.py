@@ -21,9 +21,9 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
 from policies import TraceView
 from streams.config import Settings
-from streams.decide import PolicySets
-from streams.otlp import BadInput, decode_request, split_by_trace
-from streams.route import TenantResolver
+from streams.pipeline.decide import PolicySets
+from streams.pipeline.route import TenantResolver
+from streams.wire.otlp import BadInput, decode_request, split_by_trace
 
 __all__ = ["decide_inputs", "read_requests"]
 

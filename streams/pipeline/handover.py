@@ -6,13 +6,13 @@ The protocol (README, "How a partition changes hands"):
   produced; its decisions and tombstones are written) while the partitions are *draining*,
   then Faust waits for in-flight events and flushes the changelog producer, so everything this
   worker did is in the changelog before the group moves on. After that nothing of the revoked
-  partitions may be written (streams.state refuses it).
+  partitions may be written (streams.kafka.state refuses it).
 - Assignment: the queues, decisions and progress claims of partitions that went elsewhere are
   dropped; Faust closes their databases (nothing here keeps a handle) and recovers the
-  assigned ones from their changelogs, to the true end (streams.state.recover_to_true_end).
+  assigned ones from their changelogs, to the true end (streams.kafka.state.recover_to_true_end).
 - Recovered: the decision queues of newly assigned partitions are rebuilt from the table, then
-  the partitions are owned and the tick decides them, on their own clock (streams.progress):
-  a trace whose later spans are still in Kafka waits for them.
+  the partitions are owned and the tick decides them, on their own clock
+  (streams.pipeline.progress): a trace whose later spans are still in Kafka waits for them.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.buffer import TraceBuffer
-from streams.decide import Decider, DecisionCache
-from streams.metrics import PARTITION_RECOVERY, WORKER_READY
+from streams.ops.metrics import PARTITION_RECOVERY, WORKER_READY
+from streams.pipeline.buffer import TraceBuffer
+from streams.pipeline.decide import Decider, DecisionCache
 
 __all__ = ["DecisionTick", "Handover", "Lease", "LeaseLapsed", "Ownership"]
 
@@ -122,7 +122,7 @@ class DecisionTick:
     decider: Decider
     producer: Any
     ownership: Ownership
-    clock: Any  # streams.progress.PartitionClock or DirectClock
+    clock: Any  # streams.pipeline.progress.PartitionClock or DirectClock
     batch_limit: Callable[[], int]
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     flush_timeout: float = 30.0

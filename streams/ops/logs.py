@@ -1,6 +1,6 @@
 """Log lines: one per event, `text` (key=value) or `json` (one object per line).
 
-Every line carries time, level and component (the logger name without its package prefix).
+Every line carries time, level and component (the name of the module that logs).
 Code logs its fields as `key=value` in the message and, where a log processor should index
 them, passes `extra={"tenant": ..., "partition": ...}`; the JSON form puts those extras at the
 top level. Span payloads are never logged at INFO or above.
@@ -25,9 +25,10 @@ _PREFIXES = ("streams.", "policies.")
 
 
 def _component(name: str) -> str:
+    # Caudal's own modules by their name alone (`streams.pipeline.decide` -> `decide`).
     for prefix in _PREFIXES:
         if name.startswith(prefix):
-            return name[len(prefix) :]
+            return name.rsplit(".", 1)[-1]
     return name
 
 

@@ -21,48 +21,38 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from google.protobuf.message import DecodeError
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from streams import faust_seam
-from streams.buffer import TraceBuffer
 from streams.config import ConfigError, Settings, load_settings
-from streams.decide import Decider, DecisionCache, PolicySets
-from streams.degrade import Degradation, LagClock, Pressure
-from streams.experiments import ExperimentMeter
-from streams.export import ExportLoop
-from streams.handover import DecisionTick, Handover, Lease, Ownership
-from streams.health import ExportOutcomes, Health, Supervised, rss_bytes, serve_health
-from streams.kafka import (
-    INDEX_HEADER,
-    ORIGIN_HEADER,
-    TENANT_HEADER,
+from streams.export.loop import ExportLoop
+from streams.kafka import faust_seam
+from streams.kafka.clients import (
     DeliveryFailures,
     client_config,
     ensure_topics,
     faust_credentials,
     make_producer,
-    send_dead_letter,
 )
-from streams.logs import logging_dict_config
-from streams.metrics import (
+from streams.kafka.state import TableStore, bind_to_commits, recover_to_true_end
+from streams.ops.experiments import ExperimentMeter
+from streams.ops.health import ExportOutcomes, Health, Supervised, rss_bytes, serve_health
+from streams.ops.logs import logging_dict_config
+from streams.ops.metrics import (
     BUFFER_MAX_BYTES,
     BUFFER_MAX_TRACES,
     CONFIG_RELOADS,
     DECISION_WAIT,
     PARTITIONS_OWNED,
-    REDELIVERED,
-    SPANS_RECEIVED,
     TRACE_MAX_BYTES,
     set_consumer_lag,
 )
-from streams.origin import NO_ORIGIN, decode_origins, origin
-from streams.otlp import BadInput, decode_request, span_count, split_by_trace, unpack_index
-from streams.progress import PROGRESS_HEADER, DirectClock, PartitionClock
-from streams.route import TenantResolver, TenantRoutes
-from streams.split import SplitStage, fit_fragments, fragment_budget
-from streams.state import PartitionNotOwned, TableStore, bind_to_commits, recover_to_true_end
-from streams.tracekey import tenant_problem, trace_key
+from streams.pipeline.buffer import TraceBuffer
+from streams.pipeline.decide import Decider, DecisionCache, PolicySets
+from streams.pipeline.degrade import Degradation, LagClock, Pressure
+from streams.pipeline.handover import DecisionTick, Handover, Lease, Ownership
+from streams.pipeline.intake import Intake
+from streams.pipeline.progress import DirectClock, PartitionClock
+from streams.pipeline.route import TenantResolver, TenantRoutes
+from streams.pipeline.split import SplitStage
 
 __all__ = ["Drain", "Worker", "build_worker", "run_worker"]
 
@@ -126,196 +116,6 @@ class Worker:
                 log.error("worker stopped reason=%r", self.health.failure)
             log.info("worker stopped code=%d", code)
         return code
-
-
-class Intake:
-    """Per record of the buffer agent: follow remembered decisions, buffer everything else.
-
-    Nothing in a record can stop it: a record that cannot be read is dead-lettered whole, a
-    fragment that cannot be used is dead-lettered alone, and the rest of the record goes on.
-    """
-
-    def __init__(
-        self,
-        worker: Worker,
-        resolver: TenantResolver,
-        clock: PartitionClock | DirectClock,
-    ) -> None:
-        self.worker = worker
-        self.resolver = resolver
-        # A DirectClock when the worker reads the input itself (no split stage).
-        self.clock = clock
-        kafka = worker.settings.kafka
-        self.encoding = kafka.input_encoding
-        self.dlq_topic = kafka.dlq_topic
-        self.max_bytes = kafka.max_message_bytes
-        self.budget = fragment_budget(kafka.max_message_bytes)
-        # Last offset read per partition, for the consumer lag gauge.
-        self.offsets: dict[int, int] = {}
-
-    def handle(self, message: Any) -> None:
-        """Buffer one record's traces; never raises on bad data (it goes to the DLQ).
-
-        PartitionNotOwned (the lease lapsed between the agent's check and a write) is raised:
-        skipping the record would let its offset be committed without its spans.
-        """
-        now = time.time()
-        self.offsets[message.partition] = message.offset
-        if message.timestamp:
-            self.worker.lag.note(now - message.timestamp)
-        try:
-            headers = _headers(message.headers)
-            index = headers.get(INDEX_HEADER)
-            progress = headers.get(PROGRESS_HEADER)
-            if index is not None:
-                self._take_spans(message, headers, index, now)
-            elif isinstance(self.clock, DirectClock):
-                seen = min(message.timestamp or now, now)
-                self._take_input(message, headers, seen)
-                self.clock.observe(message.partition, seen)
-            elif progress is None:
-                raise BadInput("invalid_index", f"record without a {INDEX_HEADER} header")
-            if progress is not None and isinstance(self.clock, PartitionClock):
-                try:
-                    self.clock.observe(message.partition, progress)
-                except ValueError as exc:
-                    raise BadInput("invalid_progress", str(exc)) from None
-        except PartitionNotOwned:
-            raise
-        except BadInput as exc:
-            self._dead_letter(message, message.value, exc.reason, exc.detail)
-        except Exception as exc:  # a record no rule foresaw: dead-lettered, never fatal
-            self._dead_letter(message, message.value, "unusable_record", _describe(exc))
-
-    def _take_spans(
-        self, message: Any, headers: dict[str, bytes], index: bytes, now: float
-    ) -> None:
-        """A caudal-spans record: the split stage's fragments, sliced by its index."""
-        name = headers.get(TENANT_HEADER, b"")
-        try:
-            tenant = name.decode() if name else self.resolver.default
-        except UnicodeDecodeError:
-            raise BadInput("invalid_tenant", "the tenant header is not UTF-8") from None
-        problem = tenant_problem(tenant)
-        if problem is not None:
-            raise BadInput("invalid_tenant", problem)
-        fragments = list(unpack_index(message.value or b"", index))
-        origins = _origins(headers.get(ORIGIN_HEADER), len(fragments))
-        # The window starts at the record's input time (streams.progress).
-        seen = min(message.timestamp or now, now)
-        for (trace_id, fragment), source in zip(fragments, origins, strict=True):
-            self._take_fragment(message, trace_key(trace_id, tenant), fragment, seen, source)
-
-    def _take_input(self, message: Any, headers: dict[str, bytes], now: float) -> None:
-        # Reading the input topic directly (input_keyed_by_trace_id): split here, same rules.
-        request = decode_request(message.value, self.encoding)
-        meter = self.worker.meter
-        if self.worker.degradation.optional_work() and meter.may_apply(message.value):
-            meter.observe(request.resource_spans)
-        groups, invalid = split_by_trace(request)
-        if not groups and invalid is None:
-            raise BadInput("no_spans", "the request holds no spans")
-        if invalid is not None:
-            self._dead_letter(
-                message,
-                invalid.SerializeToString(),
-                "invalid_trace_id",
-                "spans without a valid 16-byte trace ID",
-            )
-        hints = self.resolver.hints(headers)
-        source = origin(message.partition, message.offset)
-        for trace_id, blocks in groups.items():
-            tenant = self.resolver.resolve(hints, blocks)
-            problem = tenant_problem(tenant)
-            if problem is not None:
-                value = ExportTraceServiceRequest(resource_spans=blocks).SerializeToString()
-                self._dead_letter(message, value, "invalid_tenant", problem)
-                continue
-            SPANS_RECEIVED.labels(self.worker.settings.tenant_label(tenant)).inc(span_count(blocks))
-            fragments, too_large = fit_fragments(blocks, source, self.budget)
-            if too_large is not None:
-                detail = f"a span larger than kafka.max_message_bytes={self.max_bytes}"
-                self._dead_letter(message, too_large.SerializeToString(), "span_too_large", detail)
-            key = trace_key(trace_id, tenant)
-            for fragment, where in fragments:
-                self._take_fragment(message, key, fragment, now, where)
-
-    def _take_fragment(
-        self, message: Any, key: bytes, fragment: bytes, now: float, source: int
-    ) -> None:
-        try:
-            self._take(message.partition, key, fragment, now, source)
-        except PartitionNotOwned:
-            raise
-        except Exception as exc:  # this fragment alone is unusable; the record goes on
-            reason = "invalid_protobuf" if isinstance(exc, DecodeError) else "unusable_fragment"
-            self._dead_letter(message, fragment, reason, _describe(exc))
-
-    def _take(self, partition: int, key: bytes, fragment: bytes, now: float, source: int) -> None:
-        worker = self.worker
-        if len(fragment) > self.budget:
-            # Only a record not written by a split stage can hold one (Caudal's own fit).
-            raise BadInput("fragment_too_large", f"a {len(fragment)}-byte fragment")
-        if not worker.buffer.holds(partition, key):
-            decided = worker.cache.get(key)
-            if decided is not None:
-                if decided.already_applied(source):
-                    REDELIVERED.inc()
-                    return
-                worker.decider.follow(key, decided, fragment)
-                worker.cache.advance(key, decided, source)
-                return
-            percentage = worker.degradation.percentage()
-            if percentage is not None:
-                # Degraded: a new trace is not buffered; its spans are decided on arrival.
-                worker.decider.shed(key, fragment, percentage, now)
-                return
-        if not worker.buffer.append(partition, key, fragment, now, source):
-            REDELIVERED.inc()
-
-    def _dead_letter(self, message: Any, value: bytes | None, reason: str, detail: str) -> None:
-        send_dead_letter(
-            self.worker.producer,
-            self.dlq_topic,
-            value,
-            reason=reason,
-            detail=detail,
-            key=message.key,
-            origin=(message.topic, message.partition, message.offset),
-            headers=_raw_headers(message.headers),
-            max_bytes=self.max_bytes,
-            on_delivery=self._delivered,
-        )
-
-    def _delivered(self, err: Any, _msg: Any) -> None:
-        if err is not None:
-            self.worker.decider.failures.failed("dead_letter")
-
-
-def _headers(raw: Any) -> dict[str, bytes]:
-    """A record's headers by name (the last of a repeated name wins)."""
-    return {str(k): bytes(v) if v is not None else b"" for k, v in raw or ()}
-
-
-def _raw_headers(raw: Any) -> list[tuple[str, bytes]]:
-    try:
-        return [(str(k), bytes(v) if v is not None else b"") for k, v in raw or ()]
-    except (TypeError, ValueError):
-        return []
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:500]
-
-
-def _origins(header: bytes | None, count: int) -> list[int]:
-    """Each fragment's origin from the `caudal-origin` header (unknown without one)."""
-    if header is None:
-        return [NO_ORIGIN] * count
-    try:
-        return decode_origins(header, count)
-    except ValueError as exc:
-        raise BadInput("invalid_origin", str(exc)) from None
 
 
 class PolicyReloader:
