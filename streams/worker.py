@@ -9,12 +9,12 @@ Data flow inside one worker process:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +34,7 @@ from streams.kafka.clients import (
 )
 from streams.kafka.state import TableStore, bind_to_commits, recover_to_true_end
 from streams.ops.experiments import ExperimentMeter
-from streams.ops.health import ExportOutcomes, Health, Supervised, rss_bytes, serve_health
+from streams.ops.health import ExportOutcomes, Health, Supervised, serve_health
 from streams.ops.logs import logging_dict_config
 from streams.ops.metrics import (
     BUFFER_MAX_BYTES,
@@ -43,13 +43,13 @@ from streams.ops.metrics import (
     DECISION_WAIT,
     PARTITIONS_OWNED,
     TRACE_MAX_BYTES,
-    set_consumer_lag,
 )
+from streams.ops.pressure import PressureMonitor
 from streams.pipeline.buffer import TraceBuffer
 from streams.pipeline.decide import Decider, DecisionCache, PolicySets
-from streams.pipeline.degrade import Degradation, LagClock, Pressure
-from streams.pipeline.handover import DecisionTick, Handover, Lease, Ownership
-from streams.pipeline.intake import Intake
+from streams.pipeline.degrade import Degradation, LagClock
+from streams.pipeline.handover import DecisionTick, Handover, Lease, Ownership, Recovery
+from streams.pipeline.intake import BufferAgent, Intake
 from streams.pipeline.progress import DirectClock, PartitionClock
 from streams.pipeline.route import TenantResolver, TenantRoutes
 from streams.pipeline.split import SplitStage
@@ -142,6 +142,14 @@ class PolicyReloader:
         except OSError:
             return 0.0
 
+    async def watch(self) -> None:
+        """The reload-policies timer."""
+        self.check()
+
+    async def listen_for_sighup(self) -> None:
+        """A task of the app: SIGHUP reloads."""
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload, "SIGHUP")
+
     def check(self) -> None:
         """Reload if the file changed since it was last read."""
         mtime = self._mtime()
@@ -184,8 +192,6 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
     """Create topics, the Faust app with its tables, agent and timers, and the worker threads."""
     faust_seam.check_faust()
     kafka = settings.kafka
-    # The same security for Faust's aiokafka clients as for the confluent-kafka ones.
-    credentials = faust_credentials(kafka.security)
     direct = kafka.input_keyed_by_trace_id
     source_topic = kafka.input_topic if direct else kafka.spans_topic
     ensure_topics(
@@ -197,10 +203,51 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
             (kafka.dlq_topic, 1),
         ],
     )
-    app = faust.App(
+    app = make_app(settings)
+    traces = app.Table("traces", partitions=kafka.partitions, key_type=bytes, value_type=bytes)
+    decisions = app.Table(
+        "decisions", partitions=kafka.partitions, key_type=bytes, value_type=bytes
+    )
+    producer = make_producer(kafka)
+    ownership = Ownership(lease=Lease(settings.worker.session_timeout))
+    stores = [TableStore(t, producer, ownership.writable) for t in (traces, decisions)]
+    decider = make_decider(settings, producer, *stores)
+    bind_to_commits(app, producer, stores, decider.failures.take)
+    outcomes = ExportOutcomes()
+    health = Health(
+        settings,
+        buffered=lambda: len(decider.buffer),
+        outcomes=outcomes,
+        config_version=config_version(config_path),
+    )
+    worker = Worker(
+        settings,
+        app,
+        decider.buffer,
+        decider.cache,
+        decider,
+        producer,
+        health,
+        health.degradation,
+        LagClock(),
+        ExperimentMeter(settings.experiments),
+    )
+    intake = _wire_partitions(worker, ownership, traces, source_topic)
+    recover_to_true_end(app, client_config(kafka), stores)
+    faust_seam.limit_fetch_wait(app, 0.2)
+    _wire_timers(worker, config_path, source_topic, intake)
+    _add_threads(worker, outcomes, direct)
+    return worker
+
+
+def make_app(settings: Settings) -> faust.App:
+    """The Faust app of the worker group (tables in RocksDB under worker.state_dir)."""
+    kafka = settings.kafka
+    return faust.App(
         kafka.group_id,
         broker=";".join(f"kafka://{s.strip()}" for s in kafka.bootstrap_servers.split(",")),
-        broker_credentials=credentials,
+        # The same security for Faust's aiokafka clients as for the confluent-kafka ones.
+        broker_credentials=faust_credentials(kafka.security),
         store="rocksdb://",
         datadir=settings.worker.state_dir,
         web_enabled=False,
@@ -213,25 +260,13 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
         producer_max_request_size=kafka.max_message_bytes,
         consumer_max_fetch_size=16 * 1024 * 1024,
     )
-    topic = app.topic(
-        source_topic,
-        partitions=kafka.partitions,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-    traces = app.Table("traces", partitions=kafka.partitions, key_type=bytes, value_type=bytes)
-    decisions = app.Table(
-        "decisions", partitions=kafka.partitions, key_type=bytes, value_type=bytes
-    )
-    decision = settings.decision
-    producer = make_producer(kafka)
-    ownership = Ownership(lease=Lease(settings.worker.session_timeout))
-    trace_store = TableStore(traces, producer, ownership.writable)
-    decision_store = TableStore(decisions, producer, ownership.writable)
-    failures = DeliveryFailures()
-    bind_to_commits(app, producer, [trace_store, decision_store], failures.take)
+
+
+def make_decider(
+    settings: Settings, producer: Any, trace_store: TableStore, decision_store: TableStore
+) -> Decider:
+    """The buffer, the decision cache and the decider over the two tables."""
+    kafka, decision = settings.kafka, settings.decision
     buffer = TraceBuffer(
         trace_store,
         decision.wait,
@@ -241,163 +276,149 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
     )
     dc = decision.decision_cache
     cache = DecisionCache(decision_store, dc.kept, dc.dropped, dc.ttl)
-    routes = TenantRoutes(settings)
-    decider = Decider(
+    BUFFER_MAX_TRACES.set(decision.max_traces)
+    BUFFER_MAX_BYTES.set(decision.max_buffer_bytes)
+    TRACE_MAX_BYTES.set(decision.max_trace_bytes)
+    DECISION_WAIT.set(decision.wait)
+    return Decider(
         PolicySets.from_settings(settings),
-        routes,
+        TenantRoutes(settings),
         buffer,
         cache,
         producer,
         kafka.sampled_topic,
         kafka.dlq_topic,
         kafka.max_message_bytes,
-        failures,
+        DeliveryFailures(),
     )
-    outcomes = ExportOutcomes()
-    health = Health(
-        settings,
-        buffered=lambda: len(buffer),
-        outcomes=outcomes,
-        config_version=config_version(config_path),
-    )
-    degradation = health.degradation
-    lag = LagClock()
-    meter = ExperimentMeter(settings.experiments)
-    worker = Worker(
-        settings, app, buffer, cache, decider, producer, health, degradation, lag, meter
-    )
+
+
+def _wire_partitions(worker: Worker, ownership: Ownership, traces: Any, topic_name: str) -> Intake:
+    """The buffer agent, the decision tick and the handover of the buffer's partitions."""
+    app, settings, decider = worker.app, worker.settings, worker.decider
+    health, kafka = worker.health, settings.kafka
     resolver = TenantResolver.from_settings(settings)
+    offsets: dict[int, int] = {}
 
     def caught_up(partition: int) -> bool:
-        end = faust_seam.highwater(app, faust_seam.TP(source_topic, partition))
-        read = intake.offsets.get(partition)
+        end = faust_seam.highwater(app, faust_seam.TP(topic_name, partition))
+        read = offsets.get(partition)
         return end is not None and (end == 0 or (read is not None and read + 1 >= end))
 
-    clock = DirectClock(caught_up) if direct else PartitionClock()
-    intake = Intake(worker, resolver, clock)
-    health.read_offsets = lambda: dict(intake.offsets)
+    clock = DirectClock(caught_up) if kafka.input_keyed_by_trace_id else PartitionClock()
+    intake = Intake(worker, resolver, clock, offsets)
+    health.read_offsets = lambda: dict(offsets)
     tick = DecisionTick(
-        decider, producer, ownership, clock, lambda: 5_000 * degradation.batch_factor()
+        decider,
+        worker.producer,
+        ownership,
+        clock,
+        lambda: 5_000 * worker.degradation.batch_factor(),
     )
-
-    def ready(partitions: frozenset[int]) -> None:
-        routes.set_share(len(partitions) / kafka.partitions)
-        PARTITIONS_OWNED.set(len(partitions))
-        health.ready = True
-        health.set_pipeline("running")
-
-    def unready() -> None:
-        health.ready = False
-        PARTITIONS_OWNED.set(0)
-
-    async def commit(offsets: dict[int, int]) -> bool:
-        return await faust_seam.commit_processed(app, source_topic, offsets)
-
+    readiness = Readiness(health, decider.routes, kafka.partitions)
     handover = Handover(
-        ownership, tick, buffer, cache, clock, ready, unready, lambda: intake.offsets, commit
+        ownership,
+        tick,
+        decider.buffer,
+        decider.cache,
+        clock,
+        readiness.ready,
+        readiness.unready,
+        lambda: offsets,
+        functools.partial(faust_seam.commit_processed, app, topic_name),
     )
     faust_seam.run_before_revoke(app, handover.before_revoke, handover.after_revoke)
-    recover_to_true_end(app, client_config(kafka), [trace_store, decision_store])
-    faust_seam.limit_fetch_wait(app, 0.2)
-    BUFFER_MAX_TRACES.set(decision.max_traces)
-    BUFFER_MAX_BYTES.set(decision.max_buffer_bytes)
-    TRACE_MAX_BYTES.set(decision.max_trace_bytes)
-    DECISION_WAIT.set(decision.wait)
+    recovery = Recovery(app, handover, ownership, topic_name)
+    app.on_partitions_assigned.connect(recovery.on_assigned)
+    traces.on_recover(recovery.on_recovered)
+    topic = app.topic(
+        topic_name,
+        partitions=kafka.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    app.agent(topic, name="buffer-spans")(BufferAgent(intake, ownership).consume)
+    app.timer(settings.decision.tick, name="decide-due")(DecisionTimer(tick, health).run)
+    return intake
 
-    @app.agent(topic, name="buffer-spans")
-    async def buffer_spans(stream: Any) -> None:
-        async for event in stream.events():
-            if not ownership.leased():
-                await ownership.wait_leased()
-            intake.handle(event.message)
 
-    @app.timer(decision.tick, name="decide-due")
-    async def decide_due() -> None:
-        health.beat()
-        await tick()
-
-    @app.on_partitions_assigned.connect
-    async def on_assigned(app: Any, assigned: Any, **kwargs: Any) -> None:
-        # The group has just confirmed the membership; heartbeats renew the lease from here.
-        lease = ownership.lease
-        if lease is not None:
-            lease.renew(time.monotonic())
-            if not faust_seam.watch_heartbeats(app, lease.renew):
-                log.warning("heartbeats cannot be watched: worker runs without its lease")
-                ownership.lease = None
-        handover.assigned(frozenset(faust_seam.assigned_actives(app, source_topic)))
-
-    @traces.on_recover
-    async def on_recovered() -> None:
-        try:
-            handover.recovered(frozenset(faust_seam.assigned_actives(app, source_topic)))
-        except Exception as exc:
-            # Faust drops exceptions raised in recovery callbacks; without this the worker
-            # would report ready and never decide anything.
-            log.exception("buffer recovery failed")
-            await app.crash(exc)
-
+def _wire_timers(
+    worker: Worker, config_path: Path | None, source_topic: str, intake: Intake
+) -> None:
+    """Health, pressure, the SIGTERM drain and (with a config file) policy reloads."""
+    app, settings, health = worker.app, worker.settings, worker.health
+    monitor = PressureMonitor(
+        app,
+        source_topic,
+        lambda: intake.offsets,
+        health,
+        worker.degradation,
+        worker.lag,
+        lambda: len(worker.buffer),
+        settings.decision.max_traces,
+        settings.health.memory_limit,
+    )
+    app.timer(5.0, name="evaluate-health")(monitor.evaluate_health)
+    app.timer(settings.degradation.check_interval, name="check-pressure")(monitor.check_pressure)
+    drain = Drain(health, worker.stop_input, settings.shutdown.grace)
+    app.on_before_shutdown.connect(drain.on_shutdown)
     if config_path is not None:
-        reloader = PolicyReloader(config_path, decider, settings, health)
+        reloader = PolicyReloader(config_path, worker.decider, settings, health)
+        app.timer(2.0, name="reload-policies")(reloader.watch)
+        app.task(reloader.listen_for_sighup)
 
-        @app.timer(2.0, name="reload-policies")
-        async def watch_config() -> None:
-            reloader.check()
 
-        @app.task
-        async def on_sighup() -> None:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.reload, "SIGHUP")
-
+def _add_threads(worker: Worker, outcomes: ExportOutcomes, direct: bool) -> None:
+    """The split stage (unless the input is keyed by trace ID) and one thread per exporter."""
+    settings = worker.settings
     if not direct:
-        worker.threads.append(SplitStage(settings, worker.stop_input, lag, degradation, meter))
+        split = SplitStage(
+            settings, worker.stop_input, worker.lag, worker.degradation, worker.meter
+        )
+        worker.threads.append(split)
     routed = {name for tenant in settings.tenants.values() for name in tenant.exporters}
     exporters = [
-        ExportLoop(name, settings, worker.stop, producer, outcomes) for name in sorted(routed)
+        ExportLoop(name, settings, worker.stop, worker.producer, outcomes)
+        for name in sorted(routed)
     ]
     worker.threads.extend(exporters)
-    health.exporter_states = lambda: {loop.exporter_name: loop.state for loop in exporters}
-
-    drain = Drain(health, worker.stop_input, settings.shutdown.grace)
-
-    @app.on_before_shutdown.connect
-    async def on_shutdown(app: Any, **kwargs: Any) -> None:
-        drain.begin()
-
-    @app.timer(5.0, name="evaluate-health")
-    async def evaluate_health() -> None:
-        health.evaluate()
-
-    @app.timer(settings.degradation.check_interval, name="check-pressure")
-    async def check_pressure() -> None:
-        lags = consumer_lags(app, source_topic, intake.offsets)
-        health.consumer_lag = lags
-        if not health.ready:
-            lag.take()
-            return
-        limit = settings.health.memory_limit
-        degradation.observe(
-            Pressure(
-                lag_seconds=lag.take(),
-                buffer_fill=len(buffer) / decision.max_traces,
-                memory_fill=rss_bytes() / limit if limit else None,
-            ),
-            time.time(),
-        )
-
-    return worker
+    worker.health.exporter_states = lambda: {e.exporter_name: e.state for e in exporters}
 
 
-def consumer_lags(app: faust.App, topic: str, offsets: dict[int, int]) -> dict[int, int]:
-    """Records behind per assigned partition of `topic` (exported as caudal_consumer_lag)."""
-    lags = {}
-    for tp in faust_seam.assignment(app, topic):
-        highwater = faust_seam.highwater(app, tp)
-        if highwater is None:
-            continue
-        read = offsets.get(tp.partition)
-        lags[tp.partition] = max(0, highwater - (read + 1 if read is not None else 0))
-    set_consumer_lag(topic, lags)
-    return lags
+@dataclass
+class Readiness:
+    """What changes when the worker owns its partitions again, or stops owning them."""
+
+    health: Health
+    routes: TenantRoutes
+    partitions: int
+
+    def ready(self, owned: frozenset[int]) -> None:
+        """Recovered: quotas follow the share of partitions owned; /readyz answers 200."""
+        self.routes.set_share(len(owned) / self.partitions)
+        PARTITIONS_OWNED.set(len(owned))
+        self.health.ready = True
+        self.health.set_pipeline("running")
+
+    def unready(self) -> None:
+        """A revoke began."""
+        self.health.ready = False
+        PARTITIONS_OWNED.set(0)
+
+
+@dataclass
+class DecisionTimer:
+    """The decide-due timer: the event loop is alive (for /healthz), then one decision tick."""
+
+    tick: DecisionTick
+    health: Health
+
+    async def run(self) -> None:
+        """One run of the timer."""
+        self.health.beat()
+        await self.tick()
 
 
 def config_version(path: Path | None) -> str:
@@ -438,6 +459,10 @@ class Drain:
         watchdog.daemon = True
         watchdog.start()
         return watchdog
+
+    async def on_shutdown(self, app: Any, **kwargs: Any) -> None:
+        """Faust's on_before_shutdown signal."""
+        self.begin()
 
 
 def run_worker(settings: Settings, config_path: Path | None = None) -> int:

@@ -24,11 +24,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from streams.kafka import faust_seam
 from streams.ops.metrics import PARTITION_RECOVERY, WORKER_READY
 from streams.pipeline.buffer import TraceBuffer
 from streams.pipeline.decide import Decider, DecisionCache
 
-__all__ = ["DecisionTick", "Handover", "Lease", "LeaseLapsed", "Ownership"]
+__all__ = ["DecisionTick", "Handover", "Lease", "LeaseLapsed", "Ownership", "Recovery"]
 
 log = logging.getLogger(__name__)
 
@@ -226,3 +227,40 @@ class Handover:
             sum(len(e) for e in self.cache.entries.values()),
             took,
         )
+
+
+@dataclass
+class Recovery:
+    """Faust's assignment and recovery signals for the buffer's partitions, to the Handover.
+
+    On assignment the group has just confirmed the membership: heartbeats renew the lease from
+    there. On recovery the tables are at the changelogs' true end and the handover rebuilds.
+    """
+
+    app: Any
+    handover: Handover
+    ownership: Ownership
+    source_topic: str
+
+    def _actives(self) -> frozenset[int]:
+        return frozenset(faust_seam.assigned_actives(self.app, self.source_topic))
+
+    async def on_assigned(self, app: Any, assigned: Any, **kwargs: Any) -> None:
+        """Faust's on_partitions_assigned signal."""
+        lease = self.ownership.lease
+        if lease is not None:
+            lease.renew(time.monotonic())
+            if not faust_seam.watch_heartbeats(app, lease.renew):
+                log.warning("heartbeats cannot be watched: worker runs without its lease")
+                self.ownership.lease = None
+        self.handover.assigned(self._actives())
+
+    async def on_recovered(self) -> None:
+        """The `traces` table's on_recover callback."""
+        try:
+            self.handover.recovered(self._actives())
+        except Exception as exc:
+            # Faust drops exceptions raised in recovery callbacks; without this the worker
+            # would report ready and never decide anything.
+            log.exception("buffer recovery failed")
+            await self.app.crash(exc)

@@ -25,9 +25,10 @@ from streams.wire.records import fragment_budget
 from streams.wire.tracekey import tenant_problem, trace_key
 
 if TYPE_CHECKING:
+    from streams.pipeline.handover import Ownership
     from streams.worker import Worker
 
-__all__ = ["FaustRecord", "Intake"]
+__all__ = ["BufferAgent", "FaustRecord", "Intake"]
 
 
 class FaustRecord:
@@ -70,6 +71,7 @@ class Intake:
         worker: Worker,
         resolver: TenantResolver,
         clock: PartitionClock | DirectClock,
+        offsets: dict[int, int] | None = None,
     ) -> None:
         self.worker = worker
         self.resolver = resolver
@@ -86,8 +88,9 @@ class Intake:
             kafka.max_message_bytes,
             on_failure=lambda: worker.decider.failures.failed("dead_letter"),
         )
-        # Last offset read per partition, for the consumer lag gauge.
-        self.offsets: dict[int, int] = {}
+        # Last offset read per partition: the consumer lag gauge, the commit on revoke and a
+        # DirectClock's "caught up" read it.
+        self.offsets: dict[int, int] = {} if offsets is None else offsets
 
     def handle(self, message: Any) -> None:
         """Buffer one record's traces; never raises on bad data (it goes to the DLQ).
@@ -230,3 +233,18 @@ def _origins(header: bytes | None, count: int) -> list[int]:
         return decode_origins(header, count)
     except ValueError as exc:
         raise BadInput("invalid_origin", str(exc)) from None
+
+
+class BufferAgent:
+    """The Faust agent on the buffer's topic: each record to Intake, under a valid lease."""
+
+    def __init__(self, intake: Intake, ownership: Ownership) -> None:
+        self.intake = intake
+        self.ownership = ownership
+
+    async def consume(self, stream: Any) -> None:
+        """The agent's body (Faust calls it with the stream of its topic)."""
+        async for event in stream.events():
+            if not self.ownership.leased():
+                await self.ownership.wait_leased()
+            self.intake.handle(event.message)
