@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from streams.config import ConfigError, Settings, load_settings
 
@@ -248,12 +249,14 @@ def cmd_policies(args: argparse.Namespace) -> int:
     return 0
 
 
+def with_config(p: argparse.ArgumentParser, required: bool = False) -> None:
+    """The -c/--config option."""
+    p.add_argument("-c", "--config", required=required, help="caudal.yaml")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="caudal", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-
-    def with_config(p: argparse.ArgumentParser, required: bool = False) -> None:
-        p.add_argument("-c", "--config", required=required, help="caudal.yaml")
 
     p = sub.add_parser("worker", help="run a stream worker")
     with_config(p)
@@ -281,6 +284,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=9092)
     p.set_defaults(func=cmd_broker)
 
+    _add_tools(sub)
+
+    p = sub.add_parser("decide", help="decide captured OTLP traces offline (a dry run)")
+    with_config(p)
+    p.add_argument("paths", nargs="*", help="OTLP/JSON or protobuf files; none or '-': stdin")
+    p.set_defaults(func=cmd_decide)
+
+    p = sub.add_parser("policies", help="list installed policy types")
+    p.set_defaults(func=cmd_policies)
+    return parser
+
+
+def _add_tools(sub: Any) -> None:
+    """The developer tools' commands: generate, demo, bench."""
     p = sub.add_parser("generate", help="write synthetic OTLP traces to the input topic")
     with_config(p)
     p.add_argument("--bootstrap")
@@ -333,15 +350,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=int, default=500, help="--big-trace: steady traces per second")
     p.add_argument("--seconds", type=float, default=40, help="--big-trace: steady traffic's length")
     p.set_defaults(func=cmd_bench)
-
-    p = sub.add_parser("decide", help="decide captured OTLP traces offline (a dry run)")
-    with_config(p)
-    p.add_argument("paths", nargs="*", help="OTLP/JSON or protobuf files; none or '-': stdin")
-    p.set_defaults(func=cmd_decide)
-
-    p = sub.add_parser("policies", help="list installed policy types")
-    p.set_defaults(func=cmd_policies)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,6 +16,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import yaml
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -361,21 +362,7 @@ def _big_phase(
                 return None
             time.sleep(0.2)
         producer = make_producer(kafka, **{"linger.ms": 5, "message.max.bytes": 16 << 20})
-        # The huge trace's messages go out evenly over 5 s from a third of the way in.
-        big_start = len(steady) / rate / 3
-        sent_big = 0
-        began = time.perf_counter()
-        for i, payload in enumerate(steady):
-            while time.perf_counter() - began < i / rate:
-                time.sleep(0.001)
-            producer.produce(topic, value=payload)
-            due = int((time.perf_counter() - began - big_start) / 5.0 * len(big)) + 1
-            while sent_big < min(due, len(big)):
-                producer.produce(topic, value=big[sent_big])
-                sent_big += 1
-            producer.poll(0)
-        for payload in big[sent_big:]:
-            producer.produce(topic, value=payload)
+        _send_paced(producer, topic, steady, big, rate)
         producer.flush(60)
         expected = len(steady) + (1 if big else 0)
         deadline = time.monotonic() + 300
@@ -402,6 +389,26 @@ def _big_phase(
         return result
     finally:
         stop_process(worker)
+
+
+def _send_paced(
+    producer: Any, topic: str, steady: list[bytes], big: list[bytes], rate: int
+) -> None:
+    """`steady` at `rate` messages a second; `big` evenly over 5 s from a third of the way in."""
+    big_start = len(steady) / rate / 3
+    sent_big = 0
+    began = time.perf_counter()
+    for i, payload in enumerate(steady):
+        while time.perf_counter() - began < i / rate:
+            time.sleep(0.001)
+        producer.produce(topic, value=payload)
+        due = int((time.perf_counter() - began - big_start) / 5.0 * len(big)) + 1
+        while sent_big < min(due, len(big)):
+            producer.produce(topic, value=big[sent_big])
+            sent_big += 1
+        producer.poll(0)
+    for payload in big[sent_big:]:
+        producer.produce(topic, value=payload)
 
 
 def _big_exported(bootstrap: str, topic: str, big_id: bytes) -> dict[str, float]:
