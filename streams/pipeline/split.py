@@ -232,7 +232,6 @@ class SplitStage(Supervised):
                 },
             )
         )
-        self.failed = False
         self.progress = SplitProgress()
         self.in_hand: list[Message] = []  # the batch being split, read again if it fails
         self.next_lag = 0.0

@@ -18,7 +18,7 @@ from streams.pipeline.handover import DecisionTick, Handover, Lease, LeaseLapsed
 from streams.pipeline.progress import PartitionClock, encode_claims
 from streams.pipeline.route import TenantRoutes
 from streams.wire.tracekey import trace_key
-from tests.streams.test_buffer import MemoryStore
+from tests.streams.pipeline.test_buffer import MemoryStore
 
 SETTINGS = Settings.model_validate(
     {"policies": [{"name": "errors", "type": "status_code", "status_codes": ["ERROR"]}]}

@@ -18,7 +18,7 @@ from streams.pipeline.decide import DEAD_LETTER_POLICY, Decider, DecisionCache, 
 from streams.pipeline.route import TenantRoutes
 from streams.wire.records import RECORD_MARGIN, record_size
 from streams.wire.tracekey import trace_key
-from tests.streams.test_buffer import MemoryStore
+from tests.streams.pipeline.test_buffer import MemoryStore
 
 SETTINGS = Settings.model_validate({"policies": [{"name": "all", "type": "always_sample"}]})
 
