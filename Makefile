@@ -22,6 +22,7 @@ lint: $(BIN)/caudal
 	$(BIN)/ruff check streams policies tests
 	$(BIN)/ruff format --check streams policies tests
 	$(BIN)/mypy policies
+	$(BIN)/mypy streams
 
 test: lint
 	$(BIN)/pytest -q -m "not faults" $(ARGS)

@@ -139,7 +139,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     producer = make_producer(kafka)
     deadline = time.monotonic() + args.duration if args.duration else None
 
-    def produce(value: bytes, headers: list[tuple[str, bytes]]) -> None:
+    def produce(value: bytes, headers: list[tuple[str, str | bytes | None]]) -> None:
         while True:
             try:
                 producer.produce(kafka.input_topic, value=value, headers=headers)

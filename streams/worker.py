@@ -329,7 +329,7 @@ def _wire_partitions(worker: Worker, ownership: Ownership, traces: Any, topic_na
     )
     faust_seam.run_before_revoke(app, handover.before_revoke, handover.after_revoke)
     recovery = Recovery(app, handover, ownership, topic_name)
-    app.on_partitions_assigned.connect(recovery.on_assigned)
+    app.on_partitions_assigned.connect(recovery.on_assigned)  # type: ignore[arg-type]
     traces.on_recover(recovery.on_recovered)
     topic = app.topic(
         topic_name,
@@ -363,7 +363,7 @@ def _wire_timers(
     app.timer(5.0, name="evaluate-health")(monitor.evaluate_health)
     app.timer(settings.degradation.check_interval, name="check-pressure")(monitor.check_pressure)
     drain = Drain(health, worker.stop_input, settings.shutdown.grace)
-    app.on_before_shutdown.connect(drain.on_shutdown)
+    app.on_before_shutdown.connect(drain.on_shutdown)  # type: ignore[arg-type]
     if config_path is not None:
         reloader = PolicyReloader(config_path, worker.decider, settings, health)
         app.timer(2.0, name="reload-policies")(reloader.watch)

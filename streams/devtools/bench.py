@@ -189,11 +189,20 @@ def run_bench(
         shutil.rmtree(work / "state", ignore_errors=True)
 
 
-def _total(samples: dict, name: str) -> float:
-    return sum(v for _, v in samples.get(name, ()))
+def _total(samples: dict[str, Any], name: str) -> float:
+    return float(sum(v for _, v in samples.get(name, ())))
 
 
-def _measure(worker, metrics_port, kafka, topic, payloads, traces, spans, bootstrap) -> int:
+def _measure(
+    worker: Any,
+    metrics_port: int,
+    kafka: KafkaConfig,
+    topic: str,
+    payloads: list[bytes],
+    traces: int,
+    spans: int,
+    bootstrap: str,
+) -> int:
     deadline = time.monotonic() + 120
     while _total(read_metrics(metrics_port), "caudal_worker_ready") < 1:
         if worker.poll() is not None or time.monotonic() > deadline:

@@ -117,7 +117,7 @@ def run_demo(duration: float = 0, output: str = "./demo-output", rate: float = 2
 
         producer = make_producer(KafkaConfig(bootstrap_servers=broker.bootstrap))
 
-        def produce(value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        def produce(value: bytes, headers: list[tuple[str, str | bytes | None]]) -> None:
             producer.produce("otlp_spans", value=value, headers=headers)
             producer.poll(0)
 

@@ -23,11 +23,15 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
+
+# Hands one message (value, headers) to Kafka.
+Produce = Callable[[bytes, list[tuple[str, str | bytes | None]]], None]
 
 __all__ = [
     "DEFAULT_MIX",
@@ -231,7 +235,9 @@ def _break_integrity(
         blocks.remove(rs)
 
 
-def _split_parts(rng: random.Random, blocks: list[ResourceSpans], parts: int) -> list[list]:
+def _split_parts(
+    rng: random.Random, blocks: list[ResourceSpans], parts: int
+) -> list[list[ResourceSpans]]:
     """Cut a trace's spans into up to `parts` pieces, each keeping its resource and scope."""
     spans = [(rs, span) for rs in blocks for span in rs.scope_spans[0].spans]
     parts = max(1, min(parts, len(spans)))
@@ -270,7 +276,7 @@ class GeneratorOptions:
 
 
 def run_generator(
-    produce: Callable[[bytes, list[tuple[str, bytes]]], None],
+    produce: Produce,
     options: GeneratorOptions,
     should_stop: Callable[[], bool] = lambda: False,
     on_trace: Callable[[bytes, TraceKind, str], None] | None = None,
@@ -326,7 +332,7 @@ def run_generator(
 
 
 def _run_fast(
-    produce: Callable[[bytes, list[tuple[str, bytes]]], None],
+    produce: Produce,
     options: GeneratorOptions,
     rng: random.Random,
     should_stop: Callable[[], bool],
@@ -373,7 +379,7 @@ def _run_fast(
     return made
 
 
-def _flush_due(queue, produce, options: GeneratorOptions, now: float) -> None:
+def _flush_due(queue: list[Any], produce: Produce, options: GeneratorOptions, now: float) -> None:
     """Send every piece whose time has come, packed per tenant into messages."""
     ready: dict[str, list[ResourceSpans]] = {}
     counts: dict[str, int] = {}
@@ -388,6 +394,10 @@ def _flush_due(queue, produce, options: GeneratorOptions, now: float) -> None:
         _send(produce, options, tenant, blocks)
 
 
-def _send(produce, options: GeneratorOptions, tenant: str, blocks: list[ResourceSpans]) -> None:
-    headers = [("x-tenant-id", tenant.encode())] if options.tenant_via == "header" else []
+def _send(
+    produce: Produce, options: GeneratorOptions, tenant: str, blocks: list[ResourceSpans]
+) -> None:
+    headers: list[tuple[str, str | bytes | None]] = (
+        [("x-tenant-id", tenant.encode())] if options.tenant_via == "header" else []
+    )
     produce(ExportTraceServiceRequest(resource_spans=blocks).SerializeToString(), headers)

@@ -17,14 +17,13 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from streams.config import CircuitBreakerConfig, Settings
 from streams.export.backends import PermanentError, RetryableError, build_backend
-from streams.kafka.clients import client_config
+from streams.kafka.clients import ProducerLike, client_config, headers_of, where
 from streams.kafka.dead_letters import send_dead_letter
 from streams.ops.health import ExportOutcomes, Supervised
 from streams.ops.metrics import (
@@ -95,7 +94,7 @@ class ExportLoop(Supervised):
         name: str,
         settings: Settings,
         stop: threading.Event,
-        producer: Any,
+        producer: ProducerLike,
         outcomes: ExportOutcomes | None = None,
     ) -> None:
         super().__init__(name=f"caudal-export-{name}")
@@ -290,8 +289,8 @@ class ExportLoop(Supervised):
             reason=reason,
             detail=detail,
             key=msg.key(),
-            origin=(msg.topic(), msg.partition(), msg.offset()),
-            headers=[*(msg.headers() or ()), ("caudal-dlq-exporter", self.exporter_name.encode())],
+            origin=where(msg),
+            headers=[*headers_of(msg), ("caudal-dlq-exporter", self.exporter_name.encode())],
             max_bytes=self.settings.kafka.max_message_bytes,
         )
         self.producer.flush(30)  # in the dead-letter topic before this batch is committed

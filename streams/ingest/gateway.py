@@ -281,7 +281,7 @@ class Gateway:
         done: asyncio.Future[None] = loop.create_future()
         remaining = [len(records)]
         size = sum(len(value) for _, _, value in records)
-        headers = [("x-tenant-id", tenant.encode())]
+        headers: list[tuple[str, str | bytes | None]] = [("x-tenant-id", tenant.encode())]
         started = time.perf_counter()
 
         def on_delivery(err: Any, msg: Any) -> None:
@@ -412,14 +412,15 @@ def http_app(gateway: Gateway) -> web.Application:
 
 
 def _rpc_code(status: int) -> int:
-    return {
+    codes: dict[int, int] = {
         400: code_pb2.INVALID_ARGUMENT,
         401: code_pb2.UNAUTHENTICATED,
         413: code_pb2.RESOURCE_EXHAUSTED,
         415: code_pb2.INVALID_ARGUMENT,
         429: code_pb2.RESOURCE_EXHAUSTED,
         503: code_pb2.UNAVAILABLE,
-    }.get(status, code_pb2.UNKNOWN)
+    }
+    return int(codes.get(status, code_pb2.UNKNOWN))
 
 
 # -- OTLP/gRPC ------------------------------------------------------------------------------
@@ -517,7 +518,9 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", config.max_request_bytes)]
     )
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(gateway), server)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        TraceService(gateway), server
+    )
     if config.tls is not None:
         with open(config.tls.key_file, "rb") as key, open(config.tls.cert_file, "rb") as cert:
             credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])

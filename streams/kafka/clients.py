@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from streams.config import ConfigError, KafkaConfig
 from streams.ops.metrics import PRODUCE_FAILURES
@@ -22,7 +22,11 @@ __all__ = [
     "client_config",
     "ensure_topics",
     "faust_credentials",
+    "ProducerLike",
+    "RecordLike",
+    "headers_of",
     "make_producer",
+    "where",
     "produce",
     "rewind",
 ]
@@ -152,7 +156,7 @@ def ensure_topics(
                 raise
 
 
-def produce(producer: Producer, topic: str, **record: Any) -> None:
+def produce(producer: ProducerLike, topic: str, **record: Any) -> None:
     """`producer.produce`, waiting while librdkafka's queue is full (BufferError) instead of
     failing: a full queue means the broker is slower than the work, not that a record is bad."""
     while True:
@@ -182,11 +186,48 @@ class DeliveryFailures:
         return count
 
 
+class ProducerLike(Protocol):
+    """What Caudal uses of a producer (confluent_kafka.Producer; fakes in tests)."""
+
+    def produce(self, topic: str, *args: Any, **kwargs: Any) -> None: ...
+
+    def poll(self, timeout: float = ...) -> int: ...
+
+    def flush(self, timeout: float = ...) -> int: ...
+
+
+class RecordLike(Protocol):
+    """What Caudal reads of a consumed record (confluent_kafka.Message; a Faust message behind
+    streams.pipeline.intake.FaustRecord)."""
+
+    def value(self) -> Any: ...
+
+    def key(self) -> Any: ...
+
+    def headers(self) -> Any: ...
+
+    def topic(self) -> Any: ...
+
+    def partition(self) -> Any: ...
+
+    def offset(self) -> Any: ...
+
+
+def headers_of(record: RecordLike) -> list[tuple[str, bytes]]:
+    """A record's headers as (name, bytes) pairs; a header without a value has b""."""
+    return [(str(k), bytes(v) if v is not None else b"") for k, v in record.headers() or ()]
+
+
+def where(record: RecordLike) -> tuple[str, int, int]:
+    """(topic, partition, offset) of a consumed record."""
+    return str(record.topic()), int(record.partition()), int(record.offset())
+
+
 def rewind(consumer: Consumer, messages: Sequence[Message]) -> None:
     """Seek back to the first offset of a batch that failed, so it is read again."""
     first: dict[tuple[str, int], int] = {}
     for m in messages:
-        key = (m.topic(), m.partition())
-        first[key] = min(first.get(key, m.offset()), m.offset())
+        topic, partition, offset = where(m)
+        first[(topic, partition)] = min(first.get((topic, partition), offset), offset)
     for (topic, partition), offset in first.items():
         consumer.seek(TopicPartition(topic, partition, offset))

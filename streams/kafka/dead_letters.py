@@ -12,9 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from confluent_kafka import Producer
-
-from streams.kafka.clients import produce
+from streams.kafka.clients import ProducerLike, produce
 from streams.ops.metrics import DEAD_LETTERS
 from streams.wire.records import DEFAULT_MAX_MESSAGE_BYTES, RECORD_MARGIN, record_size
 
@@ -36,7 +34,7 @@ _DETAIL_CHARS = 1000
 
 
 def send_dead_letter(
-    producer: Producer,
+    producer: ProducerLike,
     topic: str,
     value: bytes | None,
     *,

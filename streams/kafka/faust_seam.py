@@ -115,7 +115,7 @@ def set_persisted_offset(table: Any, topic: str, partition: int, offset: int) ->
 def mark_restored(app: faust.App, topic: str, partition: int, offset: int) -> None:
     """Tell Faust's recovery that a changelog partition is applied up to `offset`, so it
     replays only what comes after (it read the persisted offsets before the restore)."""
-    offsets = getattr(app.tables.recovery, "active_offsets", None)
+    offsets = getattr(app.tables.recovery, "active_offsets", None)  # type: ignore[attr-defined]
     if offsets is None:
         raise FaustSeamError("faust.tables.recovery.Recovery has no active_offsets")
     tp = TP(topic, partition)
@@ -131,7 +131,7 @@ def run_before_commit(app: faust.App, flush: Callable[[], Awaitable[None]]) -> N
         await faust_flush()
         await flush()
 
-    app.producer.flush = flush_all
+    app.producer.flush = flush_all  # type: ignore[method-assign]
 
 
 def run_before_revoke(
@@ -163,7 +163,7 @@ def limit_fetch_wait(app: faust.App, seconds: float) -> None:
     end-offset or earliest-offset request of a recovery waited behind an idle fetch, about
     1.5 s each, four or five of them per handover.
     """
-    thread = app.consumer._thread
+    thread = app.consumer._thread  # type: ignore[attr-defined]
     create = thread._create_worker_consumer
 
     def create_with_limit(transport: Any) -> Any:
@@ -183,7 +183,7 @@ def wrap_highwaters(
     async def highwaters(*tps: TP) -> Mapping[TP, int]:
         return await correct(dict(await reported(*tps)))
 
-    app.consumer.highwaters = highwaters
+    app.consumer.highwaters = highwaters  # type: ignore[method-assign]
 
 
 def watch_heartbeats(app: faust.App, on_success: Callable[[float], None]) -> bool:
@@ -218,7 +218,7 @@ async def commit_processed(app: faust.App, topic: str, offsets: Mapping[int, int
     from aiokafka.structs import OffsetAndMetadata
     from aiokafka.structs import TopicPartition as KafkaTP
 
-    thread = app.consumer._thread
+    thread = app.consumer._thread  # type: ignore[attr-defined]
     consumer = thread._consumer
     if consumer is None or not offsets:
         return False

@@ -31,7 +31,7 @@ import rocksdict
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from streams.kafka import faust_seam
-from streams.kafka.clients import produce
+from streams.kafka.clients import ProducerLike, produce
 from streams.kafka.faust_seam import TP
 
 __all__ = [
@@ -52,7 +52,7 @@ _FAUST_METADATA = b"__faust\0"
 # the memtable, including Faust's persisted-offset key written with it, so recovery replays
 # the changelog from the last flushed offset. Skipping the WAL makes each write ~3x cheaper.
 _NO_WAL = rocksdict.WriteOptions()
-_NO_WAL.disable_wal = True
+_NO_WAL.disable_wal = True  # type: ignore[assignment,method-assign]
 
 
 class ChangelogError(RuntimeError):
@@ -71,7 +71,7 @@ class TableStore:
     """Bytes → bytes access to one partition of a Faust table at a time."""
 
     def __init__(
-        self, table: Any, producer: Any, writable: Callable[[int], bool] = _always
+        self, table: Any, producer: ProducerLike, writable: Callable[[int], bool] = _always
     ) -> None:
         # A faust.Table created with store='rocksdb://' and key/value types bytes, and a
         # confluent_kafka.Producer for its changelog.
@@ -148,7 +148,10 @@ class TableStore:
 
 
 def bind_to_commits(
-    app: Any, producer: Any, stores: list[TableStore], others: Callable[[], int] = lambda: 0
+    app: Any,
+    producer: ProducerLike,
+    stores: list[TableStore],
+    others: Callable[[], int] = lambda: 0,
 ) -> None:
     """Make Faust's pre-commit producer flush also flush `producer` (and check the stores).
 
@@ -324,6 +327,7 @@ class ChangelogReader:
                         if key not in pending:
                             continue
                         offset = msg.offset()
+                        assert offset is not None  # a record, not an event
                         if stop is not None and offset >= stop[key]:
                             pending.discard(key)
                             continue

@@ -23,7 +23,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from policies import Decision, PolicyEngine, TraceView
 from streams.config import Settings
-from streams.kafka.clients import SPAN_COUNT_HEADER, DeliveryFailures, produce
+from streams.kafka.clients import SPAN_COUNT_HEADER, DeliveryFailures, ProducerLike, produce
 from streams.kafka.dead_letters import send_dead_letter
 from streams.kafka.state import TableStore
 from streams.ops.metrics import (
@@ -229,7 +229,7 @@ class Decider:
         routes: TenantRoutes,
         buffer: TraceBuffer,
         cache: DecisionCache,
-        producer: object,
+        producer: ProducerLike,
         sampled_topic: str,
         dlq_topic: str = "caudal-dlq",
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
@@ -404,8 +404,8 @@ class Decider:
         for partition, key in bad_decisions:
             self.cache.store.delete(partition, key)
         for partition in partitions:
-            queue = self.buffer.queues.get(partition, {})
-            for key in [k for k in queue if self.cache.get(k) is not None]:
+            queue = self.buffer.queues.get(partition)
+            for key in [k for k in queue or () if self.cache.get(k) is not None]:
                 self.buffer.discard(partition, key)
 
     def _note_failure(self, err: object, _msg: object) -> None:
@@ -495,11 +495,11 @@ class Decider:
                 )
         for value, count in parts:
             produce(
-                self.producer,  # type: ignore[arg-type]
+                self.producer,
                 self.sampled_topic,
                 key=tenant,
                 value=value,
                 headers=[(SPAN_COUNT_HEADER, str(count).encode())],
                 on_delivery=on_delivery,
             )
-            self.producer.poll(0)  # type: ignore[attr-defined]
+            self.producer.poll(0)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams.kafka import faust_seam
+from streams.kafka.clients import ProducerLike
 from streams.ops.metrics import PARTITION_RECOVERY, WORKER_READY
 from streams.pipeline.buffer import TraceBuffer
 from streams.pipeline.decide import Decider, DecisionCache
@@ -121,7 +122,7 @@ class DecisionTick:
     """
 
     decider: Decider
-    producer: Any
+    producer: ProducerLike
     ownership: Ownership
     clock: Any  # streams.pipeline.progress.PartitionClock or DirectClock
     batch_limit: Callable[[], int]

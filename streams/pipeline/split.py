@@ -26,10 +26,13 @@ from streams.kafka.clients import (
     INDEX_HEADER,
     ORIGIN_HEADER,
     TENANT_HEADER,
+    RecordLike,
     client_config,
+    headers_of,
     make_producer,
     produce,
     rewind,
+    where,
 )
 from streams.kafka.dead_letters import send_dead_letter
 from streams.ops.experiments import ExperimentMeter
@@ -104,7 +107,7 @@ def split_messages(
 
 
 def split_one(
-    msg: Message,
+    msg: RecordLike,
     settings: Settings,
     resolver: TenantResolver,
     dead_letter: DeadLetterSink,
@@ -119,7 +122,7 @@ def split_one(
     except BadInput as exc:
         dead_letter(msg, exc.reason, exc.detail)
         return []
-    if meter is not None and meter.may_apply(value):
+    if meter is not None and meter.may_apply(value or b""):
         meter.observe(request.resource_spans)
     groups, invalid = split_by_trace(request)
     if invalid is not None:
@@ -127,8 +130,9 @@ def split_one(
     elif not groups:
         dead_letter(msg, "no_spans", "the request holds no spans")
         return []
-    hints = resolver.hints(dict(msg.headers() or ()))
-    source = origin(msg.partition(), msg.offset())
+    hints = resolver.hints(dict(headers_of(msg)))
+    _, partition, offset = where(msg)
+    source = origin(partition, offset)
     out = []
     for tid, blocks in groups.items():
         tenant = resolver.resolve(hints, blocks)
@@ -172,7 +176,7 @@ class DeadLetterSink:
 
     def __call__(
         self,
-        msg: Message,
+        msg: RecordLike,
         reason: str,
         detail: str,
         part: ExportTraceServiceRequest | None = None,
@@ -186,8 +190,8 @@ class DeadLetterSink:
             reason=reason,
             detail=detail,
             key=msg.key(),
-            origin=(msg.topic(), msg.partition(), msg.offset()),
-            headers=msg.headers() or (),
+            origin=where(msg),
+            headers=headers_of(msg),
             max_bytes=self.max_bytes,
             on_delivery=self._delivered,
         )
@@ -414,7 +418,7 @@ def _input_times(messages: list[Message], read_at: float) -> dict[int, float]:
     for m in messages:
         _, ms = m.timestamp()
         stamp = ms / 1000 if ms > 0 else read_at
-        partition = m.partition()
+        _, partition, _ = where(m)
         stamps[partition] = max(stamps.get(partition, 0.0), stamp)
     return stamps
 
