@@ -21,8 +21,9 @@ from collections import defaultdict
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from streams.config import CircuitBreakerConfig, Settings
+from streams.config import Settings
 from streams.export.backends import PermanentError, RetryableError, build_backend
+from streams.export.breaker import CircuitBreaker
 from streams.kafka.clients import ProducerLike, client_config, headers_of, where
 from streams.kafka.dead_letters import send_dead_letter
 from streams.ops.health import ExportOutcomes, Supervised
@@ -36,54 +37,11 @@ from streams.ops.metrics import (
 )
 from streams.wire.otlp import span_count
 
-__all__ = ["STATES", "CircuitBreaker", "ExportLoop"]
+__all__ = ["STATES", "ExportLoop"]
 
 log = logging.getLogger(__name__)
 
 STATES = ("idle", "sending", "backoff", "open", "half_open", "failed")
-
-
-class CircuitBreaker:
-    """Closed → open after `failure_threshold` consecutive failures → half-open after the open
-    duration → closed on a success, or open again (for `reopen_duration`) on a failure."""
-
-    def __init__(self, config: CircuitBreakerConfig) -> None:
-        self.config = config
-        self.failures = 0
-        self.open_until: float | None = None
-        self.half_open = False
-
-    def wait_time(self, now: float) -> float:
-        """Seconds until a call is allowed (0: now). Passing the open period half-opens it."""
-        if self.open_until is None:
-            return 0.0
-        if now < self.open_until:
-            return self.open_until - now
-        self.open_until = None
-        self.half_open = True
-        return 0.0
-
-    def success(self) -> None:
-        """A call went through: close."""
-        self.failures = 0
-        self.half_open = False
-
-    def failure(self, now: float) -> bool:
-        """A call failed; return True if this opened the breaker."""
-        if self.half_open:
-            self.half_open = False
-            self.open_until = now + self.config.reopen_duration
-            return True
-        self.failures += 1
-        if self.failures >= self.config.failure_threshold:
-            self.force_open(now)
-            return True
-        return False
-
-    def force_open(self, now: float) -> None:
-        """Open for `open_duration` (also used when a batch ran out of retries)."""
-        self.failures = 0
-        self.open_until = now + self.config.open_duration
 
 
 class ExportLoop(Supervised):

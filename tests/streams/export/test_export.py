@@ -10,8 +10,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from streams.config import CircuitBreakerConfig, ExporterConfig
 from streams.devtools.generate import build_trace
-from streams.export.backends import FileBackend, OtlpHttpBackend, PermanentError, RetryableError
-from streams.export.loop import CircuitBreaker
+from streams.export.backends import PermanentError, RetryableError
+from streams.export.backends.file import FileBackend
+from streams.export.backends.otlp_http import OtlpHttpBackend
+from streams.export.breaker import CircuitBreaker
 from tests.httpbackend import HttpBackend
 
 
@@ -105,7 +107,7 @@ def test_file_backend_rotates_and_keeps_max_files(tmp_path: Path) -> None:
 
 
 def test_every_tenant_has_a_file_of_its_own() -> None:
-    from streams.export.backends import file_name
+    from streams.export.backends.file import file_name
 
     names = ["a/b", "a_b", "a.b", "a b", "../etc", "é" * 127, "é" * 126 + "x"]
     files = [file_name(n) for n in names]
