@@ -164,6 +164,8 @@ class Intake:
             self._take(message.partition, key, fragment, now, source)
         except PartitionNotOwned:
             raise
+        except BadInput as exc:
+            self._dead_letter(message, fragment, exc.reason, exc.detail)
         except Exception as exc:  # this fragment alone is unusable; the record goes on
             reason = "invalid_protobuf" if isinstance(exc, DecodeError) else "unusable_fragment"
             self._dead_letter(message, fragment, reason, _describe(exc))
