@@ -19,7 +19,10 @@ from policies import PolicyConfigError, PolicyEngine, build_engine
 from streams.wire.tracekey import tenant_problem
 
 __all__ = [
+    "RELOAD",
     "ConfigError",
+    "applies_on_reload",
+    "changed_keys",
     "DEFAULT_POLICIES",
     "Settings",
     "load_settings",
@@ -75,6 +78,11 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Marks a field a running worker applies on reload (SIGHUP or a changed file); every other
+# field needs a restart (streams.ops.reload says which changed).
+RELOAD: dict[str, Any] = {"reload": True}
+
+
 class KafkaConfig(_Model):
     """Where Caudal reads and writes: the cluster, the topics and how the input is shaped."""
 
@@ -125,14 +133,14 @@ class TenantConfig(_Model):
 
     exporters: list[str] = []
     # Kept spans per second for this tenant, counted in whole traces (all workers together).
-    quota_spans_per_second: float | None = Field(default=None, gt=0)
-    quota_burst_spans: int | None = Field(default=None, ge=1)
+    quota_spans_per_second: float | None = Field(default=None, gt=0, json_schema_extra=RELOAD)
+    quota_burst_spans: int | None = Field(default=None, ge=1, json_schema_extra=RELOAD)
     # Over quota: drop the trace, or keep it only if it has an error span.
-    quota_action: Literal["drop", "errors_only"] = "drop"
-    redaction: RedactionConfig | None = None
+    quota_action: Literal["drop", "errors_only"] = Field(default="drop", json_schema_extra=RELOAD)
+    redaction: RedactionConfig | None = Field(default=None, json_schema_extra=RELOAD)
     # None: the global list. A list replaces it, or follows it with `extends: default`.
-    policies: list[dict[str, Any]] | None = None
-    extends: Literal["default"] | None = None
+    policies: list[dict[str, Any]] | None = Field(default=None, json_schema_extra=RELOAD)
+    extends: Literal["default"] | None = Field(default=None, json_schema_extra=RELOAD)
 
     def policy_list(self, global_policies: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
         """The tenant's effective policy list, or None when it uses the global one."""
@@ -407,13 +415,15 @@ class Settings(_Model):
 
     kafka: KafkaConfig = KafkaConfig()
     decision: DecisionConfig = DecisionConfig()
-    policies: list[dict[str, Any]] = Field(default_factory=lambda: list(DEFAULT_POLICIES))
+    policies: list[dict[str, Any]] = Field(
+        default_factory=lambda: list(DEFAULT_POLICIES), json_schema_extra=RELOAD
+    )
     tenants: dict[str, TenantConfig] = {"default": TenantConfig(exporters=["file"])}
     tenant_from: list[str] = ["header:x-tenant-id", "resource:tenant.id", "baggage:tenant"]
     default_tenant: str = "default"
     # A tenant with no entry in `tenants`: use the default tenant's route, or drop (counted).
-    unknown_tenant: Literal["default", "drop"] = "default"
-    redaction: RedactionConfig = RedactionConfig()
+    unknown_tenant: Literal["default", "drop"] = Field(default="default", json_schema_extra=RELOAD)
+    redaction: RedactionConfig = Field(default=RedactionConfig(), json_schema_extra=RELOAD)
     exporters: dict[str, ExporterConfig] = {
         "file": ExporterConfig(type="file", path="./caudal-output")
     }
@@ -463,6 +473,61 @@ class Settings(_Model):
         """The tenant name for metric labels: unknown tenants count as the default one, so
         clients cannot create unbounded label values."""
         return tenant if tenant in self.tenants else self.default_tenant
+
+
+def changed_keys(old: BaseModel, new: BaseModel) -> list[str]:
+    """Key paths (`tenants.acme.exporters`) whose value differs between two configurations."""
+    changed: list[str] = []
+
+    def walk(a: Any, b: Any, path: tuple[str, ...]) -> None:
+        if isinstance(a, dict) and isinstance(b, dict) and a.keys() | b.keys():
+            for key in sorted(a.keys() | b.keys(), key=str):
+                walk(a.get(key, _MISSING), b.get(key, _MISSING), (*path, str(key)))
+        elif a != b:
+            changed.append(".".join(path))
+
+    walk(old.model_dump(), new.model_dump(), ())
+    return changed
+
+
+_MISSING = object()
+
+
+def applies_on_reload(key: str) -> bool:
+    """Does a running worker apply a change of this key path on reload?"""
+    model: Any = Settings
+    for part in key.split("."):
+        if model is None:
+            return False
+        fields = getattr(model, "model_fields", None)
+        if fields is None:  # a mapping: the part is a name (a tenant, an exporter)
+            model = _value_model(model)
+            continue
+        info = fields.get(part)
+        if info is None:
+            return False
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and extra.get("reload"):
+            return True
+        model = _field_model(info.annotation)
+    return False
+
+
+def _field_model(annotation: Any) -> Any:
+    """The model class (or dict[str, Model] marker) a field holds, None for plain values."""
+    origin = getattr(annotation, "__origin__", None)
+    if origin is dict:
+        return ("dict", annotation.__args__[1])
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def _value_model(marker: Any) -> Any:
+    if isinstance(marker, tuple) and marker[0] == "dict":
+        value = marker[1]
+        return value if isinstance(value, type) and issubclass(value, BaseModel) else None
+    return None
 
 
 class ConfigError(ValueError):

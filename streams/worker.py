@@ -8,9 +8,7 @@ Data flow inside one worker process:
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import hashlib
 import logging
 import os
 import signal
@@ -22,7 +20,7 @@ from typing import Any
 
 import faust
 
-from streams.config import ConfigError, Settings, load_settings
+from streams.config import Settings
 from streams.export.loop import ExportLoop
 from streams.kafka import faust_seam
 from streams.kafka.clients import (
@@ -39,12 +37,12 @@ from streams.ops.logs import logging_dict_config
 from streams.ops.metrics import (
     BUFFER_MAX_BYTES,
     BUFFER_MAX_TRACES,
-    CONFIG_RELOADS,
     DECISION_WAIT,
     PARTITIONS_OWNED,
     TRACE_MAX_BYTES,
 )
 from streams.ops.pressure import PressureMonitor
+from streams.ops.reload import PolicyReloader, config_version
 from streams.pipeline.buffer import TraceBuffer
 from streams.pipeline.decide import Decider, DecisionCache, PolicySets
 from streams.pipeline.degrade import Degradation, LagClock
@@ -116,76 +114,6 @@ class Worker:
                 log.error("worker stopped reason=%r", self.health.failure)
             log.info("worker stopped code=%d", code)
         return code
-
-
-class PolicyReloader:
-    """Reload policies (global and per tenant) on SIGHUP or when the config file changes.
-
-    Buffered traces stay where they are and are decided once, by whichever policies are
-    current when their window closes. A file that does not validate is rejected with every
-    error logged, and the running policies stay.
-    """
-
-    def __init__(
-        self, path: Path, decider: Decider, settings: Settings, health: Health | None = None
-    ) -> None:
-        self.path = path
-        self.decider = decider
-        self.settings = settings
-        self.health = health
-        self.mtime = self._mtime()
-        self.reloads = 0
-
-    def _mtime(self) -> float:
-        try:
-            return self.path.stat().st_mtime
-        except OSError:
-            return 0.0
-
-    async def watch(self) -> None:
-        """The reload-policies timer."""
-        self.check()
-
-    async def listen_for_sighup(self) -> None:
-        """A task of the app: SIGHUP reloads."""
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload, "SIGHUP")
-
-    def check(self) -> None:
-        """Reload if the file changed since it was last read."""
-        mtime = self._mtime()
-        if mtime != self.mtime:
-            self.mtime = mtime
-            self.reload("file changed")
-
-    def reload(self, reason: str) -> None:
-        """Validate the file again and swap in its policies, or keep the old ones."""
-        try:
-            new = load_settings(self.path, read_tokens=False)
-        except ConfigError as exc:
-            CONFIG_RELOADS.labels("failure").inc()
-            for path, message in exc.errors:
-                log.error("config reload rejected reason=%r key=%s error=%r", reason, path, message)
-            log.error("config reload rejected, policies unchanged file=%s", self.path)
-            return
-        self.decider.policy_sets = PolicySets.from_settings(new)
-        self.reloads += 1
-        CONFIG_RELOADS.labels("success").inc()
-        if self.health is not None:
-            self.health.reloads = self.reloads
-            self.health.config_version = config_version(self.path)
-        ignored = [
-            name
-            for name in ("kafka", "decision", "exporters", "tenant_from", "default_tenant")
-            if getattr(new, name) != getattr(self.settings, name)
-        ]
-        log.info(
-            "policies reloaded reason=%r policies=%d tenant_sets=%d",
-            reason,
-            len(new.policies),
-            len(self.decider.policy_sets.by_tenant),
-        )
-        if ignored:
-            log.warning("changes need a restart to apply sections=%s", ",".join(ignored))
 
 
 def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
@@ -315,7 +243,7 @@ def _wire_partitions(worker: Worker, ownership: Ownership, traces: Any, topic_na
         clock,
         lambda: 5_000 * worker.degradation.batch_factor(),
     )
-    readiness = Readiness(health, decider.routes, kafka.partitions)
+    readiness = Readiness(health, decider, kafka.partitions)
     handover = Handover(
         ownership,
         tick,
@@ -392,12 +320,12 @@ class Readiness:
     """What changes when the worker owns its partitions again, or stops owning them."""
 
     health: Health
-    routes: TenantRoutes
+    decider: Decider  # its routes, which a reload replaces
     partitions: int
 
     def ready(self, owned: frozenset[int]) -> None:
         """Recovered: quotas follow the share of partitions owned; /readyz answers 200."""
-        self.routes.set_share(len(owned) / self.partitions)
+        self.decider.routes.set_share(len(owned) / self.partitions)
         PARTITIONS_OWNED.set(len(owned))
         self.health.ready = True
         self.health.set_pipeline("running")
@@ -419,16 +347,6 @@ class DecisionTimer:
         """One run of the timer."""
         self.health.beat()
         await self.tick()
-
-
-def config_version(path: Path | None) -> str:
-    """A short digest of the config file, so /status shows which file a worker runs."""
-    if path is None:
-        return "defaults"
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    except OSError:
-        return "unreadable"
 
 
 def _drain_overrun(grace: float) -> None:
