@@ -24,7 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from streams.config import Settings
 from streams.export.backends import PermanentError, RetryableError, build_backend
 from streams.export.breaker import CircuitBreaker
-from streams.kafka.clients import ProducerLike, client_config, headers_of, where
+from streams.kafka.clients import ProducerLike, client_config, consumer_lags, headers_of, where
 from streams.kafka.dead_letters import send_dead_letter
 from streams.ops.health import ExportOutcomes, Supervised
 from streams.ops.metrics import (
@@ -34,6 +34,7 @@ from streams.ops.metrics import (
     EXPORTER_BACKLOG,
     EXPORTER_STATE,
     SPANS_EXPORTED,
+    set_one_hot,
 )
 from streams.wire.otlp import span_count
 
@@ -87,8 +88,7 @@ class ExportLoop(Supervised):
     def set_state(self, state: str) -> None:
         """Move the state machine (one-hot gauge per state)."""
         if state != self.state:
-            for known in STATES:
-                EXPORTER_STATE.labels(self.exporter_name, known).set(1 if known == state else 0)
+            set_one_hot(EXPORTER_STATE, STATES, state, self.exporter_name)
             self.state = state
 
     def _routed_here(self, tenant: str) -> bool:
@@ -305,12 +305,6 @@ class ExportLoop(Supervised):
         if now - self._backlog_at < 5:
             return
         self._backlog_at = now
-        backlog = 0
-        try:
-            for tp in self.consumer.position(self.consumer.assignment()):
-                _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
-                if tp.offset >= 0 and high >= 0:
-                    backlog += max(0, high - tp.offset)
-        except Exception:  # watermarks are best effort; never stop exporting for them
-            return
-        EXPORTER_BACKLOG.labels(self.exporter_name).set(backlog)
+        lags = consumer_lags(self.consumer)
+        if lags is not None:
+            EXPORTER_BACKLOG.labels(self.exporter_name).set(sum(lags.values()))

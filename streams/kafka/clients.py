@@ -25,6 +25,7 @@ __all__ = [
     "ProducerLike",
     "RecordLike",
     "headers_of",
+    "consumer_lags",
     "make_producer",
     "where",
     "produce",
@@ -221,6 +222,24 @@ def headers_of(record: RecordLike) -> list[tuple[str, bytes]]:
 def where(record: RecordLike) -> tuple[str, int, int]:
     """(topic, partition, offset) of a consumed record."""
     return str(record.topic()), int(record.partition()), int(record.offset())
+
+
+def consumer_lags(consumer: Consumer) -> dict[int, int] | None:
+    """Records behind per assigned partition (high watermark minus position) of a
+    confluent-kafka consumer; partitions not read yet are left out. None when the broker
+    cannot say now (lag is best effort: never a reason to stop)."""
+    lags = {}
+    try:
+        for tp in consumer.position(consumer.assignment()):
+            if tp.offset < 0:  # nothing read yet on this partition
+                continue
+            _, high = consumer.get_watermark_offsets(tp, cached=True)
+            if high >= 0:
+                lags[tp.partition] = max(0, high - tp.offset)
+    except KafkaException as exc:
+        log.debug("consumer lag unavailable error=%s", exc)
+        return None
+    return lags
 
 
 def rewind(consumer: Consumer, messages: Sequence[Message]) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, generate_latest
 
 from streams.config import Settings
-from streams.ops.metrics import THREAD_FAILURES
+from streams.ops.metrics import THREAD_FAILURES, set_one_hot
 from streams.pipeline.degrade import Degradation
 
 __all__ = [
@@ -135,8 +135,7 @@ class Health:
     def set_pipeline(self, state: str) -> None:
         """Move the lifecycle (one-hot gauge)."""
         self.pipeline = state
-        for known in PIPELINE_STATES:
-            PIPELINE_STATE.labels(known).set(1 if known == state else 0)
+        set_one_hot(PIPELINE_STATE, PIPELINE_STATES, state)
 
     def beat(self) -> None:
         """The event loop is alive (called from the decision timer)."""
@@ -164,8 +163,7 @@ class Health:
         if self.failure is not None:
             unhealthy.append(self.failure)
         state = "unhealthy" if unhealthy else "degraded" if degraded else "healthy"
-        for known in HEALTH_STATES:
-            HEALTH_STATE.labels(known).set(1 if known == state else 0)
+        set_one_hot(HEALTH_STATE, HEALTH_STATES, state)
         if self.pipeline in ("running", "degraded"):
             self.set_pipeline("degraded" if state != "healthy" else "running")
         return state, unhealthy + degraded

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "ORPHAN_SPANS",
     "REDELIVERED",
     "set_consumer_lag",
+    "set_one_hot",
     "TRACES_WITHOUT_ROOT",
 ]
 
@@ -182,6 +185,12 @@ for _kind in ("sampled", "dead_letter"):
 
 
 _LAG_PARTITIONS: dict[str, set[int]] = {}
+
+
+def set_one_hot(gauge: Gauge, states: Sequence[str], state: str, *labels: str) -> None:
+    """A state gauge: 1 for `state`, 0 for every other of `states` (under `labels`)."""
+    for known in states:
+        gauge.labels(*labels, known).set(1 if known == state else 0)
 
 
 def set_consumer_lag(topic: str, lags: dict[int, int]) -> None:

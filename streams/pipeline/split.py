@@ -28,6 +28,7 @@ from streams.kafka.clients import (
     TENANT_HEADER,
     RecordLike,
     client_config,
+    consumer_lags,
     headers_of,
     make_producer,
     produce,
@@ -330,18 +331,9 @@ class SplitStage(Supervised):
 
     def _export_lag(self) -> None:
         """caudal_consumer_lag of the input topic: high watermark minus position."""
-        lags = {}
-        try:
-            for tp in self.consumer.position(self.consumer.assignment()):
-                if tp.offset < 0:  # nothing read yet on this partition
-                    continue
-                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
-                if high >= 0:
-                    lags[tp.partition] = max(0, high - tp.offset)
-        except KafkaException as exc:
-            log.debug("input lag unavailable error=%s", exc)
-            return
-        set_consumer_lag(self.settings.kafka.input_topic, lags)
+        lags = consumer_lags(self.consumer)
+        if lags is not None:
+            set_consumer_lag(self.settings.kafka.input_topic, lags)
 
     def _produce(self, batch: Batch, stamp: float) -> bool:
         """Produce a batch and wait for every acknowledgement; False if any failed.
