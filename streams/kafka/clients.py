@@ -215,8 +215,12 @@ class RecordLike(Protocol):
 
 
 def headers_of(record: RecordLike) -> list[tuple[str, bytes]]:
-    """A record's headers as (name, bytes) pairs; a header without a value has b""."""
-    return [(str(k), bytes(v) if v is not None else b"") for k, v in record.headers() or ()]
+    """A record's headers as (name, bytes) pairs; a header without a value has b"", and
+    headers that cannot be read at all make an empty list (a dead letter must still go)."""
+    try:
+        return [(str(k), bytes(v) if v is not None else b"") for k, v in record.headers() or ()]
+    except (TypeError, ValueError):
+        return []
 
 
 def where(record: RecordLike) -> tuple[str, int, int]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError
 
-from streams.kafka.clients import INDEX_HEADER, ORIGIN_HEADER, TENANT_HEADER
+from streams.kafka.clients import INDEX_HEADER, ORIGIN_HEADER, TENANT_HEADER, headers_of
 from streams.kafka.dead_letters import send_dead_letter
 from streams.kafka.state import PartitionNotOwned
 from streams.ops.metrics import REDELIVERED, SPANS_RECEIVED
@@ -46,8 +46,8 @@ class FaustRecord:
     def key(self) -> bytes | None:
         return self.message.key  # type: ignore[no-any-return]
 
-    def headers(self) -> list[tuple[str, bytes]]:
-        return _raw_headers(self.message.headers)
+    def headers(self) -> Any:
+        return self.message.headers
 
     def topic(self) -> str:
         return self.message.topic  # type: ignore[no-any-return]
@@ -103,7 +103,7 @@ class Intake:
         if message.timestamp:
             self.worker.lag.note(now - message.timestamp)
         try:
-            headers = _headers(message.headers)
+            headers = dict(headers_of(FaustRecord(message)))
             index = headers.get(INDEX_HEADER)
             progress = headers.get(PROGRESS_HEADER)
             if index is not None:
@@ -201,7 +201,7 @@ class Intake:
             detail=detail,
             key=message.key,
             origin=(message.topic, message.partition, message.offset),
-            headers=_raw_headers(message.headers),
+            headers=headers_of(FaustRecord(message)),
             max_bytes=self.max_bytes,
             on_delivery=self._delivered,
         )
@@ -209,18 +209,6 @@ class Intake:
     def _delivered(self, err: Any, _msg: Any) -> None:
         if err is not None:
             self.worker.decider.failures.failed("dead_letter")
-
-
-def _headers(raw: Any) -> dict[str, bytes]:
-    """A record's headers by name (the last of a repeated name wins)."""
-    return {str(k): bytes(v) if v is not None else b"" for k, v in raw or ()}
-
-
-def _raw_headers(raw: Any) -> list[tuple[str, bytes]]:
-    try:
-        return [(str(k), bytes(v) if v is not None else b"") for k, v in raw or ()]
-    except (TypeError, ValueError):
-        return []
 
 
 def _describe(exc: BaseException) -> str:
