@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test faults lint install clean
+.PHONY: demo test faults lint install readme clean
 
 $(BIN)/caudal: pyproject.toml tests/plugins/example/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ lint: $(BIN)/caudal
 	$(BIN)/ruff format --check streams policies tests
 	$(BIN)/mypy policies
 	$(BIN)/mypy streams
+
+# README's configuration table, generated from the config models (a test fails when it drifts).
+readme: $(BIN)/caudal
+	$(BIN)/python -m streams.config.reference README.md
 
 test: lint
 	$(BIN)/pytest -q -m "not faults" $(ARGS)

@@ -14,29 +14,29 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from streams.config import ConfigError, Settings, load_settings
+from streams.config import ConfigError, ConfigSource, Settings, load_settings
 
 __all__ = ["main"]
 
 
+def _source(args: argparse.Namespace, metrics_port_key: str = "metrics.port") -> ConfigSource:
+    """The config file and the command line's overrides, validated together on load."""
+    given = {
+        "kafka.bootstrap_servers": getattr(args, "bootstrap", None),
+        "kafka.input_topic": getattr(args, "topic", None),
+        "worker.state_dir": getattr(args, "state_dir", None),
+        metrics_port_key: getattr(args, "metrics_port", None),
+        "logging.level": (getattr(args, "loglevel", None) or "").lower() or None,
+    }
+    config = getattr(args, "config", None)
+    return ConfigSource(
+        Path(config) if config else None,
+        {key: value for key, value in given.items() if value is not None},
+    )
+
+
 def _settings(args: argparse.Namespace, read_tokens: bool = False) -> Settings:
-    settings = load_settings(getattr(args, "config", None), read_tokens=read_tokens)
-    kafka = {}
-    if getattr(args, "bootstrap", None):
-        kafka["bootstrap_servers"] = args.bootstrap
-    if getattr(args, "topic", None):
-        kafka["input_topic"] = args.topic
-    worker = {}
-    if getattr(args, "state_dir", None):
-        worker["state_dir"] = args.state_dir
-    update: dict[str, object] = {}
-    if kafka:
-        update["kafka"] = settings.kafka.model_copy(update=kafka)
-    if worker:
-        update["worker"] = settings.worker.model_copy(update=worker)
-    if getattr(args, "metrics_port", None) is not None:
-        update["metrics"] = settings.metrics.model_copy(update={"port": args.metrics_port})
-    return settings.model_copy(update=update) if update else settings
+    return _source(args).load(read_tokens=read_tokens)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -57,12 +57,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Run one worker."""
     from streams.worker import run_worker
 
-    path = Path(args.config) if args.config else None
-    settings = _settings(args)
-    if args.loglevel:
-        logging_config = settings.logging.model_copy(update={"level": args.loglevel.lower()})
-        settings = settings.model_copy(update={"logging": logging_config})
-    code = run_worker(settings, path)
+    source = _source(args)
+    code = run_worker(source.load(read_tokens=False), source)
     # Everything Caudal owns is flushed, committed and closed by now. Faust's consumer thread
     # can outlive its event loop after a stop (a race in mode's shutdown) and would keep the
     # interpreter waiting for it forever: end the process here.
@@ -76,10 +72,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     """Run the OTLP ingest gateway."""
     from streams.ingest.gateway import run_ingest
 
-    settings = _settings(args, read_tokens=True)
-    if args.metrics_port is not None:
-        ingest = settings.ingest.model_copy(update={"metrics_port": args.metrics_port})
-        settings = settings.model_copy(update={"ingest": ingest})
+    settings = _source(args, metrics_port_key="ingest.metrics_port").load(read_tokens=True)
     run_ingest(settings)
     return 0
 

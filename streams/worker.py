@@ -15,12 +15,11 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import faust
 
-from streams.config import Settings
+from streams.config import ConfigSource, Settings
 from streams.export.loop import ExportLoop
 from streams.kafka import faust_seam
 from streams.kafka.clients import (
@@ -116,7 +115,7 @@ class Worker:
         return code
 
 
-def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
+def build_worker(settings: Settings, source: ConfigSource | None = None) -> Worker:
     """Create topics, the Faust app with its tables, agent and timers, and the worker threads."""
     faust_seam.check_faust()
     kafka = settings.kafka
@@ -146,7 +145,7 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
         settings,
         buffered=lambda: len(decider.buffer),
         outcomes=outcomes,
-        config_version=config_version(config_path),
+        config_version=config_version(source.path if source else None),
     )
     worker = Worker(
         settings,
@@ -163,7 +162,7 @@ def build_worker(settings: Settings, config_path: Path | None = None) -> Worker:
     intake = _wire_partitions(worker, ownership, traces, source_topic)
     recover_to_true_end(app, client_config(kafka), stores)
     faust_seam.limit_fetch_wait(app, 0.2)
-    _wire_timers(worker, config_path, source_topic, intake)
+    _wire_timers(worker, source, source_topic, intake)
     _add_threads(worker, outcomes, direct)
     return worker
 
@@ -273,7 +272,7 @@ def _wire_partitions(worker: Worker, ownership: Ownership, traces: Any, topic_na
 
 
 def _wire_timers(
-    worker: Worker, config_path: Path | None, source_topic: str, intake: Intake
+    worker: Worker, source: ConfigSource | None, source_topic: str, intake: Intake
 ) -> None:
     """Health, pressure, the SIGTERM drain and (with a config file) policy reloads."""
     app, settings, health = worker.app, worker.settings, worker.health
@@ -292,8 +291,8 @@ def _wire_timers(
     app.timer(settings.degradation.check_interval, name="check-pressure")(monitor.check_pressure)
     drain = Drain(health, worker.stop_input, settings.shutdown.grace)
     app.on_before_shutdown.connect(drain.on_shutdown)  # type: ignore[arg-type]
-    if config_path is not None:
-        reloader = PolicyReloader(config_path, worker.decider, settings, health)
+    if source is not None and source.path is not None:
+        reloader = PolicyReloader(source, worker.decider, settings, health)
         app.timer(2.0, name="reload-policies")(reloader.watch)
         app.task(reloader.listen_for_sighup)
 
@@ -383,8 +382,8 @@ class Drain:
         self.begin()
 
 
-def run_worker(settings: Settings, config_path: Path | None = None) -> int:
-    """Run one worker until it is told to stop; policies reload from `config_path`."""
-    worker = build_worker(settings, config_path)
+def run_worker(settings: Settings, source: ConfigSource | None = None) -> int:
+    """Run one worker until it is told to stop; policies reload from `source`."""
+    worker = build_worker(settings, source)
     serve_health(worker.health, settings.metrics.host, settings.metrics.port)
     return worker.run()

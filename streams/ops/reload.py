@@ -17,7 +17,7 @@ import logging
 import signal
 from pathlib import Path
 
-from streams.config import ConfigError, Settings, applies_on_reload, changed_keys, load_settings
+from streams.config import ConfigError, ConfigSource, Settings, applies_on_reload, changed_keys
 from streams.ops.health import Health
 from streams.ops.metrics import CONFIG_RELOADS
 from streams.pipeline.decide import Decider, PolicySets
@@ -42,9 +42,15 @@ class PolicyReloader:
     """Watch the config file (and SIGHUP); apply what can be applied, report the rest."""
 
     def __init__(
-        self, path: Path, decider: Decider, settings: Settings, health: Health | None = None
+        self,
+        source: ConfigSource,
+        decider: Decider,
+        settings: Settings,
+        health: Health | None = None,
     ) -> None:
-        self.path = path
+        assert source.path is not None, "a reload needs a file"
+        self.source = source
+        self.path = source.path
         self.decider = decider
         # What the process started with: a change that needs a restart is reported until then.
         self.settings = settings
@@ -76,7 +82,7 @@ class PolicyReloader:
     def reload(self, reason: str) -> list[str]:
         """Validate the file again and apply it; the changed keys that need a restart."""
         try:
-            new = load_settings(self.path, read_tokens=False)
+            new = self.source.load(read_tokens=False)
         except ConfigError as exc:
             CONFIG_RELOADS.labels("failure").inc()
             for path, message in exc.errors:

@@ -11,7 +11,7 @@ import yaml
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from streams.config import load_settings
+from streams.config import ConfigSource, load_settings
 from streams.ops.reload import PolicyReloader
 from streams.pipeline.decide import PolicySets
 from streams.pipeline.route import TenantRoutes
@@ -32,7 +32,7 @@ def reloader(tmp_path: Path) -> tuple[PolicyReloader, SimpleNamespace, Path]:
     routes = TenantRoutes(settings)
     routes.set_share(0.5)
     decider = SimpleNamespace(policy_sets=PolicySets.from_settings(settings), routes=routes)
-    return PolicyReloader(path, decider, settings), decider, path  # type: ignore[arg-type]
+    return PolicyReloader(ConfigSource(path), decider, settings), decider, path  # type: ignore[arg-type]
 
 
 def rewrite(path: Path, **changes: object) -> None:
@@ -80,3 +80,19 @@ def test_what_needs_a_restart_is_named(tmp_path: Path, caplog: pytest.LogCapture
     assert restart == ["decision.wait", "tenants.acme.exporters"]
     assert "keys=decision.wait,tenants.acme.exporters" in caplog.text
     assert decider.routes.settings.tenants["acme"].quota_action == "errors_only"
+
+
+def test_command_line_overrides_hold_across_a_reload(tmp_path: Path) -> None:
+    path = tmp_path / "caudal.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    source = ConfigSource(path, {"kafka.bootstrap_servers": "flag:9092"})
+    settings = source.load()
+    decider = SimpleNamespace(
+        policy_sets=PolicySets.from_settings(settings), routes=TenantRoutes(settings)
+    )
+    reload = PolicyReloader(source, decider, settings)  # type: ignore[arg-type]
+    rewrite(path, **{"tenants.acme.quota_spans_per_second": 400})
+    # The file does not name the flag's servers: a reload that forgot the flag would report
+    # kafka.bootstrap_servers as changed, needing a restart.
+    assert reload.reload("test") == []
+    assert settings.kafka.bootstrap_servers == "flag:9092"

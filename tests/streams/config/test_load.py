@@ -179,3 +179,48 @@ def test_ingest_tokens_file_is_merged(tmp_path: Path) -> None:
         load_settings(path, environ={})
     # Workers load without the tokens: they need not see the Secret that holds them.
     assert load_settings(path, environ={}, read_tokens=False).ingest.tokens == {"inline": "default"}
+
+
+def test_command_line_overrides_are_validated_with_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("kafka: {bootstrap_servers: 'a:9092'}\nmetrics: {port: 9000}\n")
+    settings = load_settings(
+        path,
+        environ={"CAUDAL_BOOTSTRAP_SERVERS": "b:9092"},
+        overrides={"kafka.bootstrap_servers": "c:9092", "logging.level": "debug"},
+    )
+    assert settings.kafka.bootstrap_servers == "c:9092"  # flag over environment over file
+    assert settings.logging.level == "debug" and settings.metrics.port == 9000
+    with pytest.raises(ConfigError) as error:
+        load_settings(path, environ={}, overrides={"metrics.port": 70000})
+    assert [key for key, _ in error.value.errors] == ["metrics.port"]
+
+
+def test_worker_flag_out_of_range_is_rejected(capsys: pytest.CaptureFixture) -> None:
+    assert main(["worker", "--metrics-port", "70000"]) == 1
+    assert "metrics.port:" in capsys.readouterr().err
+
+
+def test_a_bad_exporter_is_reported_once(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        """
+exporters:
+  backend: {type: otlp_http}
+tenants:
+  default: {exporters: [backend]}
+"""
+    )
+    with pytest.raises(ConfigError) as error:
+        load_settings(path, environ={})
+    # The route names an exporter that failed to validate: not also "unknown exporter".
+    assert [key for key, _ in error.value.errors] == ["exporters.backend"]
+
+
+def test_settings_built_in_code_are_cross_checked() -> None:
+    from pydantic import ValidationError
+
+    from streams.config import Settings, TenantConfig
+
+    with pytest.raises(ValidationError, match=r"tenants\.acme\.exporters\.0: unknown exporter"):
+        Settings(tenants={"acme": TenantConfig(exporters=["nowhere"])})
