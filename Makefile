@@ -24,9 +24,9 @@ lint: $(BIN)/caudal
 	$(BIN)/mypy policies
 	$(BIN)/mypy streams
 
-# README's configuration table, generated from the config models (a test fails when it drifts).
+# README's configuration and metrics tables, generated from the code (tests fail when they drift).
 readme: $(BIN)/caudal
-	$(BIN)/python -m streams.config.reference README.md
+	$(BIN)/python -m streams.devtools.readme README.md
 
 test: lint
 	$(BIN)/pytest -q -m "not faults" $(ARGS)

@@ -1,4 +1,4 @@
-"""README's configuration table, generated from the models (`make readme` writes it).
+"""README's configuration table, generated from the models (streams.devtools.readme writes it).
 
 One row per key a user can set: its default, whether a running worker applies a change on
 reload, and what it means. A mapping of named entries (`tenants`, `exporters`) gets a row of its
@@ -7,9 +7,7 @@ own and rows for an entry's keys under `NAME`.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -19,10 +17,7 @@ from streams.config.changes import field_model, is_reloadable
 from streams.config.models import Settings
 from streams.config.units import format_duration, format_size, parse_duration, parse_size
 
-__all__ = ["BEGIN", "END", "config_rows", "config_table", "write_readme"]
-
-BEGIN = "<!-- configuration table: generated from streams/config/models.py by `make readme` -->"
-END = "<!-- end of the configuration table -->"
+__all__ = ["config_rows", "config_table"]
 
 Row = tuple[str, str, bool, str]
 
@@ -87,21 +82,3 @@ def config_table() -> str:
             f"| `{path}` | {default} | {'applied' if applies else 'restart'} | {meaning} |"
         )
     return "\n".join(lines)
-
-
-def write_readme(path: Path) -> bool:
-    """Put the current table between the markers of `path`; True if the file changed."""
-    text = path.read_text()
-    head, _, rest = text.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    if not rest or not tail and END not in rest:
-        raise ValueError(f"{path}: the markers of the configuration table are missing")
-    updated = f"{head}{BEGIN}\n{config_table()}\n{END}{tail}"
-    if updated != text:
-        path.write_text(updated)
-    return updated != text
-
-
-if __name__ == "__main__":
-    target = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
-    print(f"{target}: {'updated' if write_readme(target) else 'up to date'}")

@@ -24,7 +24,15 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from streams.config import Settings
 from streams.export.backends import PermanentError, RetryableError, build_backend
 from streams.export.breaker import CircuitBreaker
-from streams.kafka.clients import ProducerLike, client_config, consumer_lags, headers_of, where
+from streams.kafka.clients import (
+    DeliveryReports,
+    ProducerLike,
+    client_config,
+    consumer_lags,
+    headers_of,
+    rewind,
+    where,
+)
 from streams.kafka.dead_letters import send_dead_letter
 from streams.ops.health import ExportOutcomes, Supervised
 from streams.ops.metrics import (
@@ -61,6 +69,7 @@ class ExportLoop(Supervised):
         self.settings = settings
         self.stop = stop
         self.producer = producer  # for dead letters
+        self.dead_letters = DeliveryReports()
         self.outcomes = outcomes or ExportOutcomes()
         self.config = settings.exporters[name]
         self.backend = build_backend(self.config, settings.kafka)
@@ -116,6 +125,8 @@ class ExportLoop(Supervised):
                 if not messages:
                     continue
                 if self._deliver(messages) and not self.revoked:
+                    if not self._dead_letters_acknowledged(messages):
+                        continue
                     try:
                         self.consumer.commit(asynchronous=False)
                     except KafkaException as exc:
@@ -128,6 +139,16 @@ class ExportLoop(Supervised):
         finally:
             self.backend.close()
             self.consumer.close()
+
+    def _dead_letters_acknowledged(self, messages: list[Message]) -> bool:
+        """Are the batch's dead letters in their topic? If not, the batch is read again
+        (never committed past a record that is in neither the backend nor the dead letters)."""
+        delivery = self.dead_letters.wait(self.producer)
+        if delivery.ok:
+            return True
+        log.error("export dead letters not delivered exporter=%s %s", self.exporter_name, delivery)
+        rewind(self.consumer, messages)
+        return False
 
     def _is_error(self, msg: Message) -> bool:
         err = msg.error()
@@ -250,8 +271,8 @@ class ExportLoop(Supervised):
             origin=where(msg),
             headers=[*headers_of(msg), ("caudal-dlq-exporter", self.exporter_name.encode())],
             max_bytes=self.settings.kafka.max_message_bytes,
+            on_delivery=self.dead_letters.on_delivery,
         )
-        self.producer.flush(30)  # in the dead-letter topic before this batch is committed
         return 0
 
     def _label(self, tenant: str) -> str:
@@ -279,8 +300,8 @@ class ExportLoop(Supervised):
                     ("caudal-dlq-body", exc.body[:4096]),
                 ],
                 max_bytes=self.settings.kafka.max_message_bytes,
+                on_delivery=self.dead_letters.on_delivery,
             )
-        self.producer.flush(30)
 
     def _pause(self, seconds: float) -> None:
         """Wait without fetching, but keep polling so the group keeps this member."""

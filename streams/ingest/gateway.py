@@ -33,12 +33,18 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from prometheus_client import Counter, Gauge, Histogram
 
 from streams.config import Settings
 from streams.kafka.clients import ensure_topics, make_producer
 from streams.ops.health import serve_endpoints
 from streams.ops.logs import configure_logging
+from streams.ops.metrics import (
+    INGEST_BACKPRESSURE,
+    INGEST_PRODUCE_LATENCY,
+    INGEST_QUEUE_FILL,
+    INGEST_REQUESTS,
+    INGEST_SPANS,
+)
 from streams.pipeline.route import TokenBucket
 from streams.wire.origin import NO_ORIGIN
 from streams.wire.otlp import BadInput, decode_request, span_count, split_by_trace
@@ -49,28 +55,6 @@ __all__ = ["Gateway", "Refused", "run_ingest"]
 
 log = logging.getLogger(__name__)
 
-REQUESTS = Counter(
-    "caudal_ingest_requests",
-    "Ingest requests per protocol, tenant and outcome (HTTP status class or gRPC code).",
-    ["protocol", "tenant", "outcome"],
-)
-SPANS = Counter(
-    "caudal_ingest_spans",
-    "Spans per tenant and outcome (accepted, rejected).",
-    ["tenant", "outcome"],
-)
-BACKPRESSURE = Gauge(
-    "caudal_ingest_backpressure",
-    "Backpressure state: 0 normal, 1 warning, 2 throttling (429), 3 unavailable (503).",
-)
-QUEUE_FILL = Gauge(
-    "caudal_ingest_queue_fill_ratio", "Bytes awaiting Kafka's acknowledgement / the limit."
-)
-PRODUCE_LATENCY = Histogram(
-    "caudal_ingest_produce_latency_seconds",
-    "From handing a request's records to Kafka until all were acknowledged.",
-    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)
 
 NORMAL, WARNING, THROTTLED, UNAVAILABLE = range(4)
 
@@ -207,7 +191,7 @@ class Gateway:
     def state(self) -> int:
         """The backpressure state now (also exported as a metric)."""
         fill = self.inflight / self.config.max_inflight_bytes
-        QUEUE_FILL.set(fill)
+        INGEST_QUEUE_FILL.set(fill)
         if self.kafka_down or fill >= self.config.unavailable_at:
             state = UNAVAILABLE
         elif fill >= self.config.throttle_at:
@@ -216,7 +200,7 @@ class Gateway:
             state = WARNING
         else:
             state = NORMAL
-        BACKPRESSURE.set(state)
+        INGEST_BACKPRESSURE.set(state)
         return state
 
     def admit(self) -> None:
@@ -259,14 +243,14 @@ class Gateway:
         label = self.settings.tenant_label(tenant)
         bucket = self.buckets.get(tenant)
         if bucket is not None and spans and not bucket.take(spans, time.monotonic()):
-            SPANS.labels(label, "rate_limited").inc(spans)
+            INGEST_SPANS.labels(label, "rate_limited").inc(spans)
             raise Refused(429, f"tenant {tenant!r} is over its ingest rate limit", retry_after=1)
         if records:
             await self._produce(records, tenant)
-        SPANS.labels(label, "accepted").inc(spans)
+        INGEST_SPANS.labels(label, "accepted").inc(spans)
         rejected += too_large
         if rejected:
-            SPANS.labels(label, "rejected").inc(rejected)
+            INGEST_SPANS.labels(label, "rejected").inc(rejected)
             reasons = []
             if too_large:
                 reasons.append(f"{too_large} span(s) larger than kafka.max_message_bytes")
@@ -321,7 +305,7 @@ class Gateway:
             await done
         except Exception as exc:
             raise Refused(503, f"Kafka did not acknowledge: {exc}", retry_after=5) from exc
-        PRODUCE_LATENCY.observe(time.perf_counter() - started)
+        INGEST_PRODUCE_LATENCY.observe(time.perf_counter() - started)
 
 
 def _succeed(future: asyncio.Future[None]) -> None:
@@ -376,7 +360,7 @@ def http_app(gateway: Gateway) -> web.Application:
             return _http_error(413, f"request body over {limit} bytes", None, tenant, content_type)
         except Refused as exc:
             return _http_error(exc.status, str(exc), exc.retry_after, tenant, content_type)
-        REQUESTS.labels("http", gateway.settings.tenant_label(tenant), "200").inc()
+        INGEST_REQUESTS.labels("http", gateway.settings.tenant_label(tenant), "200").inc()
         response = ExportTraceServiceResponse()
         if rejected:
             response.partial_success.CopyFrom(
@@ -391,7 +375,7 @@ def http_app(gateway: Gateway) -> web.Application:
     def _http_error(
         status: int, message: str, retry_after: int | None, tenant: str, content_type: str
     ) -> web.Response:
-        REQUESTS.labels("http", gateway.settings.tenant_label(tenant), str(status)).inc()
+        INGEST_REQUESTS.labels("http", gateway.settings.tenant_label(tenant), str(status)).inc()
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
         # OTLP: error bodies are a google.rpc.Status in the request's encoding.
         status_msg = status_pb2.Status(code=_rpc_code(status), message=message)
@@ -446,10 +430,12 @@ class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
             rejected, error = await self.gateway.accept(request, tenant)
         except Refused as exc:
             code = _GRPC_CODES.get(exc.status, grpc.StatusCode.INTERNAL)
-            REQUESTS.labels("grpc", self.gateway.settings.tenant_label(tenant), code.name).inc()
+            INGEST_REQUESTS.labels(
+                "grpc", self.gateway.settings.tenant_label(tenant), code.name
+            ).inc()
             await _abort(context, code, str(exc), exc.retry_after)
             raise  # unreachable: abort raises
-        REQUESTS.labels("grpc", self.gateway.settings.tenant_label(tenant), "OK").inc()
+        INGEST_REQUESTS.labels("grpc", self.gateway.settings.tenant_label(tenant), "OK").inc()
         response = ExportTraceServiceResponse()
         if rejected:
             response.partial_success.CopyFrom(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
@@ -14,7 +15,9 @@ from streams.config import ConfigError, KafkaConfig
 from streams.ops.metrics import PRODUCE_FAILURES
 
 __all__ = [
+    "Delivery",
     "DeliveryFailures",
+    "DeliveryReports",
     "INDEX_HEADER",
     "ORIGIN_HEADER",
     "SPAN_COUNT_HEADER",
@@ -29,6 +32,7 @@ __all__ = [
     "make_producer",
     "where",
     "produce",
+    "produce_all",
     "rewind",
 ]
 
@@ -166,6 +170,56 @@ def produce(producer: ProducerLike, topic: str, **record: Any) -> None:
             return
         except BufferError:
             producer.poll(0.05)
+
+
+class DeliveryReports:
+    """The delivery reports of a group of records: produce each with `on_delivery`, then
+    `wait` for them all. Nothing a caller commits may depend on a record until `wait` said it
+    was acknowledged."""
+
+    def __init__(self) -> None:
+        self.errors: list[Any] = []
+
+    def on_delivery(self, err: Any, _msg: Any) -> None:
+        """The delivery callback for each record of the group."""
+        if err is not None:
+            self.errors.append(err)
+
+    def wait(self, producer: ProducerLike, timeout: float = 30.0) -> Delivery:
+        """Flush, and say what failed since the last wait (the reports start afresh)."""
+        undelivered = producer.flush(timeout)
+        errors, self.errors = self.errors, []
+        return Delivery(errors, undelivered)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What became of a group of records: the errors reported, and how many records were not
+    acknowledged in time."""
+
+    errors: list[Any]
+    undelivered: int
+
+    @property
+    def ok(self) -> bool:
+        """Every record acknowledged."""
+        return not self.errors and not self.undelivered
+
+    def __str__(self) -> str:
+        first = self.errors[0] if self.errors else "timeout"
+        return f"errors={len(self.errors)} undelivered={self.undelivered} first={first}"
+
+
+def produce_all(
+    producer: ProducerLike, topic: str, records: Iterable[Mapping[str, Any]], timeout: float = 30.0
+) -> Delivery:
+    """Produce every record (`key`, `value`, `headers`, `partition`, ...) and wait for the
+    acknowledgements of all of them."""
+    reports = DeliveryReports()
+    for record in records:
+        produce(producer, topic, **record, on_delivery=reports.on_delivery)
+        producer.poll(0)
+    return reports.wait(producer, timeout)
 
 
 class DeliveryFailures:

@@ -17,33 +17,17 @@ import threading
 from collections.abc import Iterable
 
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Status
-from prometheus_client import Counter, Histogram
 
 from streams.config import ExperimentsConfig
+from streams.ops.metrics import (
+    EXPERIMENT_DURATION,
+    EXPERIMENT_ERRORS,
+    EXPERIMENT_REQUESTS,
+    EXPERIMENT_SERIES_DROPPED,
+)
 
 __all__ = ["ExperimentMeter"]
 
-REQUESTS = Counter(
-    "caudal_experiment_requests",
-    "Spans of an experiment (all traffic, before sampling), per experiment, variant, service.",
-    ["experiment", "variant", "service"],
-)
-ERRORS = Counter(
-    "caudal_experiment_errors",
-    "Spans of status ERROR of an experiment (before sampling), per experiment, variant, service.",
-    ["experiment", "variant", "service"],
-)
-DURATION = Histogram(
-    "caudal_experiment_duration_seconds",
-    "Span durations of an experiment (before sampling), per experiment, variant and service.",
-    ["experiment", "variant", "service"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)
-SERIES_DROPPED = Counter(
-    "caudal_experiment_series_dropped",
-    "Experiment spans not counted because experiments.max_series label sets were in use "
-    "or the experiment is not in experiments.allow.",
-)
 
 _ERROR = Status.STATUS_CODE_ERROR
 _Series = tuple[str, str, str]
@@ -88,7 +72,7 @@ class ExperimentMeter:
         if metrics is None:
             metrics = self._admit(key)
             if metrics is None:
-                SERIES_DROPPED.inc()
+                EXPERIMENT_SERIES_DROPPED.inc()
                 return
         requests, errors, duration = metrics
         requests.inc()  # type: ignore[attr-defined]
@@ -106,9 +90,9 @@ class ExperimentMeter:
                 if len(self._series) >= self.config.max_series:
                     return None
                 metrics = self._series[key] = (
-                    REQUESTS.labels(*key),
-                    ERRORS.labels(*key),
-                    DURATION.labels(*key),
+                    EXPERIMENT_REQUESTS.labels(*key),
+                    EXPERIMENT_ERRORS.labels(*key),
+                    EXPERIMENT_DURATION.labels(*key),
                 )
             return metrics
 

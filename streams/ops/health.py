@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from streams.config import Settings
-from streams.ops.metrics import THREAD_FAILURES, set_one_hot
+from streams.ops.metrics import HEALTH_STATE, PIPELINE_STATE, THREAD_FAILURES, set_one_hot
 from streams.pipeline.degrade import Degradation
 
 __all__ = [
@@ -42,11 +42,6 @@ log = logging.getLogger(__name__)
 
 PIPELINE_STATES = ("initializing", "starting", "running", "degraded", "draining", "stopped")
 HEALTH_STATES = ("healthy", "degraded", "unhealthy")
-
-PIPELINE_STATE = Gauge(
-    "caudal_pipeline_state", "1 for the worker's current pipeline state.", ["state"]
-)
-HEALTH_STATE = Gauge("caudal_health_state", "1 for the worker's current health state.", ["state"])
 
 
 class ExportOutcomes:

@@ -1,12 +1,32 @@
-"""Prometheus metrics (prefix `caudal_`). Names are part of the public contract: see README."""
+"""Every Prometheus metric Caudal exports (prefix `caudal_`), declared here and only here.
+
+Names, labels and help texts are part of the public contract; README's metrics table is
+generated from this module (`metric_rows`), so the two cannot drift.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 __all__ = [
+    "metric_rows",
+    "EXPERIMENT_REQUESTS",
+    "EXPERIMENT_ERRORS",
+    "EXPERIMENT_DURATION",
+    "EXPERIMENT_SERIES_DROPPED",
+    "PIPELINE_STATE",
+    "HEALTH_STATE",
+    "DEGRADATION_LEVEL",
+    "DEGRADATION_CHANGES",
+    "DEGRADED_SPANS",
+    "INGEST_REQUESTS",
+    "INGEST_SPANS",
+    "INGEST_BACKPRESSURE",
+    "INGEST_QUEUE_FILL",
+    "INGEST_PRODUCE_LATENCY",
     "DEAD_LETTERS",
     "DECISIONS",
     "EXPORTER_BACKLOG",
@@ -73,7 +93,8 @@ DECISION_LAG = Histogram(
 )
 SPANS_EXPORTED = Counter(
     "caudal_spans_exported",
-    "Spans written by an exporter, per exporter, tenant and outcome.",
+    "Spans an exporter delivered (outcome success) or dead-lettered after its backend rejected "
+    "them (dead_letter), per exporter and tenant.",
     ["exporter", "tenant", "outcome"],
 )
 CONFIG_RELOADS = Counter(
@@ -172,6 +193,85 @@ THREAD_FAILURES = Counter(
 )
 
 
+# Experiment RED metrics (streams.ops.experiments), on all traffic before sampling
+EXPERIMENT_REQUESTS = Counter(
+    "caudal_experiment_requests",
+    "Spans of an experiment (all traffic, before sampling), per experiment, variant, service.",
+    ["experiment", "variant", "service"],
+)
+
+EXPERIMENT_ERRORS = Counter(
+    "caudal_experiment_errors",
+    "Spans of status ERROR of an experiment (before sampling), per experiment, variant, service.",
+    ["experiment", "variant", "service"],
+)
+
+EXPERIMENT_DURATION = Histogram(
+    "caudal_experiment_duration_seconds",
+    "Span durations of an experiment (before sampling), per experiment, variant and service.",
+    ["experiment", "variant", "service"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+EXPERIMENT_SERIES_DROPPED = Counter(
+    "caudal_experiment_series_dropped",
+    "Experiment spans not counted because experiments.max_series label sets were in use "
+    "or the experiment is not in experiments.allow.",
+)
+
+# Health (streams.ops.health)
+PIPELINE_STATE = Gauge(
+    "caudal_pipeline_state", "1 for the worker's current pipeline state.", ["state"]
+)
+
+HEALTH_STATE = Gauge("caudal_health_state", "1 for the worker's current health state.", ["state"])
+
+# Degradation levels (streams.pipeline.degrade)
+DEGRADATION_LEVEL = Gauge(
+    "caudal_degradation_level",
+    "Degradation level: 0 normal, 1 larger batches, 2-4 per-span trace-ID sampling.",
+)
+
+DEGRADATION_CHANGES = Counter(
+    "caudal_degradation_changes",
+    "Changes of the degradation level, per direction (up, down).",
+    ["direction"],
+)
+
+DEGRADED_SPANS = Counter(
+    "caudal_degraded_spans",
+    "Spans decided on arrival at degradation level 2 or more, per outcome (kept, dropped).",
+    ["outcome"],
+)
+
+# The ingest gateway (streams.ingest.gateway): exposed by `caudal ingest`
+INGEST_REQUESTS = Counter(
+    "caudal_ingest_requests",
+    "Ingest requests per protocol, tenant and outcome (HTTP status class or gRPC code).",
+    ["protocol", "tenant", "outcome"],
+)
+
+INGEST_SPANS = Counter(
+    "caudal_ingest_spans",
+    "Spans the gateway received, per tenant and outcome (accepted, rejected, rate_limited).",
+    ["tenant", "outcome"],
+)
+
+INGEST_BACKPRESSURE = Gauge(
+    "caudal_ingest_backpressure",
+    "Backpressure state: 0 normal, 1 warning, 2 throttling (429), 3 unavailable (503).",
+)
+
+INGEST_QUEUE_FILL = Gauge(
+    "caudal_ingest_queue_fill_ratio", "Bytes awaiting Kafka's acknowledgement / the limit."
+)
+
+INGEST_PRODUCE_LATENCY = Histogram(
+    "caudal_ingest_produce_latency_seconds",
+    "From handing a request's records to Kafka until all were acknowledged.",
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
 # Label sets known in advance exist from the start (at 0), so rate() and increase() see their
 # first increment.
 for _outcome in ("kept", "dropped"):
@@ -182,6 +282,10 @@ for _reason in ("max_traces", "max_buffer_bytes", "max_trace_bytes"):
     TRACES_DECIDED_EARLY.labels(_reason)
 for _kind in ("sampled", "dead_letter"):
     PRODUCE_FAILURES.labels(_kind)
+for _direction in ("up", "down"):
+    DEGRADATION_CHANGES.labels(_direction)
+for _outcome in ("kept", "dropped"):
+    DEGRADED_SPANS.labels(_outcome)
 
 
 _LAG_PARTITIONS: dict[str, set[int]] = {}
@@ -200,3 +304,13 @@ def set_consumer_lag(topic: str, lags: dict[int, int]) -> None:
     _LAG_PARTITIONS[topic] = set(lags)
     for partition, value in lags.items():
         CONSUMER_LAG.labels(topic, str(partition)).set(value)
+
+
+def metric_rows() -> Iterator[tuple[str, tuple[str, ...], str]]:
+    """(exposed name, labels, help) of every metric above, in the order declared."""
+    for value in list(globals().values()):
+        if isinstance(value, MetricWrapperBase):
+            described = next(iter(value.describe()))
+            name = described.name + ("_total" if described.type == "counter" else "")
+            kind = " (histogram)" if described.type == "histogram" else ""
+            yield name, tuple(value._labelnames), described.documentation + kind

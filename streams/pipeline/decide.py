@@ -29,6 +29,7 @@ from streams.kafka.state import TableStore
 from streams.ops.metrics import (
     DECISION_LAG,
     DECISIONS,
+    DEGRADED_SPANS,
     LATE_SPANS,
     ORPHAN_SPANS,
     QUOTA_DROPS,
@@ -36,7 +37,7 @@ from streams.ops.metrics import (
     UNKNOWN_TENANT_DROPS,
 )
 from streams.pipeline.buffer import BufferedTrace, Pending, TraceBuffer, Unreadable
-from streams.pipeline.degrade import DEGRADED_POLICY, DEGRADED_SPANS, shed_fragment
+from streams.pipeline.degrade import DEGRADED_POLICY, shed_fragment
 from streams.pipeline.route import TenantRoutes
 from streams.wire.origin import ENTRY_BYTES, add_origin, covers
 from streams.wire.otlp import annotate_kept, span_count, split_request

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
-from prometheus_client import Counter, Gauge
 
 from policies.builtin.probabilistic import DEFAULT_HASH_SALT
 from policies.hashing import fnv1a_64, ratio_threshold
 from streams.config import DegradationConfig
+from streams.ops.metrics import DEGRADATION_CHANGES, DEGRADATION_LEVEL
 from streams.wire.otlp import annotate_kept
 
 __all__ = [
@@ -45,25 +45,6 @@ log = logging.getLogger(__name__)
 DEGRADED_POLICY = "degraded"
 FIRST_SHEDDING_LEVEL = 2
 
-LEVEL = Gauge(
-    "caudal_degradation_level",
-    "Degradation level: 0 normal, 1 larger batches, 2-4 per-span trace-ID sampling.",
-)
-CHANGES = Counter(
-    "caudal_degradation_changes",
-    "Changes of the degradation level, per direction (up, down).",
-    ["direction"],
-)
-DEGRADED_SPANS = Counter(
-    "caudal_degraded_spans",
-    "Spans decided on arrival at degradation level 2 or more, per outcome (kept, dropped).",
-    ["outcome"],
-)
-
-for _label in ("up", "down"):
-    CHANGES.labels(_label)
-for _label in ("kept", "dropped"):
-    DEGRADED_SPANS.labels(_label)
 
 _SEED = fnv1a_64(DEFAULT_HASH_SALT.encode())
 
@@ -107,7 +88,7 @@ class Degradation:
         self._streak = 0
         self._calm_since: float | None = None
         self._last_lag = 0.0
-        LEVEL.set(0)
+        DEGRADATION_LEVEL.set(0)
 
     def batch_factor(self) -> int:
         """How many times larger batches are (level 1 and up)."""
@@ -161,8 +142,8 @@ class Degradation:
         before = self.level
         self.level += step
         self.reason = reason
-        LEVEL.set(self.level)
-        CHANGES.labels("up" if step > 0 else "down").inc()
+        DEGRADATION_LEVEL.set(self.level)
+        DEGRADATION_CHANGES.labels("up" if step > 0 else "down").inc()
         percentage = self.percentage()
         log.warning(
             "degradation level changed from=%d to=%d reason=%r sampling=%s",

@@ -26,6 +26,7 @@ from streams.kafka.clients import (
     INDEX_HEADER,
     ORIGIN_HEADER,
     TENANT_HEADER,
+    DeliveryReports,
     RecordLike,
     client_config,
     consumer_lags,
@@ -341,12 +342,7 @@ class SplitStage(Supervised):
         Every record is stamped with the batch's latest input time (a trace's decision window
         starts there) and carries the progress this split stage vouched for so far.
         """
-        failures: list[KafkaError] = []
-
-        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                failures.append(err)
-
+        reports = DeliveryReports()
         topic = self.settings.kafka.spans_topic
         timestamp = int(stamp * 1000)
         progress = self.progress.header()
@@ -370,19 +366,13 @@ class SplitStage(Supervised):
                     partition=partition,
                     timestamp=timestamp,
                     headers=headers,
-                    on_delivery=on_delivery,
+                    on_delivery=reports.on_delivery,
                 )
                 self.producer.poll(0)
-        remaining = self.producer.flush(30)
+        delivery = reports.wait(self.producer)
         dead, self.dead_letter.failures = self.dead_letter.failures, 0
-        if failures or remaining or dead:
-            log.error(
-                "split produce failed errors=%d undelivered=%d dead_letters=%d first=%s",
-                len(failures),
-                remaining,
-                dead,
-                failures[0] if failures else "timeout",
-            )
+        if not delivery.ok or dead:
+            log.error("split produce failed %s dead_letters=%d", delivery, dead)
             return False
         return True
 

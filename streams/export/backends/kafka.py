@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from streams.config import KafkaConfig
 from streams.export.backends import RetryableError
-from streams.kafka.clients import make_producer
+from streams.kafka.clients import make_producer, produce_all
 
 __all__ = ["KafkaBackend"]
 
@@ -20,19 +20,10 @@ class KafkaBackend:
 
     def write(self, tenant: str, traces: list[bytes]) -> None:
         """Produce and wait for every acknowledgement."""
-        errors: list[object] = []
-
-        def on_delivery(err: object, _msg: object) -> None:
-            if err is not None:
-                errors.append(err)
-
-        for payload in traces:
-            self.producer.produce(
-                self.topic, key=tenant.encode(), value=payload, on_delivery=on_delivery
-            )
-        remaining = self.producer.flush(30)
-        if errors or remaining:
-            raise RetryableError(f"{len(errors)} records failed, {remaining} unacknowledged")
+        records = ({"key": tenant.encode(), "value": value} for value in traces)
+        delivery = produce_all(self.producer, self.topic, records)
+        if not delivery.ok:
+            raise RetryableError(f"not acknowledged: {delivery}")
 
     def close(self) -> None:
         """Flush what is left."""

@@ -1,19 +1,9 @@
-"""README's configuration table is the models' own, and every key in it says what it does."""
+"""The configuration table is the models' own, and every key in it says what it does."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from streams.config import Settings, applies_on_reload
-from streams.config.reference import BEGIN, END, config_rows, config_table, write_readme
-
-README = Path(__file__).resolve().parents[3] / "README.md"
-
-
-def test_readme_table_is_generated_from_the_models() -> None:
-    text = README.read_text()
-    table = text.partition(BEGIN)[2].partition(END)[0].strip()
-    assert table == config_table(), "README's configuration table drifted: run `make readme`"
+from streams.config.reference import config_rows
 
 
 def test_every_key_has_a_meaning_and_every_section_a_row() -> None:
@@ -40,13 +30,3 @@ def test_defaults_are_spelled_as_a_user_writes_them() -> None:
     assert rows["kafka.max_message_bytes"] == "`1MiB`"
     assert rows["exporters.NAME.type"] == "required"
     assert rows["tenants.NAME.quota_spans_per_second"] == "none"
-
-
-def test_write_readme_replaces_only_the_table(tmp_path: Path) -> None:
-    path = tmp_path / "README.md"
-    path.write_text(f"# before\n\n{BEGIN}\n| stale |\n{END}\n\nafter\n")
-    assert write_readme(path) is True
-    text = path.read_text()
-    assert text.startswith("# before\n\n") and text.endswith("\n\nafter\n")
-    assert "| stale |" not in text and config_table() in text
-    assert write_readme(path) is False
