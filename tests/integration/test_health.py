@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from streams.devtools.broker import LocalBroker
+from tests.endpoints import get
 from tests.integration.harness import Pipeline, wait_for
 from tests.integration.sdk_traces import SdkTraces, encode
 
 pytestmark = pytest.mark.integration
-
-
-def get(port: int, path: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except OSError:
-        return 0, b""
 
 
 def test_readyz_healthz_and_status(broker: LocalBroker, tmp_path: Path) -> None:

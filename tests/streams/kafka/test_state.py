@@ -1,0 +1,168 @@
+"""The table store: changelog before the database, no write to a partition handed over, and
+no input offset committed before every changelog record is acknowledged."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import rocksdict
+
+from streams.kafka import faust_seam, state
+from streams.kafka.state import ChangelogError, PartitionNotOwned, TableStore, bind_to_commits
+
+
+class FaustStore:
+    """What Faust's RocksDB store offers the seam: a database per partition and the persisted
+    changelog offsets (kept in the database under Faust's metadata prefix)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.dbs: dict[int, rocksdict.Rdict] = {}
+        self.offsets: dict[Any, int] = {}
+
+    def _open_for_partition(self, partition: int) -> rocksdict.Rdict:
+        return rocksdict.Rdict(
+            str(self.root / f"p{partition}"), options=rocksdict.Options(raw_mode=True)
+        )
+
+    def _db_for_partition(self, partition: int) -> rocksdict.Rdict:
+        if partition not in self.dbs:
+            self.dbs[partition] = self._open_for_partition(partition)
+        return self.dbs[partition]
+
+    def persisted_offset(self, tp: Any) -> int | None:
+        return self.offsets.get(tp)
+
+    def set_persisted_offset(self, tp: Any, offset: int) -> None:
+        self.offsets[tp] = offset
+
+
+class Producer:
+    """Records produced; `refuse` makes produce raise (a record librdkafka will not take)."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.refuse = False
+        self.unacknowledged = 0
+
+    def produce(self, topic: str, **record: Any) -> None:
+        if self.refuse:
+            raise ValueError("refused")
+        self.records.append({"topic": topic, **record})
+
+    def poll(self, timeout: float = 0) -> int:
+        return 0
+
+    def flush(self, timeout: float = 0) -> int:
+        return self.unacknowledged
+
+    def acknowledge(self, store: TableStore, error: object = None) -> None:
+        for i, record in enumerate(self.records):
+            message = SimpleNamespace(
+                partition=lambda r=record: r["partition"], offset=lambda i=i: i
+            )
+            store._acked_cb(error, message)
+
+
+def make_store(tmp_path: Path, owned: set[int] | None = None) -> tuple[TableStore, Producer]:
+    table = SimpleNamespace(
+        changelog_topic=SimpleNamespace(get_topic_name=lambda: "caudal-traces-changelog"),
+        data=FaustStore(tmp_path),
+    )
+    producer = Producer()
+    writable = (lambda p: p in owned) if owned is not None else (lambda p: True)
+    return TableStore(table, producer, writable), producer
+
+
+def test_a_put_goes_to_the_changelog_then_the_partitions_database(tmp_path: Path) -> None:
+    store, producer = make_store(tmp_path)
+    store.put(2, b"k", b"v")
+    assert producer.records == [
+        {
+            "topic": "caudal-traces-changelog",
+            "key": b"k",
+            "value": b"v",
+            "partition": 2,
+            "on_delivery": store._acked_cb,
+        }
+    ]
+    assert store.get(2, b"k") == b"v" and store.get(1, b"k") is None
+    store.delete(2, b"k")
+    assert producer.records[-1]["value"] is None  # a tombstone
+    assert store.get(2, b"k") is None
+
+
+def test_a_record_the_producer_refuses_leaves_the_table_unchanged(tmp_path: Path) -> None:
+    store, producer = make_store(tmp_path)
+    store.put(0, b"k", b"old")
+    producer.refuse = True
+    with pytest.raises(ValueError):
+        store.put(0, b"k", b"new")
+    with pytest.raises(ValueError):
+        store.delete(0, b"k")
+    assert store.get(0, b"k") == b"old"
+
+
+def test_no_write_to_a_partition_handed_over(tmp_path: Path) -> None:
+    store, producer = make_store(tmp_path, owned={0})
+    store.put(0, b"k", b"v")
+    with pytest.raises(PartitionNotOwned, match="partition 1"):
+        store.put(1, b"k", b"v")
+    with pytest.raises(PartitionNotOwned):
+        store.delete(1, b"k")
+    assert len(producer.records) == 1 and store.get(1, b"k") is None
+
+
+def test_reads_skip_fausts_own_keys_and_keep_order(tmp_path: Path) -> None:
+    store, _ = make_store(tmp_path)
+    store.put(0, b"a", b"1")
+    store.put(0, b"b", b"2")
+    faust_seam.db_for_partition(store.table, 0).put(b"__faust\0offset", b"7")
+    assert list(store.items(0)) == [(b"a", b"1"), (b"b", b"2")]
+    assert store.get_many(0, [b"b", b"missing", b"a"]) == [b"2", None, b"1"]
+    assert store.get_many(0, []) == []
+
+
+def commit_flush(monkeypatch: pytest.MonkeyPatch) -> list[Callable[[], Awaitable[None]]]:
+    flushes: list[Callable[[], Awaitable[None]]] = []
+    monkeypatch.setattr(state.faust_seam, "run_before_commit", lambda app, f: flushes.append(f))
+    return flushes
+
+
+def test_a_commit_waits_for_the_changelog_and_records_what_the_database_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flushes = commit_flush(monkeypatch)
+    store, producer = make_store(tmp_path, owned={0, 1})
+    bind_to_commits(object(), producer, [store])
+    for partition in (0, 1, 0):
+        store.put(partition, b"k", b"v")
+    producer.acknowledge(store)
+    asyncio.run(flushes[0]())
+    offsets = {tp.partition: offset for tp, offset in store.table.data.offsets.items()}
+    assert offsets == {0: 2, 1: 1}  # the highest acknowledged offset per partition
+
+
+def test_a_failed_or_unacknowledged_record_refuses_the_commit_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flushes = commit_flush(monkeypatch)
+    store, producer = make_store(tmp_path)
+    others = [1]
+    bind_to_commits(object(), producer, [store], others=lambda: others.pop() if others else 0)
+    store.put(0, b"k", b"v")
+    producer.acknowledge(store, error="broker down")
+    # One changelog record and one other record (a late span, a dead letter) failed.
+    with pytest.raises(ChangelogError, match="2 failed"):
+        asyncio.run(flushes[0]())
+    assert store.table.data.offsets == {}, "nothing recorded as held after a failure"
+    producer.unacknowledged = 3
+    with pytest.raises(ChangelogError, match="3 records unacknowledged"):
+        asyncio.run(flushes[0]())
+    producer.unacknowledged = 0
+    asyncio.run(flushes[0]())  # failures are counted once: the next commit goes through
