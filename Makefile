@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test faults lint install readme clean
+.PHONY: demo test faults bench lint install readme clean
 
 $(BIN)/caudal: pyproject.toml tests/plugins/example/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,5 +35,18 @@ test: lint
 faults: $(BIN)/caudal
 	$(BIN)/pytest -q -s -m faults tests/faults $(ARGS)
 
+# The standard benchmark set (one JSON object per line in bench-results.jsonl; ~10 min):
+# three bursts, the policy engine, a steady rate (BENCH_RATE traces/s: set it to 80 % of the
+# bursts' spans_per_second / 10), two workers, and 200,000 traces buffered at once.
+BENCH_RATE ?= 5000
+bench: $(BIN)/caudal
+	rm -f bench-results.jsonl
+	for run in 1 2 3; do $(BIN)/caudal bench --json >> bench-results.jsonl; done
+	$(BIN)/caudal bench --policies-only --json >> bench-results.jsonl
+	$(BIN)/caudal bench --rate $(BENCH_RATE) --traces 100000 --json >> bench-results.jsonl
+	$(BIN)/caudal bench --workers 2 --traces 100000 --json >> bench-results.jsonl
+	$(BIN)/caudal bench --traces 200000 --wait 60s --json >> bench-results.jsonl
+	cat bench-results.jsonl
+
 clean:
-	rm -rf $(VENV) caudal-state caudal-output demo-output .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) caudal-state caudal-output demo-output bench-results.jsonl .pytest_cache .mypy_cache .ruff_cache

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from streams.config import ConfigError, ConfigSource, Settings, load_settings
+from streams.config import ConfigError, ConfigSource, Settings, load_settings, parse_duration
 
 __all__ = ["main"]
 
@@ -190,23 +190,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Measure the worker end to end against the raw consume+parse floor."""
-    from streams.devtools.bench import run_bench, run_big_trace_bench
+    from streams.devtools.bench import BenchOptions, run_bench, run_policies_bench
+    from streams.devtools.bench_big import run_big_trace_bench
 
     if args.big_trace:
         return run_big_trace_bench(
-            rate=args.rate,
+            rate=int(args.rate or 500),
             seconds=args.seconds,
             big_spans=args.big_trace,
             partitions=args.partitions,
             bootstrap=args.bootstrap,
         )
-    return run_bench(
+    if args.policies_only:
+        return run_policies_bench(args.traces, args.spans_per_trace, args.json)
+    options = BenchOptions(
         traces=args.traces,
-        spans=args.spans,
+        spans_per_trace=args.spans_per_trace,
+        traces_per_message=args.traces_per_message,
         partitions=args.partitions,
+        workers=args.workers,
+        rate=args.rate,
+        wait=args.wait,
         bootstrap=args.bootstrap,
-        policies_only=args.policies_only,
     )
+    return run_bench(options, as_json=args.json)
 
 
 def cmd_decide(args: argparse.Namespace) -> int:
@@ -330,8 +337,18 @@ def _add_tools(sub: Any) -> None:
 
     p = sub.add_parser("bench", help="measure end-to-end throughput and the raw floor")
     p.add_argument("--traces", type=int, default=50_000)
-    p.add_argument("--spans", type=int, default=10)
+    p.add_argument("--spans-per-trace", "--spans", dest="spans_per_trace", type=int, default=10)
+    p.add_argument("--traces-per-message", type=int, default=1, help="traces in one input message")
     p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--workers", type=int, default=1, help="worker processes sharing the partitions")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="offered traces per second, steady (0: all at once); --big-trace: default 500",
+    )
+    p.add_argument("--wait", type=parse_duration, default=1.0, help="decision.wait (default 1s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object of the figures")
     p.add_argument("--bootstrap", help="use this broker instead of a local one")
     p.add_argument("--policies-only", action="store_true", help="policy engine only")
     p.add_argument(
@@ -340,7 +357,6 @@ def _add_tools(sub: Any) -> None:
         metavar="SPANS",
         help="instead: steady traffic alone, then next to one trace of SPANS spans",
     )
-    p.add_argument("--rate", type=int, default=500, help="--big-trace: steady traces per second")
     p.add_argument("--seconds", type=float, default=40, help="--big-trace: steady traffic's length")
     p.set_defaults(func=cmd_bench)
 

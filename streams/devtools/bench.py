@@ -1,25 +1,37 @@
-"""`caudal bench`: end-to-end throughput of one worker against the raw floor of the same data.
+"""`caudal bench`: what a worker costs per span, against the raw floor of the same data.
 
-1. Start a worker on an empty input topic (decision wait 1 s) and wait until it is ready.
-2. Produce N traces (10 spans each by default, one trace per message, the generator's mix);
+1. Start N workers (one by default) on an empty input topic and wait until they own every
+   partition.
+2. Produce the traces (10 spans each by default, the generator's mix), `--traces-per-message`
+   traces in each input message: all at once (a burst), or `--rate` traces per second (steady);
    kept traces go to a Kafka exporter.
-3. End to end = spans / (time until every trace is decided − the decision wait).
-4. Raw floor = confluent-kafka consume + OTLP parse + a walk over every span of the same topic.
-Also: decision lag p50/p99 (from the worker's histogram), peak RSS, RSS per 1,000 buffered traces.
+3. End to end = spans decided / (time until every trace is decided − the decision wait).
+4. Raw floor = confluent-kafka consume + OTLP parse + a walk over every span of the same topic,
+   in this process, right after: the same machine, broker and data.
+
+Also: the workers' CPU per span (user + system of the worker processes over the run, from
+/proc), decision lag p50/p99 (the workers' histogram), peak RSS and RSS per 1,000 buffered
+traces, the broker's CPU, and the policy engine's decisions per second for the five default
+rules. `--json` prints one JSON object; a progress line goes to stderr while it runs.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import Consumer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from streams.config import DEFAULT_POLICIES, KafkaConfig
@@ -28,24 +40,85 @@ from streams.devtools.demo import read_metrics, start_worker, stop_process
 from streams.devtools.generate import DEFAULT_MIX, build_trace
 from streams.kafka.clients import ensure_topics, make_producer
 
-__all__ = ["bench_policies", "run_big_trace_bench", "run_bench"]
+__all__ = [
+    "BenchOptions",
+    "BenchResult",
+    "bench_policies",
+    "cpu_seconds",
+    "lag_buckets",
+    "quantile",
+    "reader",
+    "rss_kib",
+    "run_bench",
+    "total",
+    "wait_ready",
+]
 
-WAIT = 1.0
+Samples = dict[str, list[tuple[dict[str, str], float]]]
 
 
-def _rss_kib(pid: int, field: str = "VmRSS") -> int:
+@dataclass(frozen=True)
+class BenchOptions:
+    """What `caudal bench` runs."""
+
+    traces: int = 50_000
+    spans_per_trace: int = 10
+    traces_per_message: int = 1
+    partitions: int = 4
+    workers: int = 1
+    rate: float = 0.0  # traces per second offered; 0: everything at once
+    wait: float = 1.0  # decision.wait of the workers
+    bootstrap: str | None = None
+
+
+@dataclass
+class BenchResult:
+    """The figures of one run (`--json` prints them as one object)."""
+
+    traces: int
+    spans_per_trace: int
+    traces_per_message: int
+    workers: int
+    partitions: int
+    offered_traces_per_second: float | None
+    decision_wait_s: float
+    elapsed_s: float
+    produce_messages_per_second: float
+    spans_per_second: float
+    raw_floor_spans_per_second: float
+    ratio: float
+    cpu_us_per_span: float
+    worker_cpu_s: float
+    broker_cpu_s: float | None
+    decision_lag_p50_s: float
+    decision_lag_p99_s: float
+    peak_rss_mib: float
+    peak_buffered_traces: float
+    rss_mib_per_1000_traces: float
+    policy_decisions_per_second: float
+
+
+def rss_kib(pid: int, name: str = "VmRSS") -> int:
+    """A process's RSS (or `VmHWM`, its peak) in KiB, from /proc."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
+        if line.startswith(name + ":"):
             return int(line.split()[1])
     return 0
 
 
-def _quantile(buckets: list[tuple[float, float]], q: float) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far, from /proc/PID/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def quantile(buckets: list[tuple[float, float]], q: float) -> float:
     """Quantile from cumulative Prometheus buckets (upper bound, count), interpolated."""
-    total = buckets[-1][1] if buckets else 0
-    if not total:
+    count_all = buckets[-1][1] if buckets else 0
+    if not count_all:
         return float("nan")
-    target = q * total
+    target = q * count_all
     prev_bound, prev_count = 0.0, 0.0
     for bound, count in buckets:
         if count >= target:
@@ -57,18 +130,22 @@ def _quantile(buckets: list[tuple[float, float]], q: float) -> float:
     return prev_bound
 
 
-def _messages(traces: int, spans: int) -> list[bytes]:
-    rng = random.Random(42)
-    kinds, weights = list(DEFAULT_MIX), list(DEFAULT_MIX.values())
-    now = time.time_ns()
-    out = []
-    for i in range(traces):
-        _, blocks = build_trace(rng, rng.choices(kinds, weights)[0], "bench", now + i, spans)
-        out.append(ExportTraceServiceRequest(resource_spans=blocks).SerializeToString())
-    return out
+def lag_buckets(scrapes: Sequence[Samples]) -> list[tuple[float, float]]:
+    """The decision-lag histogram of several workers, summed bucket by bucket."""
+    summed: dict[float, float] = {}
+    for samples in scrapes:
+        for labels, value in samples.get("caudal_decision_lag_seconds_bucket", ()):
+            bound = float(labels["le"])
+            summed[bound] = summed.get(bound, 0.0) + value
+    return sorted(summed.items())
 
 
-def _reader(bootstrap: str, name: str) -> Consumer:
+def total(samples: Samples, name: str) -> float:
+    """The sum of a metric's samples."""
+    return float(sum(v for _, v in samples.get(name, ())))
+
+
+def reader(bootstrap: str, name: str) -> Consumer:
     """A consumer that reads topics from their start and commits nothing."""
     return Consumer(
         {
@@ -80,9 +157,39 @@ def _reader(bootstrap: str, name: str) -> Consumer:
     )
 
 
-def _raw_floor(bootstrap: str, topic: str, expect: int) -> tuple[float, int]:
+def wait_ready(workers: list[Any], ports: list[int], partitions: int, timeout: float = 120) -> bool:
+    """Until every worker is ready and together they own every partition."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(w.poll() is not None for w in workers):
+            return False
+        scrapes = [read_metrics(port) for port in ports]
+        ready = sum(total(s, "caudal_worker_ready") for s in scrapes)
+        owned = sum(total(s, "caudal_partitions_owned") for s in scrapes)
+        if ready >= len(workers) and owned >= partitions:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _messages(options: BenchOptions) -> list[bytes]:
+    rng = random.Random(42)
+    kinds, weights = list(DEFAULT_MIX), list(DEFAULT_MIX.values())
+    now = time.time_ns()
+    out = []
+    per = max(options.traces_per_message, 1)
+    for first in range(0, options.traces, per):
+        blocks = []
+        for i in range(first, min(first + per, options.traces)):
+            kind = rng.choices(kinds, weights)[0]
+            blocks += build_trace(rng, kind, "bench", now + i, options.spans_per_trace)[1]
+        out.append(ExportTraceServiceRequest(resource_spans=blocks).SerializeToString())
+    return out
+
+
+def _raw_floor(bootstrap: str, topic: str, expect: int) -> float:
     """Consume a topic from the start, parse each message and touch every span: spans/s."""
-    consumer = _reader(bootstrap, "bench-floor")
+    consumer = reader(bootstrap, "bench-floor")
     consumer.subscribe([topic])
     seen = spans = 0
     started = None
@@ -101,11 +208,12 @@ def _raw_floor(bootstrap: str, topic: str, expect: int) -> tuple[float, int]:
             seen += 1
     elapsed = time.perf_counter() - (started or time.perf_counter())
     consumer.close()
-    return (spans / elapsed if elapsed else 0.0), seen
+    return spans / elapsed if elapsed else 0.0
 
 
-def bench_policies(traces: int = 20_000, spans: int = 10) -> None:
-    """Decisions per second of the policy engine alone (TraceView built per trace)."""
+def bench_policies(traces: int = 20_000, spans: int = 10) -> dict[str, float]:
+    """Decisions per second of the policy engine alone (a TraceView built per trace), for the
+    five default rules and for 15 policies."""
     from policies import TraceView, build_engine
 
     rng = random.Random(1)
@@ -114,21 +222,17 @@ def bench_policies(traces: int = 20_000, spans: int = 10) -> None:
         build_trace(rng, rng.choices(kinds, weights)[0], "bench", time.time_ns(), spans)
         for _ in range(traces)
     ]
-    lists = {"five default rules": DEFAULT_POLICIES, "15 policies": _fifteen_policies()}
-    for label, policies in lists.items():
+    rates = {}
+    for label, policies in (("five_rules", DEFAULT_POLICIES), ("15_policies", _fifteen())):
         engine = build_engine(policies)
         started = time.perf_counter()
-        kept = 0
         for trace_id, blocks in built:
-            kept += engine.decide(TraceView.from_resource_spans(trace_id, blocks), 0.0).kept
-        elapsed = time.perf_counter() - started
-        print(
-            f"policies [{label}]: {traces / elapsed:,.0f} decisions/s "
-            f"({spans}-span traces, {100 * kept / traces:.1f}% kept)"
-        )
+            engine.decide(TraceView.from_resource_spans(trace_id, blocks), 0.0)
+        rates[label] = traces / (time.perf_counter() - started)
+    return rates
 
 
-def _fifteen_policies() -> list[dict[str, object]]:
+def _fifteen() -> list[dict[str, object]]:
     extra: list[dict[str, object]] = [
         {"name": f"svc-{i}", "type": "string_attribute", "key": "service.name", "values": [f"s{i}"]}
         for i in range(6)
@@ -140,312 +244,203 @@ def _fifteen_policies() -> list[dict[str, object]]:
     return [*DEFAULT_POLICIES, *extra]
 
 
-def run_bench(
-    traces: int = 50_000,
-    spans: int = 10,
-    partitions: int = 4,
-    bootstrap: str | None = None,
-    policies_only: bool = False,
-) -> int:
-    """Run the benchmark and print its figures; returns the exit code."""
-    if policies_only:
-        bench_policies(min(traces, 50_000), spans)
-        return 0
-    work = Path(tempfile.mkdtemp(prefix="caudal-bench-"))
-    broker = None if bootstrap else LocalBroker(log_path=work / "broker.log").start()
-    bootstrap = bootstrap or broker.bootstrap  # type: ignore[union-attr]
-    run = uuid.uuid4().hex[:6]
-    topic = f"bench-{run}"
-    metrics_port = free_port()
+def run_policies_bench(traces: int, spans: int, as_json: bool) -> int:
+    """`caudal bench --policies-only`."""
+    rates = bench_policies(min(traces, 50_000), spans)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "policy_decisions_per_second": round(rates["five_rules"]),
+                    "policy_decisions_per_second_15_policies": round(rates["15_policies"]),
+                    "spans_per_trace": spans,
+                }
+            )
+        )
+    else:
+        print(f"policies [five default rules]: {rates['five_rules']:,.0f} decisions/s")
+        print(f"policies [15 policies]:        {rates['15_policies']:,.0f} decisions/s")
+    return 0
+
+
+def _config(options: BenchOptions, bootstrap: str, run: str, work: Path, i: int, port: int) -> Path:
     config = {
         "kafka": {
             "bootstrap_servers": bootstrap,
-            "partitions": partitions,
-            "input_topic": topic,
+            "partitions": options.partitions,
+            "input_topic": f"bench-{run}",
             "spans_topic": f"bench-spans-{run}",
             "sampled_topic": f"bench-sampled-{run}",
             "dlq_topic": f"bench-dlq-{run}",
             "group_id": f"bench-{run}",
         },
-        "decision": {"wait": f"{WAIT}s", "max_traces": max(traces, 1)},
+        "decision": {"wait": f"{options.wait}s", "max_traces": max(options.traces, 1)},
         # A Kafka backend: the file exporter's OTLP/JSON encoding is for debugging, not speed.
         "exporters": {"backend": {"type": "kafka", "topic": f"bench-backend-{run}"}},
         "tenants": {"default": {"exporters": ["backend"]}},
-        "worker": {"state_dir": str(work / "state")},
-        "metrics": {"port": metrics_port},
+        "worker": {"state_dir": str(work / f"state-{i}")},
+        "metrics": {"port": port},
     }
-    (work / "caudal.yaml").write_text(yaml.safe_dump(config))
+    path = work / f"caudal-{i}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_bench(options: BenchOptions, as_json: bool = False) -> int:
+    """Run the benchmark and print its figures; returns the exit code."""
+    work = Path(tempfile.mkdtemp(prefix="caudal-bench-"))
+    broker = None if options.bootstrap else LocalBroker(log_path=work / "broker.log").start()
+    bootstrap = options.bootstrap or broker.bootstrap  # type: ignore[union-attr]
+    run = uuid.uuid4().hex[:6]
     kafka = KafkaConfig(bootstrap_servers=bootstrap)
-    ensure_topics(kafka, [(topic, partitions)])
-    print(f"bench: {traces:,} traces x {spans} spans, {partitions} partitions, work dir {work}")
-    payloads = _messages(traces, spans)
-    worker = start_worker(work / "caudal.yaml", work / "worker.log")
+    ensure_topics(kafka, [(f"bench-{run}", options.partitions)])
+    _say(
+        f"bench: {options.traces:,} traces x {options.spans_per_trace} spans, "
+        f"{options.traces_per_message} per message, {options.partitions} partitions, "
+        f"{options.workers} worker(s), "
+        + (f"{options.rate:,.0f} traces/s" if options.rate else "burst")
+        + f", work dir {work}"
+    )
+    payloads = _messages(options)
+    ports = [free_port() for _ in range(options.workers)]
+    workers = [
+        start_worker(_config(options, bootstrap, run, work, i, port), work / f"worker-{i}.log")
+        for i, port in enumerate(ports)
+    ]
     try:
-        return _measure(worker, metrics_port, kafka, topic, payloads, traces, spans, bootstrap)
+        if not wait_ready(workers, ports, options.partitions):
+            _say("workers did not become ready")
+            return 1
+        broker_pid = broker.pid if broker is not None else None
+        result = _measure(options, workers, ports, kafka, f"bench-{run}", payloads, broker_pid)
     finally:
-        stop_process(worker)
+        for worker in workers:
+            stop_process(worker)
         if broker is not None:
             broker.stop()
-        shutil.rmtree(work / "state", ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+    if result is None:
+        return 1
+    result.policy_decisions_per_second = round(bench_policies(20_000, 10)["five_rules"])
+    print(json.dumps(asdict(result)) if as_json else _report(result))
+    return 0
 
 
-def _total(samples: dict[str, Any], name: str) -> float:
-    return float(sum(v for _, v in samples.get(name, ())))
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
-def _measure(
-    worker: Any,
-    metrics_port: int,
-    kafka: KafkaConfig,
-    topic: str,
-    payloads: list[bytes],
-    traces: int,
-    spans: int,
-    bootstrap: str,
-) -> int:
-    deadline = time.monotonic() + 120
-    while _total(read_metrics(metrics_port), "caudal_worker_ready") < 1:
-        if worker.poll() is not None or time.monotonic() > deadline:
-            print("worker did not become ready")
-            return 1
-        time.sleep(0.2)
-    rss_base = _rss_kib(worker.pid)
-    producer = make_producer(kafka, **{"linger.ms": 50, "batch.num.messages": 10000})
+def _produce(producer: Any, topic: str, payloads: list[bytes], per_second: float) -> float:
+    """Every payload, paced at `per_second` messages (0: as fast as possible); seconds taken."""
     started = time.perf_counter()
-    for payload in payloads:
+    for i, payload in enumerate(payloads):
+        if per_second:
+            ahead = i / per_second - (time.perf_counter() - started)
+            if ahead > 0:
+                time.sleep(ahead)
         while True:
             try:
                 producer.produce(topic, value=payload)
                 break
             except BufferError:
                 producer.poll(0.05)
+        producer.poll(0)
     producer.flush(60)
-    produced = time.perf_counter() - started
-    peak_buffered, rss_at_peak = 0.0, rss_base
-    decided = 0.0
-    while decided < traces:
-        if worker.poll() is not None or time.perf_counter() - started > 600:
-            print(f"worker stopped or timed out after {decided:,.0f} decisions")
-            return 1
-        samples = read_metrics(metrics_port)
-        decided = _total(samples, "caudal_decisions_total")
-        buffered = _total(samples, "caudal_traces_buffered")
+    return time.perf_counter() - started
+
+
+def _measure(
+    options: BenchOptions,
+    workers: list[Any],
+    ports: list[int],
+    kafka: KafkaConfig,
+    topic: str,
+    payloads: list[bytes],
+    broker_pid: int | None,
+) -> BenchResult | None:
+    rss_base = sum(rss_kib(w.pid) for w in workers)
+    cpu_base = sum(cpu_seconds(w.pid) for w in workers)
+    broker_base = cpu_seconds(broker_pid) if broker_pid else 0.0
+    producer = make_producer(kafka, **{"linger.ms": 20, "batch.num.messages": 10000})
+    started = time.perf_counter()
+    per_message = max(options.traces_per_message, 1)
+    produced = _produce(producer, topic, payloads, options.rate / per_message)
+    peak_buffered, rss_at_peak, decided, shown = 0.0, rss_base, 0.0, 0.0
+    while decided < options.traces:
+        if any(w.poll() is not None for w in workers):
+            _say(f"a worker stopped after {decided:,.0f} decisions")
+            return None
+        if time.perf_counter() - started > 900:
+            _say(f"timed out after {decided:,.0f} decisions")
+            return None
+        scrapes = [read_metrics(port) for port in ports]
+        decided = sum(total(s, "caudal_decisions_total") for s in scrapes)
+        buffered = sum(total(s, "caudal_traces_buffered") for s in scrapes)
         if buffered > peak_buffered:
-            peak_buffered, rss_at_peak = buffered, _rss_kib(worker.pid)
+            peak_buffered, rss_at_peak = buffered, sum(rss_kib(w.pid) for w in workers)
+        now = time.perf_counter()
+        if now - shown >= 1.0:
+            shown = now
+            print(
+                f"\r  {now - started:6.1f}s  decided {decided:>9,.0f} of {options.traces:,}"
+                f"  buffered {buffered:>9,.0f}",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
         time.sleep(0.25)
     elapsed = time.perf_counter() - started
-    samples = read_metrics(metrics_port)
-    buckets = sorted(
-        (float(labels["le"]), value)
-        for labels, value in samples.get("caudal_decision_lag_seconds_bucket", ())
-    )
-    e2e = traces * spans / max(elapsed - WAIT, 1e-9)
-    floor, _ = _raw_floor(bootstrap, topic, traces)
-    peak_rss = _rss_kib(worker.pid, "VmHWM")
+    print(file=sys.stderr)
+    worker_cpu = sum(cpu_seconds(w.pid) for w in workers) - cpu_base
+    broker_cpu = cpu_seconds(broker_pid) - broker_base if broker_pid else None
+    buckets = lag_buckets([read_metrics(port) for port in ports])
+    spans = options.traces * options.spans_per_trace
+    e2e = spans / max(elapsed - options.wait, 1e-9)
+    floor = _raw_floor(kafka.bootstrap_servers, topic, len(payloads))
     per_k = (rss_at_peak - rss_base) / (peak_buffered / 1000) if peak_buffered else 0.0
-    print(f"produce:          {traces / produced:,.0f} msg/s ({produced:.1f}s)")
-    print(
-        f"end to end:       {e2e:,.0f} spans/s ({elapsed:.1f}s for {traces:,} traces, "
-        f"minus the {WAIT:.0f}s decision wait)"
+    return BenchResult(
+        traces=options.traces,
+        spans_per_trace=options.spans_per_trace,
+        traces_per_message=per_message,
+        workers=options.workers,
+        partitions=options.partitions,
+        offered_traces_per_second=options.rate or None,
+        decision_wait_s=options.wait,
+        elapsed_s=round(elapsed, 2),
+        produce_messages_per_second=round(len(payloads) / produced),
+        spans_per_second=round(e2e),
+        raw_floor_spans_per_second=round(floor),
+        ratio=round(e2e / floor, 4) if floor else 0.0,
+        cpu_us_per_span=round(worker_cpu * 1e6 / spans, 2),
+        worker_cpu_s=round(worker_cpu, 2),
+        broker_cpu_s=None if broker_cpu is None else round(broker_cpu, 2),
+        decision_lag_p50_s=round(quantile(buckets, 0.5), 3),
+        decision_lag_p99_s=round(quantile(buckets, 0.99), 3),
+        peak_rss_mib=round(max(rss_kib(w.pid, "VmHWM") for w in workers) / 1024, 1),
+        peak_buffered_traces=peak_buffered,
+        rss_mib_per_1000_traces=round(per_k / 1024, 3),
+        policy_decisions_per_second=0.0,
     )
-    print(f"raw floor:        {floor:,.0f} spans/s (confluent-kafka consume + OTLP parse)")
-    print(f"ratio:            {e2e / floor:.2f} of the raw floor" if floor else "ratio: n/a")
-    print(
-        f"decision lag:     p50 {_quantile(buckets, 0.5):.2f}s, p99 {_quantile(buckets, 0.99):.2f}s"
-    )
-    print(f"peak RSS:         {peak_rss / 1024:.0f} MiB")
-    print(
-        f"RSS per 1,000 buffered traces: {per_k / 1024:.2f} MiB "
-        f"(peak {peak_buffered:,.0f} buffered)"
-    )
-    return 0
 
 
-def run_big_trace_bench(
-    rate: int = 500,
-    seconds: float = 40.0,
-    big_spans: int = 100_000,
-    big_messages: int = 1_000,
-    partitions: int = 4,
-    bootstrap: str | None = None,
-) -> int:
-    """Steady traffic twice, in two fresh workers: alone, then with one huge trace sent in the
-    middle. Prints the steady traffic's decision lag in both runs, the huge trace's exported
-    spans and largest record, and each worker's peak RSS against health.memory_limit."""
-    work = Path(tempfile.mkdtemp(prefix="caudal-bench-big-"))
-    broker = None if bootstrap else LocalBroker(log_path=work / "broker.log").start()
-    bootstrap = bootstrap or broker.bootstrap  # type: ignore[union-attr]
-    rng = random.Random(7)
-    kinds, weights = list(DEFAULT_MIX), list(DEFAULT_MIX.values())
-    total = int(rate * seconds)
-    now = time.time_ns()
-    steady = [
-        ExportTraceServiceRequest(
-            resource_spans=build_trace(rng, rng.choices(kinds, weights)[0], None, now + i)[1]
-        ).SerializeToString()
-        for i in range(total)
+def _report(r: BenchResult) -> str:
+    offered = (
+        f"{r.offered_traces_per_second:,.0f} traces/s" if r.offered_traces_per_second else "burst"
+    )
+    lines = [
+        f"traffic:          {r.traces:,} traces x {r.spans_per_trace} spans, {offered}, "
+        f"{r.workers} worker(s), {r.partitions} partitions",
+        f"produce:          {r.produce_messages_per_second:,.0f} msg/s",
+        f"end to end:       {r.spans_per_second:,.0f} spans/s ({r.elapsed_s:.1f}s, minus the "
+        f"{r.decision_wait_s:g}s decision wait)",
+        f"raw floor:        {r.raw_floor_spans_per_second:,.0f} spans/s (consume + OTLP parse)",
+        f"ratio:            {r.ratio:.2f} of the raw floor",
+        f"worker CPU:       {r.cpu_us_per_span:.1f} µs per span ({r.worker_cpu_s:.1f}s)",
+        f"broker CPU:       {r.broker_cpu_s}s" if r.broker_cpu_s is not None else "broker CPU: n/a",
+        f"decision lag:     p50 {r.decision_lag_p50_s:.2f}s, p99 {r.decision_lag_p99_s:.2f}s",
+        f"peak RSS:         {r.peak_rss_mib:.0f} MiB",
+        f"RSS per 1,000 buffered traces: {r.rss_mib_per_1000_traces:.2f} MiB "
+        f"(peak {r.peak_buffered_traces:,.0f} buffered)",
+        f"policy engine:    {r.policy_decisions_per_second:,.0f} decisions/s (five rules)",
     ]
-    big_id = rng.randbytes(16)
-    per_message = big_spans // big_messages
-    big = [
-        ExportTraceServiceRequest(
-            resource_spans=build_trace(rng, "ordinary", None, now, per_message, big_id)[1]
-        ).SerializeToString()
-        for _ in range(big_messages)
-    ]
-    print(
-        f"bench big trace: {rate} traces/s x {seconds:.0f}s of 10-span traces; huge trace: "
-        f"{big_spans:,} spans in {big_messages:,} messages ({sum(map(len, big)) / 2**20:.1f} MiB)"
-    )
-    results = {}
-    try:
-        for phase in ("alone", "with the huge trace"):
-            results[phase] = _big_phase(
-                work, bootstrap, partitions, steady, big if phase != "alone" else [], rate, big_id
-            )
-            if results[phase] is None:
-                return 1
-    finally:
-        if broker is not None:
-            broker.stop()
-        shutil.rmtree(work, ignore_errors=True)
-    alone, loaded = results["alone"], results["with the huge trace"]
-    assert alone is not None and loaded is not None
-    for phase, r in results.items():
-        assert r is not None
-        print(
-            f"{phase:>20}: decision lag p50 {r['p50']:.2f}s p99 {r['p99']:.2f}s "
-            f"({r['over_1s']:.2%} over 1 s), "
-            f"peak RSS {r['rss'] / 1024:.0f} MiB of {r['limit'] / 2**20:.0f} MiB"
-        )
-    print(f"p99 difference:       {loaded['p99'] - alone['p99']:+.2f}s")
-    print(
-        f"huge trace exported:  {loaded['big_spans']:,} of {big_spans:,} spans in "
-        f"{loaded['big_records']} records, largest {loaded['largest'] / 2**10:.0f} KiB"
-    )
-    return 0
-
-
-def _big_phase(
-    work: Path,
-    bootstrap: str,
-    partitions: int,
-    steady: list[bytes],
-    big: list[bytes],
-    rate: int,
-    big_id: bytes,
-) -> dict[str, float] | None:
-    run = uuid.uuid4().hex[:6]
-    topic, backend = f"big-{run}", f"big-backend-{run}"
-    metrics_port = free_port()
-    limit = 2 * 2**30
-    config = {
-        "kafka": {
-            "bootstrap_servers": bootstrap,
-            "partitions": partitions,
-            "input_topic": topic,
-            "spans_topic": f"big-spans-{run}",
-            "sampled_topic": f"big-sampled-{run}",
-            "dlq_topic": f"big-dlq-{run}",
-            "group_id": f"big-{run}",
-        },
-        # Longer than the huge trace takes to arrive (5 s): it is decided whole, at once.
-        "decision": {"wait": "8s"},
-        "policies": [{"name": "all", "type": "always_sample"}],
-        "exporters": {"backend": {"type": "kafka", "topic": backend}},
-        "tenants": {"default": {"exporters": ["backend"]}},
-        "worker": {"state_dir": str(work / f"state-{run}")},
-        "metrics": {"port": metrics_port},
-        "health": {"memory_limit": limit},
-    }
-    path = work / f"caudal-{run}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    kafka = KafkaConfig(bootstrap_servers=bootstrap)
-    ensure_topics(kafka, [(topic, partitions)])
-    worker = start_worker(path, work / f"worker-{run}.log")
-    try:
-        deadline = time.monotonic() + 120
-        while _total(read_metrics(metrics_port), "caudal_worker_ready") < 1:
-            if worker.poll() is not None or time.monotonic() > deadline:
-                print("worker did not become ready")
-                return None
-            time.sleep(0.2)
-        producer = make_producer(kafka, **{"linger.ms": 5, "message.max.bytes": 16 << 20})
-        _send_paced(producer, topic, steady, big, rate)
-        producer.flush(60)
-        expected = len(steady) + (1 if big else 0)
-        deadline = time.monotonic() + 300
-        while _total(read_metrics(metrics_port), "caudal_decisions_total") < expected:
-            if worker.poll() is not None or time.monotonic() > deadline:
-                print("worker stopped or timed out")
-                return None
-            time.sleep(0.25)
-        samples = read_metrics(metrics_port)
-        buckets = sorted(
-            (float(labels["le"]), value)
-            for labels, value in samples.get("caudal_decision_lag_seconds_bucket", ())
-        )
-        within = dict(buckets)
-        result = {
-            "p50": _quantile(buckets, 0.5),
-            "p99": _quantile(buckets, 0.99),
-            "over_1s": 1 - within.get(1.0, 0.0) / max(within.get(float("inf"), 1.0), 1.0),
-            "rss": float(_rss_kib(worker.pid, "VmHWM")),
-            "limit": float(limit),
-        }
-        if big:
-            result.update(_big_exported(bootstrap, backend, big_id))
-        return result
-    finally:
-        stop_process(worker)
-
-
-def _send_paced(
-    producer: Any, topic: str, steady: list[bytes], big: list[bytes], rate: int
-) -> None:
-    """`steady` at `rate` messages a second; `big` evenly over 5 s from a third of the way in."""
-    big_start = len(steady) / rate / 3
-    sent_big = 0
-    began = time.perf_counter()
-    for i, payload in enumerate(steady):
-        while time.perf_counter() - began < i / rate:
-            time.sleep(0.001)
-        producer.produce(topic, value=payload)
-        due = int((time.perf_counter() - began - big_start) / 5.0 * len(big)) + 1
-        while sent_big < min(due, len(big)):
-            producer.produce(topic, value=big[sent_big])
-            sent_big += 1
-        producer.poll(0)
-    for payload in big[sent_big:]:
-        producer.produce(topic, value=payload)
-
-
-def _big_exported(bootstrap: str, topic: str, big_id: bytes) -> dict[str, float]:
-    """Spans of the huge trace on the backend topic, its records and the largest record."""
-    consumer = _reader(bootstrap, "big-reader")
-    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-    spans = records = largest = 0
-    idle_until = time.monotonic() + 20
-    try:
-        while time.monotonic() < idle_until:
-            for msg in consumer.consume(1000, timeout=0.5):
-                if msg.error() is not None:
-                    continue
-                idle_until = time.monotonic() + 3
-                value = msg.value() or b""
-                request = ExportTraceServiceRequest.FromString(value)
-                mine = sum(
-                    1
-                    for rs in request.resource_spans
-                    for ss in rs.scope_spans
-                    for s in ss.spans
-                    if s.trace_id == big_id
-                )
-                if mine:
-                    spans += mine
-                    records += 1
-                    largest = max(largest, len(value))
-    finally:
-        consumer.close()
-    return {"big_spans": spans, "big_records": records, "largest": largest}
+    return "\n".join(lines)

@@ -100,6 +100,11 @@ class LocalBroker:
         self.stop()
         raise BrokerError(f"tansu did not listen on {self.bootstrap} within {timeout:.0f}s")
 
+    @property
+    def pid(self) -> int | None:
+        """The broker process's PID while it runs."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
     def stop(self) -> None:
         """Stop the broker (SIGTERM, then SIGKILL) and wait for it."""
         proc, self._proc = self._proc, None

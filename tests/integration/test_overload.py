@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from streams.devtools.broker import LocalBroker
+from streams.devtools.demo import read_metrics
 from tests.integration.harness import Pipeline, wait_for
 
 pytestmark = pytest.mark.integration
@@ -27,12 +28,14 @@ def status(port: int) -> dict:
 
 
 class Recorder(threading.Thread):
-    """Poll /status twice a second: (time, level, rss) until stopped."""
+    """Poll /status twice a second: (time, level, rss) until stopped, and the records the
+    worker has not read yet (input and caudal-spans) as (time, backlog)."""
 
     def __init__(self, port: int) -> None:
         super().__init__(daemon=True)
         self.port = port
         self.samples: list[tuple[float, int, int]] = []
+        self.backlog: list[tuple[float, float]] = []
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -41,9 +44,14 @@ class Recorder(threading.Thread):
                 doc = status(self.port)
             except OSError:
                 continue
-            self.samples.append(
-                (time.monotonic(), doc["degradation"]["level"], doc["memory"]["rss_bytes"])
-            )
+            now = time.monotonic()
+            self.samples.append((now, doc["degradation"]["level"], doc["memory"]["rss_bytes"]))
+            lags = read_metrics(self.port).get("caudal_consumer_lag", [])
+            self.backlog.append((now, sum(value for _, value in lags)))
+
+    def caught_up(self, since: float) -> float | None:
+        """When the worker had first read everything after `since` (None: never)."""
+        return next((at for at, backlog in self.backlog if at >= since and backlog == 0), None)
 
     def levels(self, since: float = 0.0) -> list[int]:
         """The level's successive values (from `since`, a monotonic time)."""
@@ -137,8 +145,12 @@ def test_overload_degrades_keeps_errors_and_steps_back(broker: LocalBroker, tmp_
         assert max(levels) >= 2, levels
         # One level at a time, up (at once while pressure lasts) and down (per recovery period).
         assert all(abs(b - a) == 1 for a, b in zip(levels, levels[1:], strict=False)), levels
-        # Once the load is gone, the level only steps back, one level at a time, to 0.
-        after = recorder.levels(since=load_end)
+        # Once the load is gone and its backlog read, the level only steps back, one level at
+        # a time, to 0. (While a backlog is read slower than it was written, the records read
+        # keep getting older: that is still pressure.)
+        caught_up = recorder.caught_up(load_end)
+        assert caught_up is not None, f"the backlog was never read: {recorder.backlog[-5:]}"
+        after = recorder.levels(since=caught_up)
         assert after == list(range(after[0], -1, -1)) and after[0] >= 1, (levels, after)
         assert max(rss for _, _, rss in recorder.samples) < MEMORY_LIMIT
         log = worker.log.read_text()
