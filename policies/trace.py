@@ -46,14 +46,16 @@ _CODE_FIELD: Final = {code: re.compile(re.escape(bytes((0x18, code)))) for code 
 class TraceView:
     """All spans of one trace, with the facts policies ask about computed once.
 
-    Build it with :meth:`from_resource_spans`. Read-only by contract: one view is shared by
-    every policy of a decision. ``trace_id`` and ``resource_spans`` are set at construction;
-    every other member is computed on first access and kept.
+    Build it with :meth:`from_resource_spans`, or :meth:`from_batches` from the encoded
+    batches (then nothing is parsed into protobuf objects unless a policy walks ``spans``).
+    Read-only by contract: one view is shared by every policy of a decision. Every member but
+    ``trace_id`` is computed on first access and kept.
     """
 
     __slots__ = (
         "trace_id",
-        "resource_spans",
+        "_resource_spans",
+        "_batches",
         "_encoded",
         "_flat_trace",
         "_flat_span",
@@ -72,11 +74,18 @@ class TraceView:
         "_services",
     )
 
-    def __init__(self, trace_id: bytes, resource_spans: Sequence[ResourceSpans]) -> None:
-        """Keep ``resource_spans`` (only this trace's); prefer :meth:`from_resource_spans`."""
+    def __init__(
+        self,
+        trace_id: bytes,
+        resource_spans: Sequence[ResourceSpans] | None = None,
+        batches: Sequence[bytes] | None = None,
+    ) -> None:
+        """Keep ``resource_spans`` or the encoded ``batches`` (only this trace's); prefer
+        :meth:`from_resource_spans` and :meth:`from_batches`."""
         self.trace_id: Final = trace_id
-        self.resource_spans: Final = tuple(resource_spans)
-        self._encoded: bytes | None = None
+        self._resource_spans = None if resource_spans is None else tuple(resource_spans)
+        self._batches = None if batches is None else tuple(batches)
+        self._encoded: bytes | None = None if batches is None else b"".join(batches)
         self._flat_trace: Any = None
         self._flat_span: Any = None
         self._span_count = -1
@@ -101,6 +110,27 @@ class TraceView:
         (several resources and several scopes each are fine)."""
         return cls(trace_id, resource_spans)
 
+    @classmethod
+    def from_batches(cls, trace_id: bytes, batches: Sequence[bytes]) -> TraceView:
+        """Build the view from encoded ``ResourceSpans`` (see
+        :func:`policies.flatten.request_batches`), as a buffer holds them."""
+        return cls(trace_id, batches=batches)
+
+    @property
+    def resource_spans(self) -> tuple[ResourceSpans, ...]:
+        """The trace's batches as protobuf objects (parsed on first use from encoded ones)."""
+        batches = self._resource_spans
+        if batches is None:
+            parse = ResourceSpans.FromString
+            batches = self._resource_spans = tuple([parse(b) for b in self._batches or ()])
+        return batches
+
+    @property
+    def _has_batches(self) -> bool:
+        if self._batches is not None:
+            return bool(self._batches)
+        return bool(self._resource_spans)
+
     @property
     def encoded(self) -> bytes:
         """The batches serialized back to back (computed once; C-level searches run on it)."""
@@ -113,7 +143,7 @@ class TraceView:
     def span_count(self) -> int:
         """The number of spans."""
         if self._span_count < 0:
-            self._span_count = count_spans(self.encoded) if self.resource_spans else 0
+            self._span_count = count_spans(self.encoded) if self._has_batches else 0
         return self._span_count
 
     @property
@@ -158,7 +188,7 @@ class TraceView:
 
     def span_times(self) -> tuple[tuple[int, int], ...]:
         """``(start, end)`` of every span in trace order, zeros included."""
-        if self.times_complete and self.resource_spans:
+        if self.times_complete and self._has_batches:
             span = self._span()
             return tuple(zip(span.start_time_unix_nano, span.end_time_unix_nano, strict=True))
         return tuple([(s.start_time_unix_nano, s.end_time_unix_nano) for s in self.spans])
@@ -208,16 +238,25 @@ class TraceView:
         return self._root_span
 
     @property
+    def has_root(self) -> bool:
+        """Whether a span without a parent span ID arrived (cheap: no protobuf walk)."""
+        if not self._has_batches:
+            return False
+        return len(self._span().parent_span_id) < self.span_count
+
+    @property
     def orphan_span_count(self) -> int:
         """Spans whose parent span ID names no span of this trace (the parent never arrived)."""
-        spans = self.spans
-        ids = {s.span_id for s in spans}
-        return sum(1 for s in spans if s.parent_span_id and s.parent_span_id not in ids)
+        if not self._has_batches:
+            return 0
+        span = self._span()
+        ids = set(span.span_id)
+        return sum(1 for parent in span.parent_span_id if parent not in ids)
 
     @property
     def trace_states(self) -> tuple[str, ...]:
         """The non-empty W3C ``tracestate`` values of the spans, in trace order."""
-        return tuple(self._span().trace_state) if self.resource_spans else ()
+        return tuple(self._span().trace_state) if self._has_batches else ()
 
     @property
     def trace_state(self) -> str:
@@ -288,7 +327,7 @@ class TraceView:
         # Each entry is one encoded KeyValue, exactly as it sits in a Resource or a Span.
         raw = self._raw
         if raw is None:
-            if self.resource_spans:
+            if self._has_batches:
                 flat = self._flat()
                 raw = (flat.resource.attributes[:], self._span().attributes[:])
             else:
@@ -313,7 +352,7 @@ class TraceView:
         # The non-UNSET codes (proto3 omits UNSET), and how many spans have one.
         codes = self._codes
         if codes is None:
-            listed = self._span().status.code[:] if self.resource_spans else []
+            listed = self._span().status.code[:] if self._has_batches else []
             self._code_count = len(listed)
             codes = self._codes = frozenset(listed)
         return codes
@@ -332,7 +371,8 @@ class TraceView:
         return (min(starts) if len(starts) == count else 0), max(ends, default=0), False
 
     def __repr__(self) -> str:
-        return f"TraceView(trace_id={self.trace_id.hex()}, batches={len(self.resource_spans)})"
+        batches = len(self._batches) if self._batches is not None else len(self.resource_spans)
+        return f"TraceView(trace_id={self.trace_id.hex()}, batches={batches})"
 
 
 class StringValueProbe:

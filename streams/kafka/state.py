@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import rocksdict
 from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -38,6 +38,7 @@ __all__ = [
     "ChangelogError",
     "ChangelogReader",
     "PartitionNotOwned",
+    "Store",
     "TableStore",
     "bind_to_commits",
     "recover_to_true_end",
@@ -61,6 +62,23 @@ class ChangelogError(RuntimeError):
 
 class PartitionNotOwned(RuntimeError):
     """A write to a table partition this worker does not own (any more)."""
+
+
+class Store(Protocol):
+    """What the buffer and the decision cache need of a table: bytes by partition and key.
+    TableStore is the one over Faust's RocksDB tables; tests use one over dicts."""
+
+    topic: str
+
+    def get(self, partition: int, key: bytes) -> bytes | None: ...
+
+    def get_many(self, partition: int, keys: list[bytes]) -> list[bytes | None]: ...
+
+    def put(self, partition: int, key: bytes, value: bytes) -> None: ...
+
+    def delete(self, partition: int, key: bytes) -> None: ...
+
+    def items(self, partition: int) -> Iterator[tuple[bytes, bytes]]: ...
 
 
 def _always(partition: int) -> bool:

@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from streams.kafka.state import TableStore
+from streams.kafka.state import Store
 from streams.ops.metrics import BUFFER_BYTES, TRACES_BUFFERED, TRACES_DECIDED_EARLY
 from streams.wire.origin import (
     ENTRY_BYTES,
@@ -107,7 +107,7 @@ class TraceBuffer:
 
     def __init__(
         self,
-        store: TableStore,
+        store: Store,
         wait: float,
         max_traces: int,
         max_trace_bytes: int = 0,

@@ -19,13 +19,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
+from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from policies import Decision, PolicyEngine, TraceView
+from policies.flatten import request_batches
 from streams.config import Settings
 from streams.kafka.clients import SPAN_COUNT_HEADER, DeliveryFailures, ProducerLike, produce
 from streams.kafka.dead_letters import send_dead_letter
-from streams.kafka.state import TableStore
+from streams.kafka.state import Store
 from streams.ops.metrics import (
     DECISION_LAG,
     DECISIONS,
@@ -104,7 +106,7 @@ class DecisionCache:
     """Bounded memory of recent decisions per trace key (tenant and trace ID), kept and
     dropped counted separately (as Refinery)."""
 
-    def __init__(self, store: TableStore, kept: int, dropped: int, ttl: float) -> None:
+    def __init__(self, store: Store, kept: int, dropped: int, ttl: float) -> None:
         self.store = store
         self.limits = {True: kept, False: dropped}
         self.ttl = ttl
@@ -280,18 +282,49 @@ class Decider:
     def _decide(
         self, key: bytes, entry: Pending, trace: BufferedTrace, now: float, batch: DecidedBatch
     ) -> Remembered:
-        trace_id, tenant = key_trace_id(key), key_tenant(key)
-        request, usable = self._parse(key, trace, batch)
-        view = TraceView.from_resource_spans(trace_id, request.resource_spans)
+        """Decide on the stored bytes; only a kept trace is parsed (for its annotations).
+
+        A fragment that is not OTLP at its top level is dead-lettered at once; one whose inside
+        is broken shows when the bytes are read (DecodeError): then every fragment is parsed
+        on its own, those that fail are dead-lettered, and the trace is decided on the rest.
+        Nothing is counted, admitted or produced before the trace has been read whole.
+        """
+        trace_id = key_trace_id(key)
+        usable, batches = self._batches(key, trace, batch)
+        try:
+            view = TraceView.from_batches(trace_id, batches)
+            decision = self.policy_sets.for_tenant(key_tenant(key)).decide(view, now)
+            has_root, orphans = view.has_root, view.orphan_span_count
+            request = None
+            if decision.kept:
+                whole = trace.otlp if len(usable) == len(trace.fragments) else b"".join(usable)
+                request = ExportTraceServiceRequest.FromString(whole)
+        except DecodeError:
+            request, usable = self._parse(key, usable, batch)
+            view = TraceView.from_resource_spans(trace_id, request.resource_spans)
+            decision = self.policy_sets.for_tenant(key_tenant(key)).decide(view, now)
+            has_root, orphans = view.has_root, view.orphan_span_count
         if view.span_count == 0:
             return self._quarantine(key, entry, trace, now, batch, "no spans", usable)
-        engine = self.policy_sets.for_tenant(tenant)
-        decision: Decision = engine.decide(view, now)
-        if view.root_span is None:
+        if not has_root:
             TRACES_WITHOUT_ROOT.inc()
-        orphans = view.orphan_span_count
         if orphans:
             ORPHAN_SPANS.inc(orphans)
+        return self._conclude(key, entry, trace, now, batch, view, decision, request)
+
+    def _conclude(
+        self,
+        key: bytes,
+        entry: Pending,
+        trace: BufferedTrace,
+        now: float,
+        batch: DecidedBatch,
+        view: TraceView,
+        decision: Decision,
+        request: ExportTraceServiceRequest | None,
+    ) -> Remembered:
+        """Apply a decision: the tenant's quota, annotations, redaction, the produce; counted."""
+        tenant = key_tenant(key)
         kept, policy = decision.kept, decision.policy or "none"
         label = self.routes.label(tenant)
         if kept:
@@ -304,6 +337,7 @@ class Decider:
                 kept, policy = False, refused
         probability = decision.probability if kept else 0.0
         if kept:
+            assert request is not None  # parsed for every kept decision
             annotate_kept(request, policy, probability)
             self.routes.redact(tenant, request)
             self._produce(key, request, view.span_count, batch)
@@ -311,18 +345,31 @@ class Decider:
         DECISION_LAG.observe(max(0.0, now - entry.deadline))
         return Remembered(now, entry.partition, kept, policy, probability, tenant, trace.origins)
 
-    def _parse(
+    def _batches(
         self, key: bytes, trace: BufferedTrace, batch: DecidedBatch
+    ) -> tuple[list[bytes], list[bytes]]:
+        """The fragments that are OTLP requests at their top level, and the encoded
+        ResourceSpans they hold; the others are dead-lettered."""
+        usable: list[bytes] = []
+        batches: list[bytes] = []
+        for fragment in trace.fragments:
+            try:
+                batches += request_batches(fragment)
+            except Exception as exc:
+                detail = f"a buffered fragment: {exc}"
+                self._dead_letter(key, fragment, "invalid_protobuf", detail, batch)
+            else:
+                usable.append(fragment)
+        return usable, batches
+
+    def _parse(
+        self, key: bytes, fragments: list[bytes], batch: DecidedBatch
     ) -> tuple[ExportTraceServiceRequest, list[bytes]]:
-        """The trace's spans and the fragments that hold them; fragments that are not OTLP
-        are dead-lettered and left out."""
-        try:
-            return ExportTraceServiceRequest.FromString(trace.otlp), trace.fragments
-        except Exception:
-            pass
+        """The spans of `fragments` and the fragments that hold them; fragments that are not
+        OTLP are dead-lettered and left out."""
         request = ExportTraceServiceRequest()
         usable = []
-        for fragment in trace.fragments:
+        for fragment in fragments:
             try:
                 request.MergeFrom(ExportTraceServiceRequest.FromString(fragment))
             except Exception as exc:

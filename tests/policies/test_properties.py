@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from policies import TraceView, Verdict, any_value_to_python, build_engine
 from policies.builtin.latency import Latency, LatencyConfig
+from policies.flatten import request_batches
 from policies.trace import StringValueProbe
 from tests.policies.traces import any_value
 
@@ -174,3 +176,26 @@ def test_facts_and_latency_agree_with_a_naive_walk(
         assert isinstance(config, LatencyConfig)
         expected = go_latency(all_spans, config.threshold_ms, config.upper_threshold_ms)
         assert (policy.evaluate(view, 0.0) is Verdict.SAMPLED) == expected
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(TRACES)
+def test_a_view_of_the_encoded_batches_agrees_with_one_of_the_objects(
+    trace: tuple[bytes, list[ResourceSpans]],
+) -> None:
+    trace_id, batches = trace
+    request = ExportTraceServiceRequest(resource_spans=batches).SerializeToString()
+    encoded = request_batches(request)
+    from_bytes = TraceView.from_batches(trace_id, encoded)
+    from_objects = TraceView.from_resource_spans(trace_id, batches)
+    assert ENGINE.decide(from_bytes, 0.0) == ENGINE.decide(from_objects, 0.0)
+    all_spans = [s for b in batches for sc in b.scope_spans for s in sc.spans]
+    ids = {s.span_id for s in all_spans}
+    for view in (from_bytes, from_objects):
+        assert view.span_count == len(all_spans)
+        assert view.has_root == any(not s.parent_span_id for s in all_spans)
+        assert view.has_root == (view.root_span is not None)
+        assert view.orphan_span_count == sum(
+            1 for s in all_spans if s.parent_span_id and s.parent_span_id not in ids
+        )
+    assert from_bytes.resource_spans == tuple(batches)

@@ -81,6 +81,23 @@ def test_a_fragment_that_is_not_otlp_is_dead_lettered_and_the_trace_decided_on_t
     assert decide.buffer.store.data[0] == {}  # type: ignore[attr-defined]
 
 
+def test_a_fragment_broken_inside_is_dead_lettered_and_the_trace_decided_on_the_rest() -> None:
+    # An OTLP request at its top level (field 1, three bytes), whose ResourceSpans is not one:
+    # the decider reads the stored bytes without parsing them first, so this shows only when
+    # they are read, and must end the same way as garbage at the top level.
+    decide, producer = decider()
+    key = trace_key(b"i" * 16, "acme")
+    decide.buffer.append(0, key, fragment(b"i" * 16, 0), 1.0)
+    decide.buffer.append(0, key, b"\x0a\x03\xff\xff\xff", 1.0)
+    decide.buffer.append(0, key, fragment(b"i" * 16, 1), 1.0)
+    decide.complete(decide.decide_due(10.0), 10.0)
+    [kept] = producer.on("sampled")
+    spans = ExportTraceServiceRequest.FromString(kept["value"]).resource_spans  # type: ignore[arg-type]
+    assert sum(len(ss.spans) for rs in spans for ss in rs.scope_spans) == 2
+    assert reasons(producer) == [b"invalid_protobuf"]
+    assert decide.buffer.store.data[0] == {}  # type: ignore[attr-defined]
+
+
 def test_a_trace_of_garbage_is_dead_lettered_and_its_late_spans_follow_it() -> None:
     decide, producer = decider()
     key = trace_key(b"g" * 16, "acme")
