@@ -48,6 +48,7 @@ from streams.wire.otlp import (
     BadInput,
     decode_request,
     pack_index,
+    single_trace,
     span_count,
     split_by_trace,
 )
@@ -126,7 +127,13 @@ def split_one(
         return []
     if meter is not None and meter.may_apply(value or b""):
         meter.observe(request.resource_spans)
-    groups, invalid = split_by_trace(request)
+    # The common shape, one trace per message, is forwarded as the bytes that arrived: no
+    # regrouping, no serializing again.
+    single = single_trace(value) if settings.kafka.input_encoding == "otlp_proto" else None
+    if single is not None:
+        groups, invalid = {single[0]: list(request.resource_spans)}, None
+    else:
+        groups, invalid = split_by_trace(request)
     if invalid is not None:
         dead_letter(msg, "invalid_trace_id", "spans without a valid 16-byte trace ID", invalid)
     elif not groups:
@@ -143,14 +150,18 @@ def split_one(
             part = ExportTraceServiceRequest(resource_spans=blocks)
             dead_letter(msg, "invalid_tenant", problem, part)
             continue
-        fragments, too_large = fit_fragments(blocks, source, budget)
+        if single is not None and value is not None and len(value) <= budget:
+            fragments, too_large, spans = [(value, source)], None, single[1]
+        else:
+            fragments, too_large = fit_fragments(blocks, source, budget)
+            spans = span_count(blocks)
         if too_large is not None:
             detail = (
                 f"a span larger than kafka.max_message_bytes={settings.kafka.max_message_bytes}"
             )
             dead_letter(msg, "span_too_large", detail, too_large)
         target = (partition_for(tid, settings.kafka.partitions), tenant)
-        out.append((target, tenant, span_count(blocks), [(tid, f, w) for f, w in fragments]))
+        out.append((target, tenant, spans, [(tid, f, w) for f, w in fragments]))
     return out
 
 

@@ -20,6 +20,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
+from policies.flatten import request_trace_ids
+
 __all__ = [
     "BadInput",
     "Fragment",
@@ -27,6 +29,7 @@ __all__ = [
     "decode_request",
     "pack_index",
     "request_to_json",
+    "single_trace",
     "span_count",
     "split_by_trace",
     "split_request",
@@ -179,6 +182,21 @@ def split_by_trace(
         for tid, out in per_trace.items():
             groups.setdefault(tid, []).append(out)
     return groups, invalid
+
+
+def single_trace(value: bytes | None) -> tuple[bytes, int] | None:
+    """(trace ID, spans) of an OTLP protobuf request whose spans all belong to one trace with
+    a valid ID; None otherwise (and for a request that does not parse)."""
+    try:
+        count, ids = request_trace_ids(value or b"")
+    except Exception:
+        return None
+    if not count or len(ids) != count:
+        return None  # no spans, or a span without a trace ID
+    first = ids[0]
+    if len(first) != TRACE_ID_BYTES or first == _ZERO_TRACE_ID or ids.count(first) != count:
+        return None
+    return first, count
 
 
 def _single_trace_id(rs: ResourceSpans) -> bytes | None:

@@ -18,6 +18,7 @@ from streams.wire.otlp import (
     fragments_of,
     pack_index,
     request_to_json,
+    single_trace,
     split_by_trace,
     unpack_index,
 )
@@ -101,3 +102,25 @@ def test_bad_json_and_bad_index() -> None:
     assert exc.value.reason == "invalid_json"
     with pytest.raises(BadInput):
         list(unpack_index(b"abc", b"x" * 7))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 4))
+def test_single_trace_agrees_with_the_split(seed: int, traces: int) -> None:
+    request = _mixed_request(seed, traces)
+    groups, invalid = split_by_trace(request)
+    spans = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+    expected = (next(iter(groups)), spans) if len(groups) == 1 and invalid is None else None
+    assert single_trace(request.SerializeToString()) == expected
+
+
+def test_single_trace_refuses_missing_zero_and_mixed_trace_ids() -> None:
+    _, blocks = build_trace(random.Random(3), "ordinary", "t", 1, spans=3)
+    request = ExportTraceServiceRequest(resource_spans=blocks)
+    assert single_trace(request.SerializeToString()) is not None
+    request.resource_spans[0].scope_spans[0].spans[0].trace_id = b""
+    assert single_trace(request.SerializeToString()) is None
+    request.resource_spans[0].scope_spans[0].spans[0].trace_id = bytes(16)
+    assert single_trace(request.SerializeToString()) is None
+    assert single_trace(b"\xff\xff not protobuf") is None
+    assert single_trace(b"") is None  # no spans
