@@ -17,6 +17,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from confluent_kafka import KafkaException
 from google.protobuf.message import DecodeError
@@ -50,6 +51,8 @@ __all__ = ["DEAD_LETTER_POLICY", "DecisionCache", "Decider", "PolicySets", "Reme
 
 _DECISION = struct.Struct(">dBdH")  # decided at, kept, probability, origins
 
+
+_Read = TypeVar("_Read")
 
 DEAD_LETTER_POLICY = "dead_letter"  # a trace that could not be decided, and its late spans
 
@@ -350,34 +353,43 @@ class Decider:
     ) -> tuple[list[bytes], list[bytes]]:
         """The fragments that are OTLP requests at their top level, and the encoded
         ResourceSpans they hold; the others are dead-lettered."""
-        usable: list[bytes] = []
-        batches: list[bytes] = []
-        for fragment in trace.fragments:
-            try:
-                batches += request_batches(fragment)
-            except Exception as exc:
-                detail = f"a buffered fragment: {exc}"
-                self._dead_letter(key, fragment, "invalid_protobuf", detail, batch)
-            else:
-                usable.append(fragment)
-        return usable, batches
+        usable, held = self._read_each(key, trace.fragments, batch, request_batches)
+        return usable, [encoded for batches in held for encoded in batches]
 
     def _parse(
         self, key: bytes, fragments: list[bytes], batch: DecidedBatch
     ) -> tuple[ExportTraceServiceRequest, list[bytes]]:
         """The spans of `fragments` and the fragments that hold them; fragments that are not
         OTLP are dead-lettered and left out."""
+        usable, requests = self._read_each(
+            key, fragments, batch, ExportTraceServiceRequest.FromString
+        )
         request = ExportTraceServiceRequest()
-        usable = []
+        for part in requests:
+            request.MergeFrom(part)
+        return request, usable
+
+    def _read_each(
+        self,
+        key: bytes,
+        fragments: list[bytes],
+        batch: DecidedBatch,
+        read: Callable[[bytes], _Read],
+    ) -> tuple[list[bytes], list[_Read]]:
+        """`read` applied to each fragment: the fragments it read and what it returned; a
+        fragment it cannot read is dead-lettered (invalid_protobuf)."""
+        usable: list[bytes] = []
+        results: list[_Read] = []
         for fragment in fragments:
             try:
-                request.MergeFrom(ExportTraceServiceRequest.FromString(fragment))
+                result = read(fragment)
             except Exception as exc:
                 detail = f"a buffered fragment: {exc}"
                 self._dead_letter(key, fragment, "invalid_protobuf", detail, batch)
             else:
                 usable.append(fragment)
-        return request, usable
+                results.append(result)
+        return usable, results
 
     def _quarantine(
         self,
