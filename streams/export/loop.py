@@ -70,6 +70,9 @@ class ExportLoop(Supervised):
         self.stop = stop
         self.producer = producer  # for dead letters
         self.dead_letters = DeliveryReports()
+        # The producer is the worker's, shared with the decisions: wait on it only for a batch
+        # that sent dead letters, not behind every record the worker has in flight.
+        self.sent_dead_letters = False
         self.outcomes = outcomes or ExportOutcomes()
         self.config = settings.exporters[name]
         self.backend = build_backend(self.config, settings.kafka)
@@ -143,6 +146,9 @@ class ExportLoop(Supervised):
     def _dead_letters_acknowledged(self, messages: list[Message]) -> bool:
         """Are the batch's dead letters in their topic? If not, the batch is read again
         (never committed past a record that is in neither the backend nor the dead letters)."""
+        if not self.sent_dead_letters:
+            return True
+        self.sent_dead_letters = False
         delivery = self.dead_letters.wait(self.producer)
         if delivery.ok:
             return True
@@ -273,6 +279,7 @@ class ExportLoop(Supervised):
             max_bytes=self.settings.kafka.max_message_bytes,
             on_delivery=self.dead_letters.on_delivery,
         )
+        self.sent_dead_letters = True
         return 0
 
     def _label(self, tenant: str) -> str:
@@ -302,6 +309,7 @@ class ExportLoop(Supervised):
                 max_bytes=self.settings.kafka.max_message_bytes,
                 on_delivery=self.dead_letters.on_delivery,
             )
+        self.sent_dead_letters = True
 
     def _pause(self, seconds: float) -> None:
         """Wait without fetching, but keep polling so the group keeps this member."""

@@ -300,8 +300,7 @@ class Decider:
             has_root, orphans = view.has_root, view.orphan_span_count
             request = None
             if decision.kept:
-                whole = trace.otlp if len(usable) == len(trace.fragments) else b"".join(usable)
-                request = ExportTraceServiceRequest.FromString(whole)
+                request = ExportTraceServiceRequest.FromString(b"".join(usable))
         except DecodeError:
             request, usable = self._parse(key, usable, batch)
             view = TraceView.from_resource_spans(trace_id, request.resource_spans)
