@@ -29,7 +29,7 @@ from streams.kafka.clients import (
     faust_credentials,
     make_producer,
 )
-from streams.kafka.state import TableStore, bind_to_commits, recover_to_true_end
+from streams.kafka.state import RocksMemory, TableStore, bind_to_commits, recover_to_true_end
 from streams.ops.experiments import ExperimentMeter
 from streams.ops.health import ExportOutcomes, Health, Supervised, serve_health
 from streams.ops.logs import logging_dict_config
@@ -38,6 +38,7 @@ from streams.ops.metrics import (
     BUFFER_MAX_TRACES,
     DECISION_WAIT,
     PARTITIONS_OWNED,
+    ROCKSDB_MEMORY,
     TRACE_MAX_BYTES,
 )
 from streams.ops.pressure import PressureMonitor
@@ -137,7 +138,11 @@ def build_worker(settings: Settings, source: ConfigSource | None = None) -> Work
     )
     producer = make_producer(kafka)
     ownership = Ownership(lease=Lease(settings.worker.session_timeout))
-    stores = [TableStore(t, producer, ownership.writable) for t in (traces, decisions)]
+    rocksdb = settings.worker.rocksdb
+    memory = RocksMemory(rocksdb.block_cache, rocksdb.write_buffers)
+    ROCKSDB_MEMORY.labels("block_cache").set_function(memory.cache.get_usage)
+    ROCKSDB_MEMORY.labels("memtables").set_function(memory.write_buffers.get_usage)
+    stores = [TableStore(t, producer, ownership.writable, memory) for t in (traces, decisions)]
     decider = make_decider(settings, producer, *stores)
     bind_to_commits(app, producer, stores, decider.failures.take)
     outcomes = ExportOutcomes()

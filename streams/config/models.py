@@ -34,6 +34,7 @@ __all__ = [
     "RedactionConfig",
     "RedactionRule",
     "RetryConfig",
+    "RocksDBConfig",
     "Settings",
     "ShutdownConfig",
     "TLSConfig",
@@ -483,6 +484,23 @@ class IngestConfig(_Model):
     )
 
 
+class RocksDBConfig(_Model):
+    """RocksDB's memory, each bound shared by every partition of both tables (see Sizing)."""
+
+    block_cache: ByteSize = Field(
+        default=32 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="one LRU cache of table blocks, their indexes and filters, for every "
+        "partition and table",
+    )
+    write_buffers: ByteSize = Field(
+        default=32 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="memtables of every partition and table together; past it the largest "
+        "is flushed to disk, so buffered spans beyond it wait on disk, not in memory",
+    )
+
+
 class WorkerConfig(_Model):
     """Per-process settings: where state lives. Give each worker on one machine its own."""
 
@@ -493,6 +511,7 @@ class WorkerConfig(_Model):
         default=6.0,
         description="how fast the group notices a dead worker and hands its partitions on",
     )
+    rocksdb: RocksDBConfig = RocksDBConfig()
 
 
 class MetricsConfig(_Model):

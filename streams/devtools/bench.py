@@ -95,6 +95,8 @@ class BenchResult:
     peak_rss_mib: float
     peak_buffered_traces: float
     rss_mib_per_1000_traces: float
+    rocksdb_memtables_mib_at_peak: float
+    rocksdb_block_cache_mib_at_peak: float
     policy_decisions_per_second: float
 
 
@@ -140,9 +142,15 @@ def lag_buckets(scrapes: Sequence[Samples]) -> list[tuple[float, float]]:
     return sorted(summed.items())
 
 
-def total(samples: Samples, name: str) -> float:
-    """The sum of a metric's samples."""
-    return float(sum(v for _, v in samples.get(name, ())))
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of a metric's samples (those with `labels`)."""
+    return float(
+        sum(
+            v
+            for found, v in samples.get(name, ())
+            if all(found.get(k) == want for k, want in labels.items())
+        )
+    )
 
 
 def reader(bootstrap: str, name: str) -> Consumer:
@@ -372,6 +380,7 @@ def _measure(
     per_message = max(options.traces_per_message, 1)
     produced = _produce(producer, topic, payloads, options.rate / per_message)
     peak_buffered, rss_at_peak, decided, shown = 0.0, rss_base, 0.0, 0.0
+    rocksdb_at_peak = {"memtables": 0.0, "block_cache": 0.0}
     while decided < options.traces:
         if any(w.poll() is not None for w in workers):
             _say(f"a worker stopped after {decided:,.0f} decisions")
@@ -384,6 +393,10 @@ def _measure(
         buffered = sum(total(s, "caudal_traces_buffered") for s in scrapes)
         if buffered > peak_buffered:
             peak_buffered, rss_at_peak = buffered, sum(rss_kib(w.pid) for w in workers)
+            for part in rocksdb_at_peak:
+                rocksdb_at_peak[part] = sum(
+                    total(s, "caudal_rocksdb_memory_bytes", part=part) for s in scrapes
+                )
         now = time.perf_counter()
         if now - shown >= 1.0:
             shown = now
@@ -425,6 +438,8 @@ def _measure(
         peak_rss_mib=round(max(rss_kib(w.pid, "VmHWM") for w in workers) / 1024, 1),
         peak_buffered_traces=peak_buffered,
         rss_mib_per_1000_traces=round(per_k / 1024, 3),
+        rocksdb_memtables_mib_at_peak=round(rocksdb_at_peak["memtables"] / 2**20, 1),
+        rocksdb_block_cache_mib_at_peak=round(rocksdb_at_peak["block_cache"] / 2**20, 1),
         policy_decisions_per_second=0.0,
     )
 
@@ -447,6 +462,8 @@ def _report(r: BenchResult) -> str:
         f"peak RSS:         {r.peak_rss_mib:.0f} MiB",
         f"RSS per 1,000 buffered traces: {r.rss_mib_per_1000_traces:.2f} MiB "
         f"(peak {r.peak_buffered_traces:,.0f} buffered)",
+        f"RocksDB at that peak: memtables {r.rocksdb_memtables_mib_at_peak:.0f} MiB, "
+        f"block cache {r.rocksdb_block_cache_mib_at_peak:.0f} MiB",
         f"policy engine:    {r.policy_decisions_per_second:,.0f} decisions/s (five rules)",
     ]
     return "\n".join(lines)

@@ -38,6 +38,7 @@ __all__ = [
     "ChangelogError",
     "ChangelogReader",
     "PartitionNotOwned",
+    "RocksMemory",
     "Store",
     "TableStore",
     "bind_to_commits",
@@ -54,6 +55,36 @@ _FAUST_METADATA = b"__faust\0"
 # the changelog from the last flushed offset. Skipping the WAL makes each write ~3x cheaper.
 _NO_WAL = rocksdict.WriteOptions()
 _NO_WAL.disable_wal = True  # type: ignore[assignment,method-assign]
+
+
+class RocksMemory:
+    """RocksDB's memory for every partition database of the worker's tables, bounded twice:
+    one block cache (data blocks, and the index and filter blocks of every SST file, so they
+    cannot grow with the data on disk) and one write buffer manager (all memtables). A partition
+    database's memtable is a quarter of the budget; near the budget the largest is flushed, and
+    a write that would pass it waits for the flush (a hard bound, not a hint), so buffered spans
+    beyond it wait on disk instead of in memory."""
+
+    def __init__(self, block_cache: int, write_buffers: int) -> None:
+        self.cache = rocksdict.Cache(block_cache)
+        self.write_buffers = rocksdict.WriteBufferManager(write_buffers, True)
+        self.memtable_size = max(write_buffers // 4, 256 * 1024)
+
+    def configure(self, options: rocksdict.Options) -> None:
+        """Put a partition database's options under the shared bounds."""
+        options.set_write_buffer_size(self.memtable_size)
+        options.set_max_write_buffer_number(2)
+        options.set_write_buffer_manager(self.write_buffers)
+        table = rocksdict.BlockBasedOptions()
+        table.set_block_cache(self.cache)
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+        table.set_bloom_filter(10, False)
+        options.set_block_based_table_factory(table)
+
+    def usage(self) -> dict[str, int]:
+        """Bytes in use now: `block_cache` and `memtables`."""
+        return {"block_cache": self.cache.get_usage(), "memtables": self.write_buffers.get_usage()}
 
 
 class ChangelogError(RuntimeError):
@@ -89,7 +120,11 @@ class TableStore:
     """Bytes → bytes access to one partition of a Faust table at a time."""
 
     def __init__(
-        self, table: Any, producer: ProducerLike, writable: Callable[[int], bool] = _always
+        self,
+        table: Any,
+        producer: ProducerLike,
+        writable: Callable[[int], bool] = _always,
+        memory: RocksMemory | None = None,
     ) -> None:
         # A faust.Table created with store='rocksdb://' and key/value types bytes, and a
         # confluent_kafka.Producer for its changelog.
@@ -100,6 +135,8 @@ class TableStore:
         self._acked: dict[int, int] = {}
         self.failures = 0
         faust_seam.on_open_partition(table, lambda db: db.set_write_options(_NO_WAL))
+        if memory is not None:
+            faust_seam.on_rocksdb_options(table, memory.configure)
 
     def _db(self, partition: int) -> Any:
         return faust_seam.db_for_partition(self.table, partition)

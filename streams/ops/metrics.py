@@ -45,6 +45,7 @@ __all__ = [
     "PARTITION_RECOVERY",
     "PARTITIONS_OWNED",
     "BUFFER_BYTES",
+    "ROCKSDB_MEMORY",
     "CIRCUIT_OPENS",
     "CONFIG_RELOADS",
     "CONSUMER_LAG",
@@ -69,6 +70,12 @@ TRACES_BUFFERED = Gauge(
 )
 BUFFER_BYTES = Gauge(
     "caudal_buffer_bytes", "Bytes of span data appended to the buffer and not yet decided."
+)
+ROCKSDB_MEMORY = Gauge(
+    "caudal_rocksdb_memory_bytes",
+    "RocksDB memory in use by the tables: block_cache (worker.rocksdb.block_cache) and "
+    "memtables (worker.rocksdb.write_buffers).",
+    ["part"],
 )
 DECISIONS = Counter(
     "caudal_decisions",

@@ -4,6 +4,7 @@ no input offset committed before every changelog record is acknowledged."""
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,9 +12,16 @@ from typing import Any
 
 import pytest
 import rocksdict
+from faust.stores.rocksdb import RocksDBOptions
 
 from streams.kafka import faust_seam, state
-from streams.kafka.state import ChangelogError, PartitionNotOwned, TableStore, bind_to_commits
+from streams.kafka.state import (
+    ChangelogError,
+    PartitionNotOwned,
+    RocksMemory,
+    TableStore,
+    bind_to_commits,
+)
 
 
 class FaustStore:
@@ -24,11 +32,10 @@ class FaustStore:
         self.root = root
         self.dbs: dict[int, rocksdict.Rdict] = {}
         self.offsets: dict[Any, int] = {}
+        self.rocksdb_options = RocksDBOptions(use_rocksdict=True)
 
     def _open_for_partition(self, partition: int) -> rocksdict.Rdict:
-        return rocksdict.Rdict(
-            str(self.root / f"p{partition}"), options=rocksdict.Options(raw_mode=True)
-        )
+        return self.rocksdb_options.open(self.root / f"p{partition}")
 
     def _db_for_partition(self, partition: int) -> rocksdict.Rdict:
         if partition not in self.dbs:
@@ -69,14 +76,34 @@ class Producer:
             store._acked_cb(error, message)
 
 
-def make_store(tmp_path: Path, owned: set[int] | None = None) -> tuple[TableStore, Producer]:
+def make_store(
+    tmp_path: Path, owned: set[int] | None = None, memory: RocksMemory | None = None
+) -> tuple[TableStore, Producer]:
     table = SimpleNamespace(
         changelog_topic=SimpleNamespace(get_topic_name=lambda: "caudal-traces-changelog"),
         data=FaustStore(tmp_path),
     )
     producer = Producer()
     writable = (lambda p: p in owned) if owned is not None else (lambda p: True)
-    return TableStore(table, producer, writable), producer
+    return TableStore(table, producer, writable, memory), producer
+
+
+def test_memtables_of_all_partitions_stay_under_the_write_buffer_budget(tmp_path: Path) -> None:
+    budget = 4 * 1024 * 1024
+    memory = RocksMemory(block_cache=1024 * 1024, write_buffers=budget)
+    store, _ = make_store(tmp_path, memory=memory)
+    rng, written, peak = random.Random(7), [], 0
+    for i in range(48 * 16):  # 48 MiB of incompressible values over four partitions
+        partition, key, value = i % 4, i.to_bytes(8, "big"), rng.randbytes(64 * 1024)
+        store.put(partition, key, value)
+        written.append((partition, key, value))
+        peak = max(peak, memory.usage()["memtables"])
+    # Writers wait for a flush rather than pass the budget by more than the write that
+    # reached it (Faust's defaults would have kept all 48 MiB in memtables) ...
+    assert peak <= budget + 128 * 1024
+    assert memory.usage()["block_cache"] <= 1024 * 1024
+    # ... and everything is still there, read back from disk through the shared cache.
+    assert all(store.get(p, k) == v for p, k, v in written[::97])
 
 
 def test_a_put_goes_to_the_changelog_then_the_partitions_database(tmp_path: Path) -> None:
