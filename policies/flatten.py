@@ -32,7 +32,16 @@ from typing import Any, Final
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
-__all__ = ["count_spans", "encode", "flatten", "request_batches", "request_trace_ids"]
+__all__ = [
+    "count_spans",
+    "encode",
+    "flatten",
+    "flatten_request",
+    "look_alike_classes",
+    "request_batches",
+    "request_span_count",
+    "request_trace_ids",
+]
 
 _F = descriptor_pb2.FieldDescriptorProto
 _PACKAGE = "caudal.flat"
@@ -59,6 +68,8 @@ _SCHEMA: Final[dict[str, list[_Field]]] = {
     "Counter": [("scope_spans", 2, _F.TYPE_MESSAGE, "CounterScope", False)],
     "CounterScope": [("spans", 2, _F.TYPE_BYTES, None, True)],
     "Request": [("resource_spans", 1, _F.TYPE_BYTES, None, True)],
+    # An ExportTraceServiceRequest (or TracesData) with every batch merged into one Trace.
+    "FlatRequest": [("resource_spans", 1, _F.TYPE_MESSAGE, "Trace", False)],
     # An ExportTraceServiceRequest with every batch merged: its spans (counted) and their
     # non-empty trace IDs (a list shorter than the count means a span without one).
     "RequestCounter": [("resource_spans", 1, _F.TYPE_MESSAGE, "Counter", False)],
@@ -69,29 +80,33 @@ _SCHEMA: Final[dict[str, list[_Field]]] = {
 }
 
 
-def _message_classes() -> dict[str, Any]:
+def look_alike_classes(package: str, schema: dict[str, list[_Field]]) -> dict[str, Any]:
+    """Message classes for `schema` (message name -> fields: name, number, type, message type
+    or None, repeated), in their own descriptor pool under `package`. Fields the schema leaves
+    out are unknown to them: skipped by the parser, and written back as they were."""
     pool = descriptor_pool.DescriptorPool()
     file = descriptor_pb2.FileDescriptorProto(
-        name="caudal/flat.proto", package=_PACKAGE, syntax="proto3"
+        name=f"{package.replace('.', '/')}.proto", package=package, syntax="proto3"
     )
-    for message_name, fields in _SCHEMA.items():
+    for message_name, fields in schema.items():
         message = file.message_type.add(name=message_name)
         for name, number, kind, type_name, repeated in fields:
             field = message.field.add(name=name, number=number, type=kind)
             field.label = _F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL
             if type_name is not None:
-                field.type_name = f".{_PACKAGE}.{type_name}"
+                field.type_name = f".{package}.{type_name}"
     pool.Add(file)
     return {
-        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
-        for name in _SCHEMA
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.{name}"))
+        for name in schema
     }
 
 
-_CLASSES: Final = _message_classes()
+_CLASSES: Final = look_alike_classes(_PACKAGE, _SCHEMA)
 _parse_trace: Final = _CLASSES["Trace"].FromString
 _parse_counter: Final = _CLASSES["Counter"].FromString
 _parse_request: Final = _CLASSES["Request"].FromString
+_parse_flat_request: Final = _CLASSES["FlatRequest"].FromString
 _parse_request_counter: Final = _CLASSES["RequestCounter"].FromString
 _parse_request_ids: Final = _CLASSES["RequestIds"].FromString
 _serialize: Final = ResourceSpans.SerializeToString  # unbound: ~15 % cheaper than a bound call
@@ -107,6 +122,12 @@ def flatten(encoded: bytes) -> Any:
     return _parse_trace(encoded)
 
 
+def flatten_request(request: bytes) -> Any:
+    """Parse an encoded ``ExportTraceServiceRequest`` as one merged ``Trace``, as
+    :func:`flatten` parses the batches it holds."""
+    return _parse_flat_request(request).resource_spans
+
+
 def count_spans(encoded: bytes) -> int:
     """The exact number of spans in :func:`encode` output."""
     return len(_parse_counter(encoded).scope_spans.spans)
@@ -120,11 +141,18 @@ def request_batches(request: bytes) -> list[bytes]:
     return _parse_request(request).resource_spans[:]  # type: ignore[no-any-return]
 
 
+def request_span_count(request: bytes) -> int:
+    """The number of spans of an encoded ``ExportTraceServiceRequest`` (one C-level parse).
+
+    Raises ``google.protobuf.message.DecodeError`` if ``request`` is not a protobuf message."""
+    return len(_parse_request_counter(request).resource_spans.scope_spans.spans)
+
+
 def request_trace_ids(request: bytes) -> tuple[int, list[bytes]]:
     """The number of spans of an encoded ``ExportTraceServiceRequest`` and their non-empty
     trace IDs, in order (two C-level parses; no span object is built).
 
     Raises ``google.protobuf.message.DecodeError`` if ``request`` is not a protobuf message."""
-    count = len(_parse_request_counter(request).resource_spans.scope_spans.spans)
+    count = request_span_count(request)
     ids = _parse_request_ids(request).resource_spans.scope_spans.spans.trace_id[:]
     return count, ids

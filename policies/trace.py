@@ -21,9 +21,16 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status, TracesData
 
-from policies.flatten import count_spans, encode, flatten
+from policies.flatten import (
+    count_spans,
+    encode,
+    flatten,
+    flatten_request,
+    request_batches,
+    request_span_count,
+)
 
 __all__ = [
     "SERVICE_NAME",
@@ -46,8 +53,9 @@ _CODE_FIELD: Final = {code: re.compile(re.escape(bytes((0x18, code)))) for code 
 class TraceView:
     """All spans of one trace, with the facts policies ask about computed once.
 
-    Build it with :meth:`from_resource_spans`, or :meth:`from_batches` from the encoded
-    batches (then nothing is parsed into protobuf objects unless a policy walks ``spans``).
+    Build it with :meth:`from_resource_spans`, or from bytes: :meth:`from_batches` (the
+    encoded batches) or :meth:`from_request` (an encoded request holding them); then nothing
+    is parsed into protobuf objects unless a policy walks ``spans``.
     Read-only by contract: one view is shared by every policy of a decision. Every member but
     ``trace_id`` is computed on first access and kept.
     """
@@ -56,6 +64,7 @@ class TraceView:
         "trace_id",
         "_resource_spans",
         "_batches",
+        "_request",
         "_encoded",
         "_flat_trace",
         "_flat_span",
@@ -79,13 +88,16 @@ class TraceView:
         trace_id: bytes,
         resource_spans: Sequence[ResourceSpans] | None = None,
         batches: Sequence[bytes] | None = None,
+        request: bytes | None = None,
     ) -> None:
-        """Keep ``resource_spans`` or the encoded ``batches`` (only this trace's); prefer
-        :meth:`from_resource_spans` and :meth:`from_batches`."""
+        """Keep ``resource_spans``, the encoded ``batches`` or an encoded ``request`` (only
+        this trace's); prefer :meth:`from_resource_spans`, :meth:`from_batches` and
+        :meth:`from_request`."""
         self.trace_id: Final = trace_id
         self._resource_spans = None if resource_spans is None else tuple(resource_spans)
         self._batches = None if batches is None else tuple(batches)
-        self._encoded: bytes | None = None if batches is None else b"".join(batches)
+        self._request = request
+        self._encoded: bytes | None = request if batches is None else b"".join(batches)
         self._flat_trace: Any = None
         self._flat_span: Any = None
         self._span_count = -1
@@ -116,24 +128,38 @@ class TraceView:
         :func:`policies.flatten.request_batches`), as a buffer holds them."""
         return cls(trace_id, batches=batches)
 
+    @classmethod
+    def from_request(cls, trace_id: bytes, request: bytes) -> TraceView:
+        """Build the view from an encoded ``ExportTraceServiceRequest`` (or ``TracesData``)
+        holding only this trace's spans: a buffered trace's fragments, back to back."""
+        return cls(trace_id, request=request)
+
     @property
     def resource_spans(self) -> tuple[ResourceSpans, ...]:
         """The trace's batches as protobuf objects (parsed on first use from encoded ones)."""
         batches = self._resource_spans
         if batches is None:
-            parse = ResourceSpans.FromString
-            batches = self._resource_spans = tuple([parse(b) for b in self._batches or ()])
+            if self._request is not None:
+                batches = tuple(TracesData.FromString(self._request).resource_spans)
+            else:
+                parse = ResourceSpans.FromString
+                batches = tuple([parse(b) for b in self._batches or ()])
+            self._resource_spans = batches
         return batches
 
     @property
     def _has_batches(self) -> bool:
+        if self._request is not None:
+            return bool(self._request)
         if self._batches is not None:
             return bool(self._batches)
         return bool(self._resource_spans)
 
     @property
     def encoded(self) -> bytes:
-        """The batches serialized back to back (computed once; C-level searches run on it)."""
+        """The bytes C-level searches run on (computed once): the batches serialized back to
+        back, or the encoded request holding them. The request's own framing between batches
+        can add a match but never hide one, so a search that finds nothing proves absence."""
         encoded = self._encoded
         if encoded is None:
             encoded = self._encoded = encode(self.resource_spans)
@@ -143,7 +169,12 @@ class TraceView:
     def span_count(self) -> int:
         """The number of spans."""
         if self._span_count < 0:
-            self._span_count = count_spans(self.encoded) if self._has_batches else 0
+            if not self._has_batches:
+                self._span_count = 0
+            elif self._request is not None:
+                self._span_count = request_span_count(self._request)
+            else:
+                self._span_count = count_spans(self.encoded)
         return self._span_count
 
     @property
@@ -251,7 +282,10 @@ class TraceView:
             return 0
         span = self._span()
         ids = set(span.span_id)
-        return sum(1 for parent in span.parent_span_id if parent not in ids)
+        parents = span.parent_span_id[:]
+        if ids.issuperset(parents):  # the common case, decided in C
+            return 0
+        return sum(1 for parent in parents if parent not in ids)
 
     @property
     def trace_states(self) -> tuple[str, ...]:
@@ -267,6 +301,8 @@ class TraceView:
     @property
     def byte_size(self) -> int:
         """The protobuf-encoded size of the trace's ``ResourceSpans`` in bytes."""
+        if self._request is not None:
+            return sum(map(len, request_batches(self._request)))
         return len(self.encoded)
 
     def attribute_values(self, key: str) -> tuple[object, ...]:
@@ -338,7 +374,10 @@ class TraceView:
     def _flat(self) -> Any:
         flat = self._flat_trace
         if flat is None:
-            flat = self._flat_trace = flatten(self.encoded)
+            if self._request is not None:
+                flat = self._flat_trace = flatten_request(self._request)
+            else:
+                flat = self._flat_trace = flatten(self.encoded)
         return flat
 
     def _span(self) -> Any:
@@ -371,7 +410,12 @@ class TraceView:
         return (min(starts) if len(starts) == count else 0), max(ends, default=0), False
 
     def __repr__(self) -> str:
-        batches = len(self._batches) if self._batches is not None else len(self.resource_spans)
+        if self._request is not None:
+            batches = len(request_batches(self._request))
+        elif self._batches is not None:
+            batches = len(self._batches)
+        else:
+            batches = len(self.resource_spans)
         return f"TraceView(trace_id={self.trace_id.hex()}, batches={batches})"
 
 

@@ -205,9 +205,10 @@ def make_decider(
         decision.max_traces,
         decision.max_trace_bytes,
         decision.max_buffer_bytes,
+        kafka.max_message_bytes,
     )
     dc = decision.decision_cache
-    cache = DecisionCache(decision_store, dc.kept, dc.dropped, dc.ttl)
+    cache = DecisionCache(decision_store, dc.kept, dc.dropped, dc.ttl, kafka.max_message_bytes)
     BUFFER_MAX_TRACES.set(decision.max_traces)
     BUFFER_MAX_BYTES.set(decision.max_buffer_bytes)
     TRACE_MAX_BYTES.set(decision.max_trace_bytes)

@@ -21,6 +21,7 @@ from collections import defaultdict
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from policies.flatten import request_span_count
 from streams.config import Settings
 from streams.export.backends import PermanentError, RetryableError, build_backend
 from streams.export.breaker import CircuitBreaker
@@ -44,7 +45,6 @@ from streams.ops.metrics import (
     SPANS_EXPORTED,
     set_one_hot,
 )
-from streams.wire.otlp import span_count
 
 __all__ = ["STATES", "ExportLoop"]
 
@@ -259,8 +259,8 @@ class ExportLoop(Supervised):
         """Spans in a record of caudal-sampled; 0 (and dead-lettered) if it is not OTLP, so
         one bad record never fails the batch it came in."""
         try:
-            request = ExportTraceServiceRequest.FromString(value)
-            count = span_count(request.resource_spans)
+            ExportTraceServiceRequest.FromString(value)  # every byte read: raises if not OTLP
+            count = request_span_count(value)
         except Exception as exc:
             reason, detail = "invalid_protobuf", f"{type(exc).__name__}: {exc}"
         else:

@@ -1,18 +1,26 @@
 """Trace buffer: spans wait in the RocksDB-backed `traces` table until their decision time.
 
-The Python heap holds one small entry per trace (decision time, partition, bytes, fragment
-count, origins applied), in arrival order per partition; span data stays in RocksDB. Because
-every trace waits the same `decision.wait`, arrival order is decision order, and an ordered dict
-per partition is the whole timer queue.
+Stored as *segments*: the fragments that one `caudal-spans` record (or one input record, when
+the worker reads the input directly) adds to the buffer are written as one value under one key,
+so a record costs one RocksDB put and one changelog record however many traces it packs, and a
+decision tick reads each segment once for all the traces that have fragments in it. A segment
+is deleted (one tombstone) once every trace with a fragment in it has been decided.
 
-Each fragment is its own key: the trace key (streams.wire.tracekey: trace ID and tenant) followed by
-the fragment's 4-byte sequence number. Appending a fragment is one RocksDB put and one changelog
-record of that fragment's size, whatever the trace's size; the decision reads the fragments back
-in order (one multi-get) and concatenates them (protobuf merges repeated fields, see
-streams.wire.otlp). Stored value: the fragment's time on the input's clock (8 bytes), its origin
-(streams.wire.origin, 12 bytes), then its OTLP bytes. A fragment whose origin the trace already
-covers is a copy (a record delivered again, or an input record split again after a crash) and
-is skipped.
+The Python heap holds one small entry per trace (decision time, partition, bytes, origins
+applied, and 16 bytes per fragment: its segment and where its bytes sit there), in arrival
+order per partition; span data stays in RocksDB. Because every trace waits the same
+`decision.wait`, arrival order is decision order, and an ordered dict per partition is the whole
+timer queue. The decision reads a trace's fragments back in order and concatenates them
+(protobuf merges repeated fields, see streams.wire.otlp).
+
+Segment key: `\\xffS` and an 8-byte sequence number, counted per partition (a new owner goes on
+from the highest one it recovered), so sorted keys are arrival order. Segment value: a version
+byte, the segment's time on the input's clock (8 bytes), the fragment count (4 bytes), then per
+fragment its trace key (streams.wire.tracekey: 2-byte length, then the key), its origin
+(streams.wire.origin, 12 bytes) and its length (4 bytes); then the fragments' OTLP bytes, back
+to back. A segment never exceeds `kafka.max_message_bytes` (a record's fragments that would go
+over are written as several segments). A fragment whose origin the trace already covers is a
+copy (a record delivered again, or an input record split again after a crash) and is skipped.
 
 Bounds: `max_traces` buffered traces; `max_trace_bytes` per trace (a trace past it is decided
 on what arrived, and its later spans follow the decision as late spans); `max_buffer_bytes` in
@@ -24,7 +32,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from streams.kafka.state import Store
@@ -37,6 +45,7 @@ from streams.wire.origin import (
     decode_origin,
     encode_origin,
 )
+from streams.wire.records import DEFAULT_MAX_MESSAGE_BYTES, RECORD_MARGIN
 from streams.wire.tracekey import parse_key
 
 __all__ = [
@@ -45,14 +54,79 @@ __all__ = [
     "Pending",
     "TraceBuffer",
     "Unreadable",
+    "decode_segment",
+    "encode_segment",
 ]
 
-_SEEN = struct.Struct(">d")
-_SEQ = struct.Struct(">I")
-_PREFIX = _SEEN.size + ENTRY_BYTES
-# What a stored fragment adds to its OTLP bytes (value prefix, and the key: trace ID, tenant
-# length, a 255-byte tenant at most, sequence number).
-FRAGMENT_OVERHEAD = _PREFIX + 16 + 1 + 255 + _SEQ.size
+_VERSION = 1
+_PREFIX = b"\xffS"
+_KEY = struct.Struct(">2sQ")  # prefix, sequence number
+_HEAD = struct.Struct(">BdI")  # version, time on the input's clock, fragment count
+_KEY_LENGTH = struct.Struct(">H")
+_LENGTH = struct.Struct(">I")
+_ENTRY_FIXED = _KEY_LENGTH.size + ENTRY_BYTES + _LENGTH.size
+_REF = struct.Struct(">QII")  # segment, offset, length: a fragment, as a trace's entry holds it
+# The most a stored fragment adds to its OTLP bytes: its index entry (with a trace key of a
+# 255-byte tenant), and a segment's key and head when it is alone in one.
+FRAGMENT_OVERHEAD = _KEY.size + _HEAD.size + _ENTRY_FIXED + 16 + 1 + 255
+# Segments read during one decision batch are kept for the traces that follow, up to this.
+_READ_BUDGET = 32 * 1024 * 1024
+
+# (trace key, fragment, origin)
+Fragment = tuple[bytes, bytes, int]
+
+
+def segment_key(seq: int) -> bytes:
+    """The table key of a partition's segment number `seq`."""
+    return _KEY.pack(_PREFIX, seq)
+
+
+def encode_segment(seen: float, fragments: Sequence[Fragment]) -> bytes:
+    """One segment's stored value (see the module docstring)."""
+    parts = [_HEAD.pack(_VERSION, seen, len(fragments))]
+    for key, fragment, source in fragments:
+        parts += (
+            _KEY_LENGTH.pack(len(key)),
+            key,
+            encode_origin(source),
+            _LENGTH.pack(len(fragment)),
+        )
+    parts += [fragment for _, fragment, _ in fragments]
+    return b"".join(parts)
+
+
+def decode_segment(value: bytes) -> tuple[float, list[tuple[bytes, int, int, int]]]:
+    """A segment's time and, per fragment, (trace key, origin, offset, length) in `value`;
+    ValueError if `value` is not a segment."""
+    try:
+        version, seen, count = _HEAD.unpack_from(value)
+    except struct.error:
+        raise ValueError(f"a {len(value)}-byte value is not a segment") from None
+    if version != _VERSION:
+        raise ValueError(f"segment version {version}")
+    out = []
+    at = _HEAD.size
+    entries = []
+    try:
+        for _ in range(count):
+            (size,) = _KEY_LENGTH.unpack_from(value, at)
+            key = value[at + 2 : at + 2 + size]
+            at += 2 + size
+            parsed = parse_key(key)
+            if len(key) != size or parsed is None or parsed[1]:
+                raise ValueError("a segment entry without a trace key")
+            source = decode_origin(value, at)
+            (length,) = _LENGTH.unpack_from(value, at + ENTRY_BYTES)
+            at += ENTRY_BYTES + _LENGTH.size
+            entries.append((key, source, length))
+    except struct.error:
+        raise ValueError(f"a segment of {count} fragments cut short") from None
+    for key, source, length in entries:
+        out.append((key, source, at, length))
+        at += length
+    if at != len(value):
+        raise ValueError(f"a segment of {len(value)} bytes whose fragments end at {at}")
+    return seen, out
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,13 +150,18 @@ class Pending:
     deadline: float
     partition: int
     size: int = 0
-    fragments: int = 0
     origins: bytes = b""
+    refs: bytes = b""  # per fragment: segment, offset, length (_REF)
+
+    @property
+    def fragments(self) -> int:
+        """How many fragments the trace has."""
+        return len(self.refs) // _REF.size
 
 
 @dataclass(frozen=True, slots=True)
 class Unreadable:
-    """A stored record that is not a buffered fragment (found at recovery): dead-lettered."""
+    """A stored record that is not a segment (found at recovery): dead-lettered."""
 
     partition: int
     key: bytes
@@ -112,13 +191,18 @@ class TraceBuffer:
         max_traces: int,
         max_trace_bytes: int = 0,
         max_buffer_bytes: int = 0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.store = store
         self.wait = wait
         self.limits = _Limits(max_traces, max_trace_bytes, max_buffer_bytes)
+        self.segment_room = max_message_bytes - RECORD_MARGIN - _KEY.size
         self.queues: dict[int, OrderedDict[bytes, Pending]] = {}
         # Per partition, traces past max_trace_bytes (decided before the rest).
         self.oversize: dict[int, dict[bytes, None]] = {}
+        # Per partition: each stored segment's fragments not yet decided, and the next number.
+        self.segments: dict[int, dict[int, int]] = {}
+        self.next_segment: dict[int, int] = {}
         self.count = 0
         self.bytes = 0
 
@@ -143,32 +227,78 @@ class TraceBuffer:
     def append(
         self, partition: int, key: bytes, fragment: bytes, now: float, origin: int = NO_ORIGIN
     ) -> bool:
-        """Add a fragment of spans to a trace, starting its decision window if it is new.
+        """Add one fragment of spans to a trace (see `append_many`); False if it is a copy."""
+        return self.append_many(partition, [(key, fragment, origin)], now) == 1
 
-        `key` is the trace key (streams.wire.tracekey), `now` the fragment's time on the input's
-        clock, `origin` where its spans entered Caudal. False when the trace already has it
-        (a copy, skipped).
+    def append_many(self, partition: int, fragments: Sequence[Fragment], now: float) -> int:
+        """Add fragments of spans (trace key, OTLP bytes, origin) to their traces, starting the
+        decision window of a trace that is new, in one segment (more if they would not fit one
+        record); returns how many were added (a fragment the trace already has is a copy,
+        skipped).
+
+        `now` is the fragments' time on the input's clock, `origin` where its spans entered
+        Caudal. Nothing changes in memory before the table took the segment: a refused write
+        (PartitionNotOwned) leaves the buffer as it was.
         """
         queue = self.queues.get(partition)
         if queue is None:
             queue = self.queues[partition] = OrderedDict()
-        entry = queue.get(key)
-        if entry is not None and covers(entry.origins, origin):
-            return False
-        seq = entry.fragments if entry is not None else 0
-        value = _SEEN.pack(now) + encode_origin(origin) + fragment
-        self.store.put(partition, key + _SEQ.pack(seq), value)
-        if entry is None:
-            entry = queue[key] = Pending(now + self.wait, partition)
-            self.count += 1
-        entry.fragments += 1
-        entry.origins = add_origin(entry.origins, origin)
-        entry.size += len(value)
-        self.bytes += len(value)
+        applied: dict[bytes, bytes] = {}
+        taken: list[Fragment] = []
+        for item in fragments:
+            key, _, source = item
+            held = applied.get(key)
+            if held is None:
+                entry = queue.get(key)
+                held = entry.origins if entry is not None else b""
+            if covers(held, source):
+                continue
+            applied[key] = add_origin(held, source)
+            taken.append(item)
+        if not taken:
+            return 0
+        written = [(self._write(partition, chunk, now), chunk) for chunk in self._chunks(taken)]
+        live = self.segments.setdefault(partition, {})
         limit = self.limits.max_trace_bytes
-        if limit and entry.size > limit:
-            self.oversize.setdefault(partition, {})[key] = None
-        return True
+        for seq, chunk in written:
+            live[seq] = len(chunk)
+            at = _HEAD.size + sum(_ENTRY_FIXED + len(key) for key, _, _ in chunk)
+            for key, fragment, _ in chunk:
+                entry = queue.get(key)
+                if entry is None:
+                    entry = queue[key] = Pending(now + self.wait, partition)
+                    self.count += 1
+                size = len(fragment) + _ENTRY_FIXED + len(key)
+                entry.refs += _REF.pack(seq, at, len(fragment))
+                entry.size += size
+                self.bytes += size
+                at += len(fragment)
+                if limit and entry.size > limit:
+                    self.oversize.setdefault(partition, {})[key] = None
+        for key, origins in applied.items():
+            queue[key].origins = origins
+        return len(taken)
+
+    def _chunks(self, fragments: list[Fragment]) -> Iterator[list[Fragment]]:
+        """Fragments grouped into segments that fit a record (each fragment alone fits:
+        streams.wire.records.fragment_budget leaves room for FRAGMENT_OVERHEAD)."""
+        chunk: list[Fragment] = []
+        size = _HEAD.size
+        for item in fragments:
+            cost = _ENTRY_FIXED + len(item[0]) + len(item[1])
+            if chunk and size + cost > self.segment_room:
+                yield chunk
+                chunk, size = [], _HEAD.size
+            chunk.append(item)
+            size += cost
+        if chunk:
+            yield chunk
+
+    def _write(self, partition: int, fragments: list[Fragment], now: float) -> int:
+        seq = self.next_segment.get(partition, 0)
+        self.store.put(partition, segment_key(seq), encode_segment(now, fragments))
+        self.next_segment[partition] = seq + 1
+        return seq
 
     def pop_due(
         self, clock: Callable[[int], float] | float, limit: int, partitions: Iterable[int] = ()
@@ -260,44 +390,92 @@ class TraceBuffer:
 
     def load(self, key: bytes, entry: Pending) -> BufferedTrace | None:
         """Read a trace's stored fragments, in order."""
-        keys = [key + _SEQ.pack(seq) for seq in range(entry.fragments)]
-        values = [v for v in self.store.get_many(entry.partition, keys) if v is not None]
-        if not values:
-            return None
-        (first_seen,) = _SEEN.unpack_from(values[0])
-        return BufferedTrace(first_seen, [v[_PREFIX:] for v in values], entry.origins)
+        return next(self.load_each([(key, entry)]))[2]
+
+    def load_each(
+        self, due: Iterable[tuple[bytes, Pending]]
+    ) -> Iterator[tuple[bytes, Pending, BufferedTrace | None]]:
+        """Each trace with its stored fragments (None if none is left), in order; a segment is
+        read once for all the traces of `due` that have fragments in it (up to a budget)."""
+        read: dict[tuple[int, int], bytes | None] = {}
+        held = 0
+        for key, entry in due:
+            partition = entry.partition
+            refs = list(_REF.iter_unpack(entry.refs))
+            if len(refs) == 1:  # the common case
+                missing = [] if (partition, refs[0][0]) in read else [refs[0][0]]
+            else:
+                missing = list(
+                    dict.fromkeys(seq for seq, _, _ in refs if (partition, seq) not in read)
+                )
+            if missing:
+                if held > _READ_BUDGET:
+                    read.clear()
+                    held = 0
+                values = self.store.get_many(partition, [segment_key(seq) for seq in missing])
+                for seq, value in zip(missing, values, strict=True):
+                    read[(partition, seq)] = value
+                    held += len(value or b"")
+            fragments = []
+            first_seen = None
+            for seq, at, length in refs:
+                value = read[(partition, seq)]
+                if value is None:
+                    continue
+                if first_seen is None:
+                    first_seen = _HEAD.unpack_from(value)[1]
+                fragments.append(value[at : at + length])
+            if first_seen is None:
+                yield key, entry, None
+            else:
+                yield key, entry, BufferedTrace(first_seen, fragments, entry.origins)
 
     def remove(self, key: bytes, entry: Pending) -> None:
-        """Delete a decided trace's fragments from the table (and its changelog)."""
-        for seq in range(entry.fragments):
-            self.store.delete(entry.partition, key + _SEQ.pack(seq))
+        """Let go of a decided trace's fragments: a segment none of whose fragments wait any
+        more is deleted from the table (and its changelog)."""
+        live = self.segments.get(entry.partition)
+        if live is None:
+            return
+        for seq, _, _ in _REF.iter_unpack(entry.refs):
+            left = live.get(seq)
+            if left is None:
+                continue
+            if left > 1:
+                live[seq] = left - 1
+            else:
+                del live[seq]
+                self.store.delete(entry.partition, segment_key(seq))
 
     def rebuild(self, partitions: Iterable[int]) -> list[Unreadable]:
         """Recreate the decision queues of `partitions` from the table (after recovery).
 
-        Returns the stored records that are not fragments of a trace, left in the table for the
-        caller to dead-letter and delete.
+        Returns the stored records that are not segments, left in the table for the caller to
+        dead-letter and delete.
         """
         unreadable: list[Unreadable] = []
         limit = self.limits.max_trace_bytes
         for partition in partitions:
             found: dict[bytes, Pending] = {}
-            # Keys come sorted, so a trace's fragment 0 (its first-seen time) comes first.
+            live: dict[int, int] = {}
+            # Keys come sorted: segments in the order they were written.
             for stored_key, value in self.store.items(partition):
-                parsed = parse_key(stored_key)
-                if parsed is None or len(parsed[1]) != _SEQ.size or len(value) < _PREFIX:
+                try:
+                    seq = _segment_seq(stored_key)
+                    seen, fragments = decode_segment(value)
+                except ValueError:
                     unreadable.append(Unreadable(partition, stored_key, value))
                     continue
-                key, seq_bytes = parsed
-                (seq,) = _SEQ.unpack(seq_bytes)
-                entry = found.get(key)
-                if entry is None:
-                    (seen,) = _SEEN.unpack_from(value)
-                    entry = found[key] = Pending(seen + self.wait, partition)
-                entry.fragments = max(entry.fragments, seq + 1)
-                entry.size += len(value)
-                entry.origins = add_origin(entry.origins, decode_origin(value, _SEEN.size))
+                live[seq] = len(fragments)
+                for key, source, at, length in fragments:
+                    entry = found.get(key)
+                    if entry is None:
+                        entry = found[key] = Pending(seen + self.wait, partition)
+                    entry.refs += _REF.pack(seq, at, length)
+                    entry.size += length + _ENTRY_FIXED + len(key)
+                    entry.origins = add_origin(entry.origins, source)
             self.forget([partition])
+            self.segments[partition] = live
+            self.next_segment[partition] = max(live, default=-1) + 1
             ordered = sorted(found.items(), key=lambda item: item[1].deadline)
             self.queues[partition] = OrderedDict(ordered)
             for key, entry in ordered:
@@ -332,6 +510,8 @@ class TraceBuffer:
         for partition in partitions:
             queue = self.queues.pop(partition, None)
             self.oversize.pop(partition, None)
+            self.segments.pop(partition, None)
+            self.next_segment.pop(partition, None)
             if queue:
                 self.count -= len(queue)
                 self.bytes -= sum(entry.size for entry in queue.values())
@@ -340,3 +520,13 @@ class TraceBuffer:
     def _observe(self) -> None:
         TRACES_BUFFERED.set(self.count)
         BUFFER_BYTES.set(self.bytes)
+
+
+def _segment_seq(key: bytes) -> int:
+    try:
+        prefix, seq = _KEY.unpack(key)
+    except struct.error:
+        raise ValueError("not a segment key") from None
+    if prefix != _PREFIX:
+        raise ValueError("not a segment key")
+    return int(seq)

@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from policies import Decision, PolicyEngine, TraceView
-from policies.flatten import request_batches
+from policies.flatten import request_span_count
 from streams.config import Settings
 from streams.kafka.clients import SPAN_COUNT_HEADER, DeliveryFailures, ProducerLike, produce
 from streams.kafka.dead_letters import send_dead_letter
@@ -43,11 +43,19 @@ from streams.pipeline.buffer import BufferedTrace, Pending, TraceBuffer, Unreada
 from streams.pipeline.degrade import DEGRADED_POLICY, shed_fragment
 from streams.pipeline.route import TenantRoutes
 from streams.wire.origin import ENTRY_BYTES, add_origin, covers
-from streams.wire.otlp import annotate_kept, span_count, split_request
+from streams.wire.otlp import annotate_kept, split_request
 from streams.wire.records import DEFAULT_MAX_MESSAGE_BYTES, RECORD_MARGIN
 from streams.wire.tracekey import key_tenant, key_trace_id, parse_key
 
-__all__ = ["DEAD_LETTER_POLICY", "DecisionCache", "Decider", "PolicySets", "Remembered"]
+__all__ = [
+    "DEAD_LETTER_POLICY",
+    "LEGACY_RECORD",
+    "DecisionCache",
+    "Decider",
+    "PolicySets",
+    "Remembered",
+    "decode_decisions",
+]
 
 _DECISION = struct.Struct(">dBdH")  # decided at, kept, probability, origins
 
@@ -57,7 +65,7 @@ _Read = TypeVar("_Read")
 DEAD_LETTER_POLICY = "dead_letter"  # a trace that could not be decided, and its late spans
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Remembered:
     """A decision kept for late spans."""
 
@@ -70,9 +78,12 @@ class Remembered:
     # The origins (streams.wire.origin) of the spans the trace held: a fragment they cover is a
     # copy of one already decided, not a late span.
     origins: bytes = b""
+    # Where it is stored: the number of its partition's decision record, LEGACY_RECORD (under
+    # its own trace key, as an older release wrote it), or None (not yet stored).
+    record: int | None = field(default=None, compare=False)
 
     def encode(self) -> bytes:
-        """Value stored in the `decisions` table (the tenant is in the key)."""
+        """One decision as a decision record holds it (the tenant is in the key)."""
         count = len(self.origins) // ENTRY_BYTES
         head = _DECISION.pack(self.decided_at, self.kept, self.probability, count)
         return head + self.origins + self.policy.encode()
@@ -105,18 +116,76 @@ class Remembered:
         return covers(self.origins, origin)
 
 
+LEGACY_RECORD = -1
+_RECORD_PREFIX = b"\xffD"
+_RECORD_KEY = struct.Struct(">2sQ")  # prefix, record number
+_RECORD_COUNT = struct.Struct(">I")
+_RECORD_ITEM = struct.Struct(">HI")  # trace key length, decision length
+
+
+def _encode_item(key: bytes, decision: Remembered) -> bytes:
+    """One decision as a decision record holds it: its trace key, then its encoding."""
+    value = decision.encode()
+    return _RECORD_ITEM.pack(len(key), len(value)) + key + value
+
+
+def decode_decisions(partition: int, value: bytes) -> list[tuple[bytes, Remembered]]:
+    """The decisions of a decision record's value (a count, then the decisions one after the
+    other); ValueError if `value` is not a decision record."""
+    try:
+        (count,) = _RECORD_COUNT.unpack_from(value)
+        at = _RECORD_COUNT.size
+        out = []
+        for _ in range(count):
+            key_size, size = _RECORD_ITEM.unpack_from(value, at)
+            at += _RECORD_ITEM.size
+            key = value[at : at + key_size]
+            item = value[at + key_size : at + key_size + size]
+            at += key_size + size
+            out.append((key, Remembered.decode(partition, key, item)))
+    except struct.error as exc:
+        raise ValueError(f"a decision record cut short: {exc}") from None
+    if at != len(value):
+        raise ValueError(f"a decision record of {len(value)} bytes whose decisions end at {at}")
+    return out
+
+
+def _record_number(key: bytes) -> int | None:
+    if len(key) != _RECORD_KEY.size or not key.startswith(_RECORD_PREFIX):
+        return None
+    return int(_RECORD_KEY.unpack(key)[1])
+
+
 class DecisionCache:
     """Bounded memory of recent decisions per trace key (tenant and trace ID), kept and
-    dropped counted separately (as Refinery)."""
+    dropped counted separately (as Refinery).
 
-    def __init__(self, store: Store, kept: int, dropped: int, ttl: float) -> None:
+    Stored in the `decisions` table as *decision records*: the decisions a tick persists for
+    one partition go in one value (key `\\xffD` and an 8-byte number counted per partition), so
+    a tick costs one put and one changelog record per partition, not one per trace. A record
+    is deleted once every decision in it has been evicted or replaced by a newer record (a late
+    span's origin, see `advance`); at recovery the newest record of a trace wins.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        kept: int,
+        dropped: int,
+        ttl: float,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
         self.store = store
         self.limits = {True: kept, False: dropped}
         self.ttl = ttl
+        self.record_room = max_message_bytes - RECORD_MARGIN - _RECORD_KEY.size
         self.entries: dict[bool, OrderedDict[bytes, Remembered]] = {
             True: OrderedDict(),
             False: OrderedDict(),
         }
+        # Per partition: the decisions each stored record still holds, and the next number.
+        self.records: dict[int, dict[int, int]] = {}
+        self.next_record: dict[int, int] = {}
 
     def get(self, key: bytes) -> Remembered | None:
         """The remembered decision for a trace, if any."""
@@ -130,9 +199,10 @@ class DecisionCache:
         """A late span was applied: remember its origin so a copy is not applied again."""
         origins = add_origin(decision.origins, origin)
         if origins != decision.origins:
-            moved = dataclasses.replace(decision, origins=origins)
+            moved = dataclasses.replace(decision, origins=origins, record=None)
             self.entries[moved.kept][key] = moved
             self.persist(key, moved)
+            self._release(decision.partition, key, decision.record)
 
     def forget(self, key: bytes) -> None:
         """Drop a decision that could not be carried out."""
@@ -140,8 +210,55 @@ class DecisionCache:
             entries.pop(key, None)
 
     def persist(self, key: bytes, decision: Remembered) -> None:
-        """Write a decision to the changelogged table."""
-        self.store.put(decision.partition, key, decision.encode())
+        """Write one decision to the changelogged table."""
+        self.persist_many([(key, decision)])
+
+    def persist_many(self, decided: Iterable[tuple[bytes, Remembered]]) -> None:
+        """Write decisions to the changelogged table: one record per partition (more if they
+        would not fit one Kafka record)."""
+        by_partition: dict[int, list[tuple[bytes, Remembered]]] = {}
+        for item in decided:
+            by_partition.setdefault(item[1].partition, []).append(item)
+        for partition, items in by_partition.items():
+            parts: list[bytes] = []
+            members: list[Remembered] = []
+            size = _RECORD_COUNT.size
+            for key, decision in items:
+                part = _encode_item(key, decision)
+                if members and size + len(part) > self.record_room:
+                    self._write(partition, parts, members)
+                    parts, members, size = [], [], _RECORD_COUNT.size
+                parts.append(part)
+                members.append(decision)
+                size += len(part)
+            if members:
+                self._write(partition, parts, members)
+
+    def _write(self, partition: int, parts: list[bytes], members: list[Remembered]) -> None:
+        seq = self.next_record.get(partition, 0)
+        value = _RECORD_COUNT.pack(len(members)) + b"".join(parts)
+        self.store.put(partition, _RECORD_KEY.pack(_RECORD_PREFIX, seq), value)
+        self.next_record[partition] = seq + 1
+        self.records.setdefault(partition, {})[seq] = len(members)
+        for decision in members:
+            decision.record = seq
+
+    def _release(self, partition: int, key: bytes, record: int | None) -> None:
+        """One decision of `record` is no longer needed there; the record goes with its last."""
+        if record is None:
+            return
+        if record == LEGACY_RECORD:
+            self.store.delete(partition, key)
+            return
+        live = self.records.get(partition)
+        left = live.get(record) if live is not None else None
+        if live is None or left is None:
+            return
+        if left > 1:
+            live[record] = left - 1
+        else:
+            del live[record]
+            self.store.delete(partition, _RECORD_KEY.pack(_RECORD_PREFIX, record))
 
     def evict(self, now: float, writable: Callable[[int], bool] = lambda p: True) -> int:
         """Forget decisions beyond the size limits or older than the TTL; return how many.
@@ -158,37 +275,67 @@ class DecisionCache:
                     break
                 entries.popitem(last=False)
                 if writable(entry.partition):
-                    self.store.delete(entry.partition, key)
+                    self._release(entry.partition, key, entry.record)
                 evicted += 1
         return evicted
 
     def rebuild(self, partitions: Iterable[int]) -> list[tuple[int, bytes]]:
         """Load the remembered decisions of `partitions` from the table (after recovery);
-        the (partition, key) of stored values that are not decisions (to be deleted)."""
+        the (partition, key) of stored values to delete: those that are not decisions, and
+        records whose every decision a newer record replaced."""
         partitions = set(partitions)
         self.forget_partitions(partitions)
-        loaded = []
-        unreadable = []
+        unused = []
         for partition in partitions:
+            loaded: dict[bytes, Remembered] = {}
+            live: dict[int, int] = {}
             for key, value in self.store.items(partition):
                 try:
-                    loaded.append((key, Remembered.decode(partition, key, value)))
+                    found = self._decode(partition, key, value)
                 except ValueError:
-                    unreadable.append((partition, key))
-        for key, decision in loaded:
-            self.entries[decision.kept][key] = decision
+                    unused.append((partition, key))
+                    continue
+                for trace, decision in found:
+                    older = loaded.get(trace)
+                    if older is not None and older.record is not None and older.record >= 0:
+                        live[older.record] -= 1
+                    loaded[trace] = decision
+                    if decision.record is not None and decision.record >= 0:
+                        live[decision.record] = live.get(decision.record, 0) + 1
+            for seq, count in live.items():
+                if count == 0:
+                    unused.append((partition, _RECORD_KEY.pack(_RECORD_PREFIX, seq)))
+            self.records[partition] = {seq: count for seq, count in live.items() if count}
+            self.next_record[partition] = max(live, default=-1) + 1
+            for key, decision in loaded.items():
+                self.entries[decision.kept][key] = decision
         # Eviction goes oldest first: keep each map in decision order.
         for kept, entries in self.entries.items():
             self.entries[kept] = OrderedDict(
                 sorted(entries.items(), key=lambda item: item[1].decided_at)
             )
-        return unreadable
+        return unused
+
+    @staticmethod
+    def _decode(partition: int, key: bytes, value: bytes) -> list[tuple[bytes, Remembered]]:
+        seq = _record_number(key)
+        if seq is None:
+            decision = Remembered.decode(partition, key, value)
+            decision.record = LEGACY_RECORD
+            return [(key, decision)]
+        found = decode_decisions(partition, value)
+        for _, decision in found:
+            decision.record = seq
+        return found
 
     def forget_partitions(self, partitions: Iterable[int]) -> None:
         """Drop the decisions of partitions this worker no longer owns (from memory only)."""
         gone = set(partitions)
         if not gone:
             return
+        for partition in gone:
+            self.records.pop(partition, None)
+            self.next_record.pop(partition, None)
         for entries in self.entries.values():
             for key in [k for k, d in entries.items() if d.partition in gone]:
                 del entries[key]
@@ -217,6 +364,22 @@ class DecidedBatch:
 
     items: list[tuple[bytes, Pending, Remembered]] = field(default_factory=list)
     failed: set[bytes] = field(default_factory=set)
+    # Decisions per (policy, outcome, tenant label), counted once per batch, not per trace.
+    counts: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    without_root: int = 0
+    orphans: int = 0
+    lags: list[float] = field(default_factory=list)
+
+    def count(self) -> None:
+        """Add the batch's counts to the metrics."""
+        for labels, n in self.counts.items():
+            DECISIONS.labels(*labels).inc(n)
+        if self.without_root:
+            TRACES_WITHOUT_ROOT.inc(self.without_root)
+        if self.orphans:
+            ORPHAN_SPANS.inc(self.orphans)
+        DECISION_LAG.observe_many(self.lags)
+        self.counts, self.without_root, self.orphans, self.lags = {}, 0, 0, []
 
 
 class Decider:
@@ -267,8 +430,7 @@ class Decider:
         """
         batch = DecidedBatch()
         due = self.buffer.pop_due(clock if clock is not None else now, limit, partitions)
-        for key, entry in due:
-            trace = self.buffer.load(key, entry)
+        for key, entry, trace in self.buffer.load_each(due):
             if trace is None:
                 continue
             try:
@@ -280,53 +442,57 @@ class Decider:
                 remembered = self._quarantine(key, entry, trace, now, batch, detail)
             self.cache.remember(key, remembered)
             batch.items.append((key, entry, remembered))
+        batch.count()
         return batch
 
     def _decide(
         self, key: bytes, entry: Pending, trace: BufferedTrace, now: float, batch: DecidedBatch
     ) -> Remembered:
-        """Decide on the stored bytes; only a kept trace is parsed (for its annotations).
+        """Decide on the stored bytes; only a kept trace is parsed whole (to check it).
 
-        A fragment that is not OTLP at its top level is dead-lettered at once; one whose inside
-        is broken shows when the bytes are read (DecodeError): then every fragment is parsed
-        on its own, those that fail are dead-lettered, and the trace is decided on the rest.
-        Nothing is counted, admitted or produced before the trace has been read whole.
+        The fragments, back to back, are one OTLP request. One whose inside is broken shows
+        when the bytes are read (DecodeError): then every fragment is parsed on its own, those
+        that fail are dead-lettered, and the trace is decided on the rest. Nothing is counted,
+        admitted or produced before the trace has been read whole.
         """
-        trace_id = key_trace_id(key)
-        usable, batches = self._batches(key, trace, batch)
+        trace_id, tenant = key_trace_id(key), key_tenant(key)
+        engine = self.policy_sets.for_tenant(tenant)
+        usable = trace.fragments
+        encoded = usable[0] if len(usable) == 1 else b"".join(usable)
         try:
-            view = TraceView.from_batches(trace_id, batches)
-            decision = self.policy_sets.for_tenant(key_tenant(key)).decide(view, now)
+            view = TraceView.from_request(trace_id, encoded)
+            # Read before any policy runs, so a broken fragment is not taken for policy errors.
             has_root, orphans = view.has_root, view.orphan_span_count
-            request = None
+            decision = engine.decide(view, now)
             if decision.kept:
-                request = ExportTraceServiceRequest.FromString(b"".join(usable))
+                # Every byte read (in C): a fragment broken deep inside shows here.
+                ExportTraceServiceRequest.FromString(encoded)
         except DecodeError:
             request, usable = self._parse(key, usable, batch)
             view = TraceView.from_resource_spans(trace_id, request.resource_spans)
-            decision = self.policy_sets.for_tenant(key_tenant(key)).decide(view, now)
+            decision = engine.decide(view, now)
             has_root, orphans = view.has_root, view.orphan_span_count
+            encoded = request.SerializeToString()
         if view.span_count == 0:
             return self._quarantine(key, entry, trace, now, batch, "no spans", usable)
         if not has_root:
-            TRACES_WITHOUT_ROOT.inc()
-        if orphans:
-            ORPHAN_SPANS.inc(orphans)
-        return self._conclude(key, entry, trace, now, batch, view, decision, request)
+            batch.without_root += 1
+        batch.orphans += orphans
+        return self._conclude(key, tenant, entry, trace, now, batch, view, decision, encoded)
 
     def _conclude(
         self,
         key: bytes,
+        tenant: str,
         entry: Pending,
         trace: BufferedTrace,
         now: float,
         batch: DecidedBatch,
         view: TraceView,
         decision: Decision,
-        request: ExportTraceServiceRequest | None,
+        encoded: bytes,
     ) -> Remembered:
         """Apply a decision: the tenant's quota, annotations, redaction, the produce; counted."""
-        tenant = key_tenant(key)
         kept, policy = decision.kept, decision.policy or "none"
         label = self.routes.label(tenant)
         if kept:
@@ -339,21 +505,12 @@ class Decider:
                 kept, policy = False, refused
         probability = decision.probability if kept else 0.0
         if kept:
-            assert request is not None  # parsed for every kept decision
-            annotate_kept(request, policy, probability)
-            self.routes.redact(tenant, request)
-            self._produce(key, request, view.span_count, batch)
-        DECISIONS.labels(policy if kept else "none", "kept" if kept else "dropped", label).inc()
-        DECISION_LAG.observe(max(0.0, now - entry.deadline))
+            value = self.routes.redact(tenant, annotate_kept(encoded, policy, probability))
+            self._produce(key, value, view.span_count, batch)
+        labels = (policy, "kept", label) if kept else ("none", "dropped", label)
+        batch.counts[labels] = batch.counts.get(labels, 0) + 1
+        batch.lags.append(max(0.0, now - entry.deadline))
         return Remembered(now, entry.partition, kept, policy, probability, tenant, trace.origins)
-
-    def _batches(
-        self, key: bytes, trace: BufferedTrace, batch: DecidedBatch
-    ) -> tuple[list[bytes], list[bytes]]:
-        """The fragments that are OTLP requests at their top level, and the encoded
-        ResourceSpans they hold; the others are dead-lettered."""
-        usable, held = self._read_each(key, trace.fragments, batch, request_batches)
-        return usable, [encoded for batches in held for encoded in batches]
 
     def _parse(
         self, key: bytes, fragments: list[bytes], batch: DecidedBatch
@@ -478,12 +635,11 @@ class Decider:
         if decision.policy == DEAD_LETTER_POLICY:
             self._dead_letter(key, fragment, "undecidable_trace", "a late span", None)
             return
-        request = ExportTraceServiceRequest.FromString(fragment)
-        spans = span_count(request.resource_spans)
+        ExportTraceServiceRequest.FromString(fragment)  # every byte read: raises if not OTLP
+        spans = request_span_count(fragment)
         if decision.kept:
-            annotate_kept(request, decision.policy, decision.probability)
-            self.routes.redact(decision.tenant, request)
-            self._produce(key, request, spans, None)
+            annotated = annotate_kept(fragment, decision.policy, decision.probability)
+            self._produce(key, self.routes.redact(decision.tenant, annotated), spans, None)
             LATE_SPANS.labels("kept").inc(spans)
         else:
             LATE_SPANS.labels("dropped").inc(spans)
@@ -505,22 +661,26 @@ class Decider:
             DEGRADED_SPANS.labels("dropped").inc(result.kept_spans)
             return
         DEGRADED_SPANS.labels("kept").inc(result.kept_spans)
-        self.routes.redact(tenant, result.request)
-        self._produce(key, result.request, result.kept_spans, None)
+        value = self.routes.redact(tenant, result.request)
+        self._produce(key, value, result.kept_spans, None)
 
     def complete(
         self, batch: DecidedBatch, now: float, writable: Callable[[int], bool] = lambda p: True
     ) -> None:
         """After the flush: persist decisions and free the buffer; retry what failed."""
         retry = []
-        for key, entry, remembered in batch.items:
+        done = []
+        for item in batch.items:
+            key, entry, _ = item
             # Not acknowledged, or this worker's lease lapsed meanwhile (streams.pipeline.handover):
             # the trace stays in the table and is decided again by whoever owns it.
             if key in batch.failed or not writable(entry.partition):
                 self.cache.forget(key)
                 retry.append((key, entry))
-                continue
-            self.cache.persist(key, remembered)
+            else:
+                done.append(item)
+        self.cache.persist_many([(key, remembered) for key, _, remembered in done])
+        for key, entry, _ in done:
             self.buffer.remove(key, entry)
         if retry:
             self.buffer.requeue(retry, now)
@@ -529,7 +689,7 @@ class Decider:
     def _produce(
         self,
         key: bytes,
-        request: ExportTraceServiceRequest,
+        value: bytes,
         spans: int,
         batch: DecidedBatch | None,
     ) -> None:
@@ -539,10 +699,10 @@ class Decider:
 
         on_delivery = self._on_delivery(key, batch, "sampled")
         budget = self.max_message_bytes - RECORD_MARGIN - len(tenant) - len(SPAN_COUNT_HEADER) - 12
-        value = request.SerializeToString()
         if len(value) <= budget:
             parts = [(value, spans)]
         else:
+            request = ExportTraceServiceRequest.FromString(value)
             parts, too_large = split_request(request, budget)
             if too_large is not None:
                 self._dead_letter(

@@ -159,7 +159,7 @@ class Degradation:
 class ShedDecision:
     """What degraded mode keeps of one fragment: the request to export (or None) and counts."""
 
-    request: ExportTraceServiceRequest | None
+    request: bytes | None  # serialized, its spans annotated
     kept_spans: int
     dropped_spans: int
     has_error: bool = False
@@ -176,8 +176,9 @@ def shed_fragment(trace_id: bytes, fragment: bytes, percentage: float) -> ShedDe
     if fnv1a_64(trace_id, _SEED) <= _threshold(probability):
         spans = [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
         error = any(s.status.code == Status.STATUS_CODE_ERROR for s in spans)
-        request = annotate_kept(request, DEGRADED_POLICY, probability)
-        return ShedDecision(request, len(spans), 0, error)
+        return ShedDecision(
+            annotate_kept(fragment, DEGRADED_POLICY, probability), len(spans), 0, error
+        )
     kept = dropped = 0
     for rs in request.resource_spans:
         for ss in rs.scope_spans:
@@ -196,7 +197,8 @@ def shed_fragment(trace_id: bytes, fragment: bytes, percentage: float) -> ShedDe
             rs.scope_spans.remove(ss)
         if not rs.scope_spans:
             request.resource_spans.remove(rs)
-    return ShedDecision(annotate_kept(request, DEGRADED_POLICY, 1.0), kept, dropped, True)
+    encoded = annotate_kept(request.SerializeToString(), DEGRADED_POLICY, 1.0)
+    return ShedDecision(encoded, kept, dropped, True)
 
 
 @functools.cache

@@ -16,6 +16,7 @@ from streams.kafka.clients import INDEX_HEADER, ORIGIN_HEADER, TENANT_HEADER, he
 from streams.kafka.dead_letters import send_dead_letter
 from streams.kafka.state import PartitionNotOwned
 from streams.ops.metrics import REDELIVERED, SPANS_RECEIVED
+from streams.pipeline.buffer import Fragment
 from streams.pipeline.progress import PROGRESS_HEADER, DirectClock, PartitionClock
 from streams.pipeline.route import TenantResolver
 from streams.pipeline.split import DeadLetterSink, split_one
@@ -142,8 +143,14 @@ class Intake:
         origins = _origins(headers.get(ORIGIN_HEADER), len(fragments))
         # The window starts at the record's input time (streams.pipeline.progress).
         seen = min(message.timestamp or now, now)
-        for (trace_id, fragment), source in zip(fragments, origins, strict=True):
-            self._take_fragment(message, trace_key(trace_id, tenant), fragment, seen, source)
+        self._take_all(
+            message,
+            [
+                (trace_key(trace_id, tenant), fragment, source)
+                for (trace_id, fragment), source in zip(fragments, origins, strict=True)
+            ],
+            seen,
+        )
 
     def _take_input(self, message: Any, now: float) -> None:
         # Reading the input topic directly (input_keyed_by_trace_id): the split stage's rules.
@@ -152,45 +159,66 @@ class Intake:
         settings = worker.settings
         record = FaustRecord(message)
         traces = split_one(record, settings, self.resolver, self.dead_letter, meter, self.budget)
+        taken: list[Fragment] = []
         for _, tenant, spans, fragments in traces:
             SPANS_RECEIVED.labels(settings.tenant_label(tenant)).inc(spans)
-            for trace_id, fragment, source in fragments:
-                self._take_fragment(message, trace_key(trace_id, tenant), fragment, now, source)
+            taken += [
+                (trace_key(tid, tenant), fragment, source) for tid, fragment, source in fragments
+            ]
+        self._take_all(message, taken, now)
 
-    def _take_fragment(
-        self, message: Any, key: bytes, fragment: bytes, now: float, source: int
-    ) -> None:
+    def _take_all(self, message: Any, fragments: list[Fragment], now: float) -> None:
+        """A record's fragments: each one follows its trace's decision or is shed, or else
+        waits in the buffer; those to buffer are written together (one segment)."""
+        partition = message.partition
+        buffered: list[Fragment] = []
+        for item in fragments:
+            try:
+                if self._take(partition, item, now):
+                    buffered.append(item)
+            except PartitionNotOwned:
+                raise
+            except BadInput as exc:
+                self._dead_letter(message, item[1], exc.reason, exc.detail)
+            except Exception as exc:  # this fragment alone is unusable; the record goes on
+                reason = "invalid_protobuf" if isinstance(exc, DecodeError) else "unusable_fragment"
+                self._dead_letter(message, item[1], reason, _describe(exc))
+        if not buffered:
+            return
         try:
-            self._take(message.partition, key, fragment, now, source)
+            added = self.worker.buffer.append_many(partition, buffered, now)
         except PartitionNotOwned:
             raise
-        except BadInput as exc:
-            self._dead_letter(message, fragment, exc.reason, exc.detail)
-        except Exception as exc:  # this fragment alone is unusable; the record goes on
-            reason = "invalid_protobuf" if isinstance(exc, DecodeError) else "unusable_fragment"
-            self._dead_letter(message, fragment, reason, _describe(exc))
+        except Exception as exc:  # never expected: the fragments are not lost but dead-lettered
+            for _, fragment, _ in buffered:
+                self._dead_letter(message, fragment, "unusable_fragment", _describe(exc))
+            return
+        if added < len(buffered):
+            REDELIVERED.inc(len(buffered) - added)
 
-    def _take(self, partition: int, key: bytes, fragment: bytes, now: float, source: int) -> None:
+    def _take(self, partition: int, item: Fragment, now: float) -> bool:
+        """Follow the trace's decision, or shed the fragment; True if it is to be buffered."""
+        key, fragment, source = item
         worker = self.worker
         if len(fragment) > self.budget:
             # Only a record not written by a split stage can hold one (Caudal's own fit).
             raise BadInput("fragment_too_large", f"a {len(fragment)}-byte fragment")
-        if not worker.buffer.holds(partition, key):
-            decided = worker.cache.get(key)
-            if decided is not None:
-                if decided.already_applied(source):
-                    REDELIVERED.inc()
-                    return
-                worker.decider.follow(key, decided, fragment)
-                worker.cache.advance(key, decided, source)
-                return
-            percentage = worker.degradation.percentage()
-            if percentage is not None:
-                # Degraded: a new trace is not buffered; its spans are decided on arrival.
-                worker.decider.shed(key, fragment, percentage, now)
-                return
-        if not worker.buffer.append(partition, key, fragment, now, source):
-            REDELIVERED.inc()
+        if worker.buffer.holds(partition, key):
+            return True
+        decided = worker.cache.get(key)
+        if decided is not None:
+            if decided.already_applied(source):
+                REDELIVERED.inc()
+                return False
+            worker.decider.follow(key, decided, fragment)
+            worker.cache.advance(key, decided, source)
+            return False
+        percentage = worker.degradation.percentage()
+        if percentage is not None:
+            # Degraded: a new trace is not buffered; its spans are decided on arrival.
+            worker.decider.shed(key, fragment, percentage, now)
+            return False
+        return True
 
     def _dead_letter(self, message: Any, value: bytes | None, reason: str, detail: str) -> None:
         send_dead_letter(

@@ -196,6 +196,12 @@ class TenantRoutes:
             return None
         return "quota"
 
-    def redact(self, tenant: str, request: ExportTraceServiceRequest) -> None:
-        """Apply the tenant's redaction (or the global one) in place."""
-        self.redactors.get(tenant, self.global_redactor).apply(request)
+    def redact(self, tenant: str, request: bytes) -> bytes:
+        """A serialized request with the tenant's redaction (or the global one) applied; parsed
+        only when there is a redaction to apply."""
+        redactor = self.redactors.get(tenant, self.global_redactor)
+        if not redactor.active:
+            return request
+        parsed = ExportTraceServiceRequest.FromString(request)
+        redactor.apply(parsed)
+        return parsed.SerializeToString()  # type: ignore[no-any-return]

@@ -84,7 +84,7 @@ def decode_origins(value: bytes, count: int) -> list[int]:
 
 def covers(applied: bytes, fragment: int) -> bool:
     """Has a trace whose applied origins are `applied` already got `fragment`?"""
-    if fragment == NO_ORIGIN:
+    if fragment == NO_ORIGIN or not applied:
         return False
     partition = fragment >> 64
     for i in range(0, len(applied), ENTRY_BYTES):
@@ -98,6 +98,8 @@ def add_origin(applied: bytes, fragment: int) -> bytes:
     """`applied` with `fragment` applied (the highest origin per input partition is kept)."""
     if fragment == NO_ORIGIN:
         return applied
+    if not applied:  # a trace's first fragment
+        return encode_origin(fragment)
     partition = fragment >> 64
     entries = [decode_origin(applied, i) for i in range(0, len(applied), ENTRY_BYTES)]
     for i, held in enumerate(entries):

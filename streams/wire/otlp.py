@@ -9,18 +9,20 @@ traces is itself a valid `ExportTraceServiceRequest`: any OTLP tool can read eve
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from google.protobuf import json_format
+from google.protobuf.descriptor_pb2 import FieldDescriptorProto
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
-from policies.flatten import request_trace_ids
+from policies.flatten import look_alike_classes, request_trace_ids
 
 __all__ = [
     "BadInput",
@@ -243,18 +245,43 @@ def unpack_index(value: bytes, index: bytes) -> Iterator[Fragment]:
         pos = end
 
 
-def annotate_kept(
-    request: ExportTraceServiceRequest, policy: str, probability: float
-) -> ExportTraceServiceRequest:
-    """Write `sampling.policy` and `sampling.probability` on every span (in place)."""
-    policy_kv = KeyValue(key="sampling.policy", value=AnyValue(string_value=policy))
-    prob_kv = KeyValue(key="sampling.probability", value=AnyValue(double_value=probability))
-    for rs in request.resource_spans:
-        for ss in rs.scope_spans:
-            for span in ss.spans:
-                span.attributes.append(policy_kv)
-                span.attributes.append(prob_kv)
-    return request
+# A request whose spans are known only by their attributes (every other field is unknown to
+# these look-alike types, so it is skipped when parsed and written back unchanged).
+_F = FieldDescriptorProto
+_ANNOTATE = look_alike_classes(
+    "caudal.annotate",
+    {
+        "Request": [("resource_spans", 1, _F.TYPE_MESSAGE, "Batch", True)],
+        "Batch": [("scope_spans", 2, _F.TYPE_MESSAGE, "Scope", True)],
+        "Scope": [("spans", 2, _F.TYPE_MESSAGE, "Span", True)],
+        "Span": [("attributes", 9, _F.TYPE_BYTES, None, True)],
+    },
+)["Request"].FromString
+
+
+@functools.lru_cache(maxsize=1024)
+def _sampling_attributes(policy: str, probability: float) -> tuple[bytes, bytes]:
+    return (
+        KeyValue(key="sampling.policy", value=AnyValue(string_value=policy)).SerializeToString(),
+        KeyValue(
+            key="sampling.probability", value=AnyValue(double_value=probability)
+        ).SerializeToString(),
+    )
+
+
+def annotate_kept(request: bytes, policy: str, probability: float) -> bytes:
+    """A serialized request with `sampling.policy` and `sampling.probability` added to every
+    span's attributes. Only the span lists are parsed (in C); each span gets the two encoded
+    attributes, and everything else is written back as it came.
+
+    Raises DecodeError if `request` is not an OTLP request."""
+    patched = _ANNOTATE(request)
+    added = _sampling_attributes(policy, probability)
+    for batch in patched.resource_spans:
+        for scope in batch.scope_spans:
+            for span in scope.spans:
+                span.attributes.extend(added)
+    return patched.SerializeToString()  # type: ignore[no-any-return]
 
 
 _ID_FIELDS = ("traceId", "spanId", "parentSpanId")

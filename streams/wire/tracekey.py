@@ -9,6 +9,8 @@ collide with another tenant's, or end inside a UTF-8 character).
 
 from __future__ import annotations
 
+import functools
+
 __all__ = [
     "TENANT_MAX_BYTES",
     "key_tenant",
@@ -22,6 +24,7 @@ TENANT_MAX_BYTES = 255
 _TRACE_ID_BYTES = 16
 
 
+@functools.lru_cache(maxsize=4096)
 def tenant_problem(tenant: str) -> str | None:
     """Why `tenant` cannot name a tenant, or None if it can."""
     size = len(tenant.encode("utf-8", "surrogatepass"))

@@ -180,22 +180,25 @@ def test_facts_and_latency_agree_with_a_naive_walk(
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(TRACES)
-def test_a_view_of_the_encoded_batches_agrees_with_one_of_the_objects(
+def test_views_of_the_encoded_batches_and_request_agree_with_one_of_the_objects(
     trace: tuple[bytes, list[ResourceSpans]],
 ) -> None:
     trace_id, batches = trace
     request = ExportTraceServiceRequest(resource_spans=batches).SerializeToString()
     encoded = request_batches(request)
     from_bytes = TraceView.from_batches(trace_id, encoded)
+    from_request = TraceView.from_request(trace_id, request)
     from_objects = TraceView.from_resource_spans(trace_id, batches)
     assert ENGINE.decide(from_bytes, 0.0) == ENGINE.decide(from_objects, 0.0)
+    assert ENGINE.decide(from_request, 0.0) == ENGINE.decide(from_objects, 0.0)
+    assert from_request.byte_size == from_bytes.byte_size == from_objects.byte_size
     all_spans = [s for b in batches for sc in b.scope_spans for s in sc.spans]
     ids = {s.span_id for s in all_spans}
-    for view in (from_bytes, from_objects):
+    for view in (from_bytes, from_request, from_objects):
         assert view.span_count == len(all_spans)
         assert view.has_root == any(not s.parent_span_id for s in all_spans)
         assert view.has_root == (view.root_span is not None)
         assert view.orphan_span_count == sum(
             1 for s in all_spans if s.parent_span_id and s.parent_span_id not in ids
         )
-    assert from_bytes.resource_spans == tuple(batches)
+    assert from_bytes.resource_spans == from_request.resource_spans == tuple(batches)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from streams.pipeline.buffer import TraceBuffer
-from streams.pipeline.decide import DecisionCache, Remembered
+from streams.pipeline.buffer import FRAGMENT_OVERHEAD, TraceBuffer, decode_segment
+from streams.pipeline.decide import DecisionCache, Remembered, decode_decisions
 from streams.wire.origin import NO_ORIGIN, origin, pack_origins
+from streams.wire.records import RECORD_MARGIN
 from streams.wire.tracekey import trace_key
 
 
@@ -35,6 +36,22 @@ class MemoryStore:
 
     def items(self, partition: int):
         return iter(sorted(self.data[partition].items()))
+
+    def held_traces(self, partition: int) -> set[bytes]:
+        """The trace keys with a fragment in a stored segment."""
+        return {
+            trace
+            for value in self.data[partition].values()
+            for trace, _, _, _ in decode_segment(value)[1]
+        }
+
+    def held_decisions(self, partition: int) -> set[bytes]:
+        """The trace keys with a decision in a stored decision record."""
+        return {
+            trace
+            for value in self.data[partition].values()
+            for trace, _ in decode_decisions(partition, value)
+        }
 
 
 def key(tid: bytes, tenant: str = "t") -> bytes:
@@ -78,7 +95,9 @@ def test_append_writes_only_the_new_fragment() -> None:
     for i in range(50):
         buffer.append(0, trace, bytes([i]) * 1000, now=1.0)
     # Each append wrote one record of its own size, not the trace so far.
-    assert [len(value or b"") for _, _, value in store.changelog] == [1020] * 50
+    sizes = {len(value or b"") for _, _, value in store.changelog}
+    assert len(store.changelog) == 50 and len(sizes) == 1
+    assert 1000 < sizes.pop() <= 1000 + FRAGMENT_OVERHEAD
     [(k, entry)] = buffer.pop_due(100.0, 10)
     loaded = buffer.load(k, entry)
     assert loaded is not None and loaded.otlp == b"".join(bytes([i]) * 1000 for i in range(50))
@@ -115,9 +134,11 @@ def test_past_max_buffer_bytes_the_oldest_are_decided_early() -> None:
     buffer = buffer_on(store, max_buffer_bytes=3500)
     for i in range(5):
         buffer.append(0, key(bytes([i]) * 16), b"z" * 980, now=float(i))
+    each = buffer.bytes // 5  # a trace's fragment and its index entry
+    assert 3 * each <= 3500 < 4 * each
     due = buffer.pop_due(0.0, limit=100)
     assert [k[0] for k, _ in due] == [0, 1]
-    assert buffer.bytes == 3000
+    assert buffer.bytes == 3 * each
 
 
 def test_rebuild_restores_queue_in_deadline_order() -> None:
@@ -216,3 +237,73 @@ def test_a_decision_knows_which_fragments_it_covered() -> None:
     entry = restored.get(trace)
     assert entry is not None and entry.already_applied(origin(2, 8))
     assert (entry.policy, entry.tenant, entry.kept) == ("errors", "acme", True)
+
+
+def test_a_records_fragments_are_one_segment_deleted_with_its_last_trace() -> None:
+    store = MemoryStore()
+    buffer = buffer_on(store)
+    traces = [key(bytes([i]) * 16) for i in range(3)]
+    added = buffer.append_many(
+        0, [(t, b"span" + t[:1], origin(1, 9, i)) for i, t in enumerate(traces)], 1.0
+    )
+    assert added == 3 and len(store.changelog) == 1, "one put for the record's three traces"
+    due = buffer.pop_due(100.0, 10)
+    assert [buffer.load(k, e).otlp for k, e in due] == [b"span\0", b"span\1", b"span\2"]  # type: ignore[union-attr]
+    for k, e in due[:2]:
+        buffer.remove(k, e)
+    assert len(store.changelog) == 1 and len(store.data[0]) == 1, "a trace still needs it"
+    buffer.remove(*due[2])
+    assert store.changelog[-1][2] is None and store.data[0] == {}, "one tombstone"
+
+
+def test_segments_stay_under_the_message_size_limit() -> None:
+    store = MemoryStore()
+    buffer = TraceBuffer(store, wait=1.0, max_traces=100, max_message_bytes=4096)  # type: ignore[arg-type]
+    fragments = [(key(bytes([i]) * 16), bytes([i]) * 1000, origin(0, i)) for i in range(10)]
+    assert buffer.append_many(0, fragments, 1.0) == 10
+    assert len(store.changelog) > 2
+    assert all(len(k) + len(v or b"") <= 4096 - RECORD_MARGIN for _, k, v in store.changelog)
+    loaded = [buffer.load(k, e) for k, e in buffer.pop_due(100.0, 100)]
+    assert [t.otlp for t in loaded] == [f for _, f, _ in fragments]  # type: ignore[union-attr]
+
+
+def test_segments_written_after_a_rebuild_do_not_replace_recovered_ones() -> None:
+    store = MemoryStore()
+    buffer_on(store).append_many(0, [(key(b"a" * 16), b"A", 1), (key(b"b" * 16), b"B", 2)], 1.0)
+    again = buffer_on(store)
+    again.rebuild([0])
+    again.append(0, key(b"c" * 16), b"C", 2.0, 3)
+    again.append(0, key(b"a" * 16), b"a", 2.0, 4)
+    due = again.pop_due(100.0, 10)
+    assert [(k[:1], again.load(k, e).otlp) for k, e in due] == [  # type: ignore[union-attr]
+        (b"a", b"Aa"),
+        (b"b", b"B"),
+        (b"c", b"C"),
+    ]
+    for item in due:
+        again.remove(*item)
+    assert store.data[0] == {}
+
+
+def test_decisions_of_a_tick_are_one_record_per_partition() -> None:
+    store = MemoryStore()
+    cache = DecisionCache(store, kept=2, dropped=10, ttl=60.0)  # type: ignore[arg-type]
+    decided = [
+        (key(bytes([i]) * 16), Remembered(float(i), i % 2, True, "errors", 1.0, "t"))
+        for i in range(4)
+    ]
+    for k, d in decided:
+        cache.remember(k, d)
+    cache.persist_many(decided)
+    assert sorted(p for p, _, _ in store.changelog) == [0, 1], "one record per partition"
+    cache.evict(now=4.0)  # two of the four kept decisions go: one of each record
+    assert len(store.data[0]) == len(store.data[1]) == 1, "each record still holds one"
+    cache.remember(decided[2][0], decided[2][1])
+    cache.advance(decided[2][0], decided[2][1], origin(5, 5))  # replaced by a newer record
+    # The newer record written, then the older one deleted: it held nothing else any more.
+    assert [value is None for _, _, value in store.changelog[2:]] == [False, True]
+    assert len(store.data[0]) == len(store.data[1]) == 1
+    restored = DecisionCache(store, kept=10, dropped=10, ttl=60.0)  # type: ignore[arg-type]
+    assert restored.rebuild([0, 1]) == []
+    assert restored.get(decided[2][0]).already_applied(origin(5, 5))  # type: ignore[union-attr]
+    assert restored.get(decided[3][0]) is not None and restored.get(decided[0][0]) is None

@@ -57,10 +57,10 @@ def test_a_due_trace_is_decided_whole_and_freed_only_once_acknowledged() -> None
     assert sorted(spans_of(record)) == ["op-0", "op-1", "op-2"]
     assert dict(record["headers"])[SPAN_COUNT_HEADER] == b"3"  # type: ignore[arg-type]
     assert attributes(record)["sampling.policy"] == "all"
-    stored = decide.buffer.store.data[0]  # type: ignore[attr-defined]
-    assert len(stored) == 3, "in the table until the broker acknowledged the kept trace"
+    stored = decide.buffer.store  # type: ignore[attr-defined]
+    assert stored.held_traces(0) == {key}, "in the table until the broker acknowledged it"
     decide.complete(batch, now=2.5)
-    assert len(stored) == 0 and len(decide.buffer) == 0
+    assert stored.data[0] == {} and len(decide.buffer) == 0
     assert decide.cache.get(key) is not None and decide.cache.get(key).kept
 
 

@@ -97,7 +97,8 @@ def fragment(kind: str, seed: int) -> tuple[bytes, bytes]:
     return trace_id, ExportTraceServiceRequest(resource_spans=blocks).SerializeToString()
 
 
-def spans_of(request: ExportTraceServiceRequest) -> list:
+def spans_of(encoded: bytes) -> list:
+    request = ExportTraceServiceRequest.FromString(encoded)
     return [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
 
 
@@ -149,7 +150,8 @@ def test_shed_keeps_every_error_span_with_probability_one() -> None:
             errors_kept += 1
             assert attribute(spans[0], "sampling.probability") == 1.0
             assert result.dropped_spans == 9
-            assert all(rs.scope_spans for rs in result.request.resource_spans)
+            request = ExportTraceServiceRequest.FromString(result.request)
+            assert all(rs.scope_spans for rs in request.resource_spans)
     assert errors_kept >= 495
 
 

@@ -32,7 +32,7 @@ def K(trace_id: bytes) -> bytes:
 
 def buffered(store: MemoryStore, trace_id: bytes) -> bool:
     """Does the table hold a fragment of the trace?"""
-    return any(key.startswith(K(trace_id)) for key in store.data[0])
+    return K(trace_id) in store.held_traces(0)
 
 
 class FencedStore(MemoryStore):
@@ -163,7 +163,7 @@ def test_a_revoke_waits_for_the_batch_under_way_then_nothing_is_written() -> Non
 
     asyncio.run(scenario())
     assert not buffered(node.store, tid), "the decided trace was deleted before the handover"
-    assert K(tid) in node.decisions.data[0], "and its decision written"
+    assert K(tid) in node.decisions.held_decisions(0), "and its decision written"
     with pytest.raises(PartitionNotOwned):
         node.store.put(0, b"x" * 16, b"late")
 
@@ -244,7 +244,7 @@ def test_a_batch_whose_lease_lapsed_stays_in_the_table() -> None:
     node.producer.flush(1)
     lease.until = time.monotonic() - 1  # lapsed during the flush
     node.decider.complete(batch, 200.0, node.ownership.writable)
-    assert buffered(node.store, tid) and K(tid) not in node.decisions.data[0]
+    assert buffered(node.store, tid) and K(tid) not in node.decisions.held_decisions(0)
     assert node.buffer.holds(0, K(tid))
 
 

@@ -120,10 +120,11 @@ def test_a_trace_that_fails_to_process_is_quarantined_whole() -> None:
     decide.buffer.append(0, good, fragment(b"c" * 16, 0), 1.0)
     redact = decide.routes.redact
 
-    def failing(tenant: str, request: ExportTraceServiceRequest) -> None:
-        if request.resource_spans[0].scope_spans[0].spans[0].trace_id == b"b" * 16:
+    def failing(tenant: str, request: bytes) -> bytes:
+        parsed = ExportTraceServiceRequest.FromString(request)
+        if parsed.resource_spans[0].scope_spans[0].spans[0].trace_id == b"b" * 16:
             raise RuntimeError("redaction failed")
-        redact(tenant, request)
+        return redact(tenant, request)
 
     decide.routes.redact = failing  # type: ignore[method-assign]
     decide.complete(decide.decide_due(10.0), 10.0)

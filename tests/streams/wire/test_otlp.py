@@ -14,6 +14,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 from streams.devtools.generate import build_trace
 from streams.wire.otlp import (
     BadInput,
+    annotate_kept,
     decode_request,
     fragments_of,
     pack_index,
@@ -124,3 +125,23 @@ def test_single_trace_refuses_missing_zero_and_mixed_trace_ids() -> None:
     assert single_trace(request.SerializeToString()) is None
     assert single_trace(b"\xff\xff not protobuf") is None
     assert single_trace(b"") is None  # no spans
+
+
+@given(seed=st.integers(0, 10_000), traces=st.integers(1, 4))
+@settings(max_examples=40, deadline=None)
+def test_annotating_kept_bytes_adds_two_attributes_to_every_span_and_changes_nothing_else(
+    seed: int, traces: int
+) -> None:
+    request = _mixed_request(seed, traces)
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    span.events.add(name="retry").attributes.add(key="attempt").value.int_value = 2
+    span.links.add(trace_id=b"l" * 16, span_id=b"s" * 8)
+    expected = ExportTraceServiceRequest()
+    expected.CopyFrom(request)
+    for rs in expected.resource_spans:
+        for ss in rs.scope_spans:
+            for s in ss.spans:
+                s.attributes.add(key="sampling.policy").value.string_value = "slow"
+                s.attributes.add(key="sampling.probability").value.double_value = 0.25
+    annotated = annotate_kept(request.SerializeToString(), "slow", 0.25)
+    assert ExportTraceServiceRequest.FromString(annotated) == expected
