@@ -27,7 +27,7 @@ Unknown fields (names, ids, events, ...) are skipped by the parser and cost noth
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
@@ -39,8 +39,9 @@ __all__ = [
     "flatten_request",
     "look_alike_classes",
     "request_batches",
+    "RequestSummary",
     "request_span_count",
-    "request_trace_ids",
+    "request_summary",
 ]
 
 _F = descriptor_pb2.FieldDescriptorProto
@@ -74,7 +75,10 @@ _SCHEMA: Final[dict[str, list[_Field]]] = {
     # non-empty trace IDs (a list shorter than the count means a span without one).
     "RequestCounter": [("resource_spans", 1, _F.TYPE_MESSAGE, "Counter", False)],
     "RequestIds": [("resource_spans", 1, _F.TYPE_MESSAGE, "IdBatch", False)],
-    "IdBatch": [("scope_spans", 2, _F.TYPE_MESSAGE, "IdScope", False)],
+    "IdBatch": [
+        ("resource", 1, _F.TYPE_MESSAGE, "Resource", False),
+        ("scope_spans", 2, _F.TYPE_MESSAGE, "IdScope", False),
+    ],
     "IdScope": [("spans", 2, _F.TYPE_MESSAGE, "IdSpan", False)],
     "IdSpan": [("trace_id", 1, _F.TYPE_BYTES, None, True)],
 }
@@ -148,11 +152,23 @@ def request_span_count(request: bytes) -> int:
     return len(_parse_request_counter(request).resource_spans.scope_spans.spans)
 
 
-def request_trace_ids(request: bytes) -> tuple[int, list[bytes]]:
-    """The number of spans of an encoded ``ExportTraceServiceRequest`` and their non-empty
-    trace IDs, in order (two C-level parses; no span object is built).
+class RequestSummary(NamedTuple):
+    """What :func:`request_summary` reads of an encoded request."""
+
+    spans: int
+    trace_ids: list[bytes]
+    """The spans' non-empty trace IDs, in order (fewer than ``spans``: a span has none)."""
+    resource_attributes: list[bytes]
+    """Every resource attribute (an encoded ``KeyValue``), batch after batch."""
+
+
+def request_summary(request: bytes) -> RequestSummary:
+    """The span count, trace IDs and resource attributes of an encoded
+    ``ExportTraceServiceRequest`` (two C-level parses; no span object is built).
 
     Raises ``google.protobuf.message.DecodeError`` if ``request`` is not a protobuf message."""
     count = request_span_count(request)
-    ids = _parse_request_ids(request).resource_spans.scope_spans.spans.trace_id[:]
-    return count, ids
+    merged = _parse_request_ids(request).resource_spans
+    return RequestSummary(
+        count, merged.scope_spans.spans.trace_id[:], merged.resource.attributes[:]
+    )

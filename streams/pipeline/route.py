@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
+from policies.flatten import encode, flatten, flatten_request
 from streams.config import Settings
 from streams.pipeline.redact import Redactor
 
@@ -34,6 +37,23 @@ def parse_baggage(header: bytes | str) -> dict[str, str]:
     return entries
 
 
+def _string_attribute(entries: Sequence[bytes], key: str) -> str | None:
+    """The first non-empty string value of attribute `key` among encoded `KeyValue`s."""
+    needle = key.encode()
+    for entry in entries:
+        if needle in entry:  # most entries are ruled out without being parsed
+            kv = KeyValue.FromString(entry)
+            if kv.key == key and kv.value.string_value:
+                return str(kv.value.string_value)
+    return None
+
+
+def span_attributes_of(request: bytes) -> Callable[[], Sequence[bytes]]:
+    """For `TenantResolver.resolve_encoded`: the span attributes of an encoded request,
+    parsed when asked for."""
+    return lambda: flatten_request(request).scope_spans.spans.attributes
+
+
 class TenantResolver:
     """Resolve a tenant from the configured sources; `default` when none is present.
 
@@ -46,6 +66,7 @@ class TenantResolver:
         self._order = [
             tuple(s.split(":", 1)) for s in sources if trust_headers or not s.startswith("header:")
         ]
+        self.no_hints: Final = self.hints({})  # a message without headers
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TenantResolver:
@@ -75,21 +96,31 @@ class TenantResolver:
 
     def resolve(self, hints: Sequence[str | None], blocks: Sequence[ResourceSpans]) -> str:
         """Tenant of a trace given its message's hints and its resource blocks."""
+        flat = flatten(encode(blocks))
+        return self.resolve_encoded(
+            hints, flat.resource.attributes, lambda: flat.scope_spans.spans.attributes
+        )
+
+    def resolve_encoded(
+        self,
+        hints: Sequence[str | None],
+        resource_attributes: Sequence[bytes],
+        span_attributes: Callable[[], Sequence[bytes]],
+    ) -> str:
+        """Tenant of a trace given its message's hints and its attributes (encoded
+        `KeyValue`s, in trace order: see policies.flatten; the spans' are asked for only when
+        a source needs them)."""
         for (kind, name), hint in zip(self._order, hints, strict=True):
             if hint:
                 return hint
             if kind == "resource":
-                for rs in blocks:
-                    for kv in rs.resource.attributes:
-                        if kv.key == name and kv.value.string_value:
-                            return str(kv.value.string_value)
+                found = _string_attribute(resource_attributes, name)
             elif kind == "baggage":
-                for rs in blocks:
-                    for ss in rs.scope_spans:
-                        for span in ss.spans:
-                            for kv in span.attributes:
-                                if kv.key == name and kv.value.string_value:
-                                    return str(kv.value.string_value)
+                found = _string_attribute(span_attributes(), name)
+            else:
+                continue
+            if found:
+                return found
         return self.default
 
 

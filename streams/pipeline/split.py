@@ -42,7 +42,7 @@ from streams.ops.health import Supervised
 from streams.ops.metrics import SPANS_RECEIVED, set_consumer_lag
 from streams.pipeline.degrade import Degradation, LagClock
 from streams.pipeline.progress import PROGRESS_HEADER, SplitProgress
-from streams.pipeline.route import TenantResolver
+from streams.pipeline.route import TenantResolver, span_attributes_of
 from streams.wire.origin import ENTRY_BYTES, origin, pack_origins
 from streams.wire.otlp import (
     BadInput,
@@ -127,9 +127,23 @@ def split_one(
         return []
     if meter is not None and meter.may_apply(value or b""):
         meter.observe(request.resource_spans)
+    headers = headers_of(msg)
+    hints = resolver.hints(dict(headers)) if headers else resolver.no_hints
+    _, partition, offset = where(msg)
+    source = origin(partition, offset)
     # The common shape, one trace per message, is forwarded as the bytes that arrived: no
-    # regrouping, no serializing again.
+    # regrouping, no serializing again, no protobuf object touched.
     single = single_trace(value) if settings.kafka.input_encoding == "otlp_proto" else None
+    if single is not None and value is not None and len(value) <= budget:
+        tid, summary = single
+        spans = span_attributes_of(value)
+        tenant = resolver.resolve_encoded(hints, summary.resource_attributes, spans)
+        problem = tenant_problem(tenant)
+        if problem is not None:
+            dead_letter(msg, "invalid_tenant", problem)
+            return []
+        target = (partition_for(tid, settings.kafka.partitions), tenant)
+        return [(target, tenant, summary.spans, [(tid, value, source)])]
     if single is not None:
         groups, invalid = {single[0]: list(request.resource_spans)}, None
     else:
@@ -139,9 +153,6 @@ def split_one(
     elif not groups:
         dead_letter(msg, "no_spans", "the request holds no spans")
         return []
-    hints = resolver.hints(dict(headers_of(msg)))
-    _, partition, offset = where(msg)
-    source = origin(partition, offset)
     out = []
     for tid, blocks in groups.items():
         tenant = resolver.resolve(hints, blocks)
@@ -150,18 +161,14 @@ def split_one(
             part = ExportTraceServiceRequest(resource_spans=blocks)
             dead_letter(msg, "invalid_tenant", problem, part)
             continue
-        if single is not None and value is not None and len(value) <= budget:
-            fragments, too_large, spans = [(value, source)], None, single[1]
-        else:
-            fragments, too_large = fit_fragments(blocks, source, budget)
-            spans = span_count(blocks)
+        fragments, too_large = fit_fragments(blocks, source, budget)
         if too_large is not None:
             detail = (
                 f"a span larger than kafka.max_message_bytes={settings.kafka.max_message_bytes}"
             )
             dead_letter(msg, "span_too_large", detail, too_large)
         target = (partition_for(tid, settings.kafka.partitions), tenant)
-        out.append((target, tenant, spans, [(tid, f, w) for f, w in fragments]))
+        out.append((target, tenant, span_count(blocks), [(tid, f, w) for f, w in fragments]))
     return out
 
 
