@@ -444,11 +444,10 @@ class StringValueProbe:
     def matches(self, trace: TraceView) -> bool:
         """Return True if a resource or span attribute ``key`` of ``trace`` is in ``values``."""
         # Whole attribute entries are compared, which ignores the same bytes met elsewhere
-        # (inside an event, a link, another value). Before the trace is decoded, one search
-        # of its bytes first settles the common case: no such bytes at all.
-        if self._pattern is None:
-            return False
-        if not trace.decoded and not trace.may_contain(self._pattern):
+        # (inside an event, a link, another value). One search of the trace's bytes first
+        # settles the common case, no such bytes at all, even once the trace is decoded: it
+        # costs less than gathering every attribute entry into a set.
+        if self._pattern is None or not trace.may_contain(self._pattern):
             return False
         return trace.has_attribute_entry(self._entries)
 

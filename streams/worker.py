@@ -190,7 +190,12 @@ def make_app(settings: Settings) -> faust.App:
         broker_rebalance_timeout=settings.worker.session_timeout,
         broker_heartbeat_interval=1,
         producer_max_request_size=kafka.max_message_bytes,
-        consumer_max_fetch_size=16 * 1024 * 1024,
+        # Records read ahead of the agent are held in memory: a caudal-spans record packs up
+        # to kafka.max_message_bytes of spans, so Faust's default of 4,096 records per stream
+        # could hold gigabytes in a burst. 64 records, fetched a few MiB per partition at a
+        # time, keep the agent busy and the read-ahead bounded.
+        stream_buffer_maxsize=64,
+        consumer_max_fetch_size=max(4 * 1024 * 1024, 2 * kafka.max_message_bytes),
     )
 
 

@@ -8,6 +8,7 @@ that cannot be used is dead-lettered alone, and the rest of the record goes on.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError
@@ -143,10 +144,11 @@ class Intake:
         origins = _origins(headers.get(ORIGIN_HEADER), len(fragments))
         # The window starts at the record's input time (streams.pipeline.progress).
         seen = min(message.timestamp or now, now)
+        tail = trace_key(b"", tenant)  # a trace key is the trace ID, then this
         self._take_all(
             message,
             [
-                (trace_key(trace_id, tenant), fragment, source)
+                (trace_id + tail, fragment, source)
                 for (trace_id, fragment), source in zip(fragments, origins, strict=True)
             ],
             seen,
@@ -172,9 +174,13 @@ class Intake:
         waits in the buffer; those to buffer are written together (one segment)."""
         partition = message.partition
         buffered: list[Fragment] = []
+        held: Mapping[bytes, object] = self.worker.buffer.queues.get(partition, {})
+        percentage = self.worker.degradation.percentage()
         for item in fragments:
             try:
-                if self._take(partition, item, now):
+                if item[0] in held and len(item[1]) <= self.budget:
+                    buffered.append(item)  # the common case: a trace already waiting
+                elif self._take(item, now, percentage):
                     buffered.append(item)
             except PartitionNotOwned:
                 raise
@@ -196,15 +202,14 @@ class Intake:
         if added < len(buffered):
             REDELIVERED.inc(len(buffered) - added)
 
-    def _take(self, partition: int, item: Fragment, now: float) -> bool:
-        """Follow the trace's decision, or shed the fragment; True if it is to be buffered."""
+    def _take(self, item: Fragment, now: float, percentage: float | None) -> bool:
+        """Follow the trace's decision, or shed the fragment (`percentage`: the degradation
+        level's, None when not degraded); True if it is to be buffered (a new trace)."""
         key, fragment, source = item
         worker = self.worker
         if len(fragment) > self.budget:
             # Only a record not written by a split stage can hold one (Caudal's own fit).
             raise BadInput("fragment_too_large", f"a {len(fragment)}-byte fragment")
-        if worker.buffer.holds(partition, key):
-            return True
         decided = worker.cache.get(key)
         if decided is not None:
             if decided.already_applied(source):
@@ -213,7 +218,6 @@ class Intake:
             worker.decider.follow(key, decided, fragment)
             worker.cache.advance(key, decided, source)
             return False
-        percentage = worker.degradation.percentage()
         if percentage is not None:
             # Degraded: a new trace is not buffered; its spans are decided on arrival.
             worker.decider.shed(key, fragment, percentage, now)

@@ -75,7 +75,10 @@ def pack_origins(origins: list[int]) -> bytes:
 def decode_origins(value: bytes, count: int) -> list[int]:
     """Inverse of `pack_origins`; ValueError unless it holds `count` origins."""
     if len(value) == count * ENTRY_BYTES:
-        return [decode_origin(value, i * ENTRY_BYTES) for i in range(count)]
+        return [
+            NO_ORIGIN if entry == (0xFFFF, 0xFFFFFFFFFFFFFFFF, 0xFFFF) else origin(*entry)
+            for entry in _ENTRY.iter_unpack(value)
+        ]
     if len(value) == count * _LEGACY.size:
         # Written by a split stage of the release before parts (partition << 48 | offset).
         return [origin(o >> 48, o & ((1 << 48) - 1)) for (o,) in _LEGACY.iter_unpack(value)]

@@ -238,12 +238,11 @@ def unpack_index(value: bytes, index: bytes) -> Iterator[Fragment]:
     if len(index) % _INDEX_ENTRY.size:
         raise BadInput("invalid_index", f"index length {len(index)} is not a multiple of 20")
     pos = 0
-    view = memoryview(value)
     for tid, length in _INDEX_ENTRY.iter_unpack(index):
         end = pos + length
         if end > len(value):
             raise BadInput("invalid_index", "index points past the end of the record")
-        yield tid, bytes(view[pos:end])
+        yield tid, value[pos:end]
         pos = end
 
 
