@@ -391,7 +391,9 @@ def _measure(
         scrapes = [read_metrics(port) for port in ports]
         decided = sum(total(s, "caudal_decisions_total") for s in scrapes)
         buffered = sum(total(s, "caudal_traces_buffered") for s in scrapes)
-        if buffered > peak_buffered:
+        # The RSS of the last look at the peak: by then what was read ahead, produced and not
+        # yet acknowledged has settled, and the memory is what holding the traces costs.
+        if buffered and buffered >= peak_buffered:
             peak_buffered, rss_at_peak = buffered, sum(rss_kib(w.pid) for w in workers)
             for part in rocksdb_at_peak:
                 rocksdb_at_peak[part] = sum(

@@ -6,11 +6,12 @@ so a record costs one RocksDB put and one changelog record however many traces i
 decision tick reads each segment once for all the traces that have fragments in it. A segment
 is deleted (one tombstone) once every trace with a fragment in it has been decided.
 
-The Python heap holds one small entry per trace (decision time, partition, bytes, origins
-applied, and 16 bytes per fragment: its segment and where its bytes sit there), in arrival
-order per partition; span data stays in RocksDB. Because every trace waits the same
-`decision.wait`, arrival order is decision order, and an ordered dict per partition is the whole
-timer queue. The decision reads a trace's fragments back in order and concatenates them
+The Python heap holds one small entry per trace, packed in one bytes object (decision time,
+bytes, origins applied, and 16 bytes per fragment: its segment and where its bytes sit there),
+in arrival order per partition: about 210 bytes a trace with its key and queue slot. Span data
+stays in RocksDB. Because every trace waits the same `decision.wait`, arrival order is decision
+order, and one queue per partition (a dict and a deque of keys) is the whole timer. The
+decision reads a trace's fragments back in order and concatenates them
 (protobuf merges repeated fields, see streams.wire.otlp).
 
 Segment key: `\\xffS` and an 8-byte sequence number, counted per partition (a new owner goes on
@@ -31,7 +32,7 @@ decided sooner, and counted in caudal_traces_decided_early by reason.
 from __future__ import annotations
 
 import struct
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -52,6 +53,7 @@ __all__ = [
     "FRAGMENT_OVERHEAD",
     "BufferedTrace",
     "Pending",
+    "Queue",
     "TraceBuffer",
     "Unreadable",
     "decode_segment",
@@ -145,7 +147,9 @@ class BufferedTrace:
 
 @dataclass(slots=True)
 class Pending:
-    """What the decision timer keeps on the heap per buffered trace."""
+    """A buffered trace's entry: its decision time, partition, bytes, the origins it has
+    applied and where its fragments sit. The queues hold it packed (`pack`); the decision
+    timer gets it as this object."""
 
     deadline: float
     partition: int
@@ -158,6 +162,34 @@ class Pending:
         """How many fragments the trace has."""
         return len(self.refs) // _REF.size
 
+    def pack(self) -> bytes:
+        """The entry as one bytes object: ~80 bytes of heap for a trace of one fragment,
+        where the object and its fields take ~200."""
+        return _pack(self.deadline, self.size, self.origins, self.refs)
+
+    @classmethod
+    def unpack(cls, partition: int, packed: bytes) -> Pending:
+        """Inverse of `pack`."""
+        deadline, size, count = _PACKED.unpack_from(packed)
+        cut = _PACKED.size + count * ENTRY_BYTES
+        return cls(deadline, partition, size, packed[_PACKED.size : cut], packed[cut:])
+
+
+_PACKED = struct.Struct(">dIH")  # deadline, size, origin entries; then origins, then refs
+
+
+def _pack(deadline: float, size: int, origins: bytes, refs: bytes) -> bytes:
+    return _PACKED.pack(deadline, size, len(origins) // ENTRY_BYTES) + origins + refs
+
+
+def _deadline(packed: bytes) -> float:
+    return float(_PACKED.unpack_from(packed)[0])
+
+
+def _origins(packed: bytes) -> bytes:
+    count = _PACKED.unpack_from(packed)[2]
+    return packed[_PACKED.size : _PACKED.size + count * ENTRY_BYTES]
+
 
 @dataclass(frozen=True, slots=True)
 class Unreadable:
@@ -166,6 +198,83 @@ class Unreadable:
     partition: int
     key: bytes
     value: bytes
+
+
+class Queue:
+    """One partition's buffered traces: packed entries (Pending.pack) by trace key, in
+    decision order. A dict and a deque of keys, half the memory of an OrderedDict; a key taken
+    out of order leaves its place in the deque, skipped when the deque reaches it."""
+
+    __slots__ = ("entries", "order", "stale")
+
+    def __init__(self, items: Iterable[tuple[bytes, bytes]] = ()) -> None:
+        self.entries: dict[bytes, bytes] = dict(items)
+        self.order: deque[bytes] = deque(self.entries)
+        self.stale: dict[bytes, int] = {}  # places left in the deque, per key
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.entries
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.entries)
+
+    def get(self, key: bytes) -> bytes | None:
+        """A trace's packed entry."""
+        return self.entries.get(key)
+
+    def values(self) -> Iterable[bytes]:
+        """Every packed entry."""
+        return self.entries.values()
+
+    def put(self, key: bytes, packed: bytes) -> None:
+        """A new trace goes to the back; one already queued keeps its place."""
+        if key not in self.entries:
+            self.order.append(key)
+        self.entries[key] = packed
+
+    def head(self) -> tuple[bytes, bytes] | None:
+        """The first trace, or None."""
+        order, stale = self.order, self.stale
+        while order:
+            key = order[0]
+            left = stale.get(key)
+            if not left:
+                return key, self.entries[key]
+            order.popleft()
+            if left > 1:
+                stale[key] = left - 1
+            else:
+                del stale[key]
+        return None
+
+    def popleft(self) -> tuple[bytes, bytes]:
+        """Take the first trace (the queue is not empty)."""
+        first = self.head()
+        assert first is not None
+        self.order.popleft()
+        del self.entries[first[0]]
+        return first
+
+    def pop(self, key: bytes) -> bytes | None:
+        """Take a trace wherever it is."""
+        packed = self.entries.pop(key, None)
+        if packed is not None:
+            self.stale[key] = self.stale.get(key, 0) + 1
+        return packed
+
+    def push_front(self, key: bytes, packed: bytes) -> None:
+        """Put a trace first (rare: a decision to be taken again)."""
+        if key in self.entries or key in self.stale:
+            self.order.remove(key)  # the one place it has (a stale one comes before a live one)
+            if key not in self.entries:
+                self.stale[key] -= 1
+                if not self.stale[key]:
+                    del self.stale[key]
+        self.order.appendleft(key)
+        self.entries[key] = packed
 
 
 @dataclass
@@ -197,7 +306,8 @@ class TraceBuffer:
         self.wait = wait
         self.limits = _Limits(max_traces, max_trace_bytes, max_buffer_bytes)
         self.segment_room = max_message_bytes - RECORD_MARGIN - _KEY.size
-        self.queues: dict[int, OrderedDict[bytes, Pending]] = {}
+        # Per partition, packed entries (Pending.pack) in arrival order.
+        self.queues: dict[int, Queue] = {}
         # Per partition, traces past max_trace_bytes (decided before the rest).
         self.oversize: dict[int, dict[bytes, None]] = {}
         # Per partition: each stored segment's fragments not yet decided, and the next number.
@@ -222,7 +332,8 @@ class TraceBuffer:
     def entry(self, partition: int, key: bytes) -> Pending | None:
         """The queue entry of a buffered trace."""
         queue = self.queues.get(partition)
-        return queue.get(key) if queue is not None else None
+        packed = queue.get(key) if queue is not None else None
+        return Pending.unpack(partition, packed) if packed is not None else None
 
     def append(
         self, partition: int, key: bytes, fragment: bytes, now: float, origin: int = NO_ORIGIN
@@ -242,15 +353,15 @@ class TraceBuffer:
         """
         queue = self.queues.get(partition)
         if queue is None:
-            queue = self.queues[partition] = OrderedDict()
+            queue = self.queues[partition] = Queue()
         applied: dict[bytes, bytes] = {}
         taken: list[Fragment] = []
         for item in fragments:
             key, _, source = item
             held = applied.get(key)
             if held is None:
-                entry = queue.get(key)
-                held = entry.origins if entry is not None else b""
+                packed = queue.get(key)
+                held = _origins(packed) if packed is not None else b""
             if covers(held, source):
                 continue
             applied[key] = add_origin(held, source)
@@ -259,24 +370,28 @@ class TraceBuffer:
             return 0
         written = [(self._write(partition, chunk, now), chunk) for chunk in self._chunks(taken)]
         live = self.segments.setdefault(partition, {})
-        limit = self.limits.max_trace_bytes
+        added: dict[bytes, tuple[int, bytes]] = {}  # per trace: bytes and refs added
         for seq, chunk in written:
             live[seq] = len(chunk)
             at = _HEAD.size + sum(_ENTRY_FIXED + len(key) for key, _, _ in chunk)
             for key, fragment, _ in chunk:
-                entry = queue.get(key)
-                if entry is None:
-                    entry = queue[key] = Pending(now + self.wait, partition)
-                    self.count += 1
-                size = len(fragment) + _ENTRY_FIXED + len(key)
-                entry.refs += _REF.pack(seq, at, len(fragment))
-                entry.size += size
-                self.bytes += size
+                size, refs = added.get(key, (0, b""))
+                ref = _REF.pack(seq, at, len(fragment))
+                added[key] = (size + len(fragment) + _ENTRY_FIXED + len(key), refs + ref)
                 at += len(fragment)
-                if limit and entry.size > limit:
-                    self.oversize.setdefault(partition, {})[key] = None
-        for key, origins in applied.items():
-            queue[key].origins = origins
+        limit = self.limits.max_trace_bytes
+        for key, (grown, refs) in added.items():
+            packed = queue.get(key)
+            if packed is None:
+                size, deadline, held_refs = grown, now + self.wait, b""
+                self.count += 1
+            else:
+                entry = Pending.unpack(partition, packed)
+                size, deadline, held_refs = entry.size + grown, entry.deadline, entry.refs
+            queue.put(key, _pack(deadline, size, applied[key], held_refs + refs))
+            self.bytes += grown
+            if limit and size > limit:
+                self.oversize.setdefault(partition, {})[key] = None
         return len(taken)
 
     def _chunks(self, fragments: list[Fragment]) -> Iterator[list[Fragment]]:
@@ -318,11 +433,11 @@ class TraceBuffer:
                 continue
             mark = clock if isinstance(clock, float | int) else clock(partition)
             while queue and len(due) < limit:
-                key, entry = next(iter(queue.items()))
-                if entry.deadline > mark:
+                key, packed = queue.popleft()
+                if _deadline(packed) > mark:
+                    queue.push_front(key, packed)
                     break
-                queue.popitem(last=False)
-                due.append((key, entry))
+                due.append((key, Pending.unpack(partition, packed)))
         taken = sum(entry.size for _, entry in due)
         over_traces = over_bytes = 0
         while len(due) < limit:
@@ -333,11 +448,16 @@ class TraceBuffer:
             )
             if not (full or heavy):
                 break
-            heads = [(q[next(iter(q))].deadline, p) for p in chosen if (q := self.queues.get(p))]
+            heads = [
+                (_deadline(head[1]), p)
+                for p in chosen
+                if (q := self.queues.get(p)) and (head := q.head()) is not None
+            ]
             if not heads:
                 break
             _, partition = min(heads)
-            key, entry = self.queues[partition].popitem(last=False)
+            key, packed = self.queues[partition].popleft()
+            entry = Pending.unpack(partition, packed)
             due.append((key, entry))
             taken += entry.size
             if full:
@@ -370,9 +490,9 @@ class TraceBuffer:
             while oversize and queue is not None and len(due) < limit:
                 key = next(iter(oversize))
                 del oversize[key]
-                entry = queue.pop(key, None)
-                if entry is not None:
-                    due.append((key, entry))
+                packed = queue.pop(key)
+                if packed is not None:
+                    due.append((key, Pending.unpack(partition, packed)))
                     taken += 1
         return taken
 
@@ -380,12 +500,11 @@ class TraceBuffer:
         """Put traces back at the front of their queue to be decided again (after a failure)."""
         for key, entry in items:
             entry.deadline = now
-            queue = self.queues.setdefault(entry.partition, OrderedDict())
+            queue = self.queues.setdefault(entry.partition, Queue())
             if key not in queue:
                 self.count += 1
                 self.bytes += entry.size
-            queue[key] = entry
-            queue.move_to_end(key, last=False)
+            queue.push_front(key, entry.pack())
         self._observe()
 
     def load(self, key: bytes, entry: Pending) -> BufferedTrace | None:
@@ -466,10 +585,11 @@ class TraceBuffer:
                     unreadable.append(Unreadable(partition, stored_key, value))
                     continue
                 live[seq] = len(fragments)
+                deadline = seen + self.wait
                 for key, source, at, length in fragments:
                     entry = found.get(key)
                     if entry is None:
-                        entry = found[key] = Pending(seen + self.wait, partition)
+                        entry = found[key] = Pending(deadline, partition)
                     entry.refs += _REF.pack(seq, at, length)
                     entry.size += length + _ENTRY_FIXED + len(key)
                     entry.origins = add_origin(entry.origins, source)
@@ -477,7 +597,7 @@ class TraceBuffer:
             self.segments[partition] = live
             self.next_segment[partition] = max(live, default=-1) + 1
             ordered = sorted(found.items(), key=lambda item: item[1].deadline)
-            self.queues[partition] = OrderedDict(ordered)
+            self.queues[partition] = Queue((key, entry.pack()) for key, entry in ordered)
             for key, entry in ordered:
                 if limit and entry.size > limit:
                     self.oversize.setdefault(partition, {})[key] = None
@@ -489,9 +609,10 @@ class TraceBuffer:
     def discard(self, partition: int, key: bytes) -> None:
         """Take a trace out of the buffer without deciding it (its decision already exists)."""
         queue = self.queues.get(partition)
-        entry = queue.pop(key, None) if queue is not None else None
-        if entry is None:
+        packed = queue.pop(key) if queue is not None else None
+        if packed is None:
             return
+        entry = Pending.unpack(partition, packed)
         self.remove(key, entry)
         self.count -= 1
         self.bytes -= entry.size
@@ -514,7 +635,7 @@ class TraceBuffer:
             self.next_segment.pop(partition, None)
             if queue:
                 self.count -= len(queue)
-                self.bytes -= sum(entry.size for entry in queue.values())
+                self.bytes -= sum(_PACKED.unpack_from(packed)[1] for packed in queue.values())
         self._observe()
 
     def _observe(self) -> None:

@@ -8,7 +8,7 @@ that cannot be used is dead-lettered alone, and the rest of the record goes on.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Container
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError
@@ -174,7 +174,7 @@ class Intake:
         waits in the buffer; those to buffer are written together (one segment)."""
         partition = message.partition
         buffered: list[Fragment] = []
-        held: Mapping[bytes, object] = self.worker.buffer.queues.get(partition, {})
+        held: Container[bytes] = self.worker.buffer.queues.get(partition) or ()
         percentage = self.worker.degradation.percentage()
         for item in fragments:
             try:

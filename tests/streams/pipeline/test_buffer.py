@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from streams.pipeline.buffer import FRAGMENT_OVERHEAD, TraceBuffer, decode_segment
+from streams.pipeline.buffer import FRAGMENT_OVERHEAD, Queue, TraceBuffer, decode_segment
 from streams.pipeline.decide import DecisionCache, Remembered, decode_decisions
 from streams.wire.origin import NO_ORIGIN, origin, pack_origins
 from streams.wire.records import RECORD_MARGIN
@@ -307,3 +307,16 @@ def test_decisions_of_a_tick_are_one_record_per_partition() -> None:
     assert restored.rebuild([0, 1]) == []
     assert restored.get(decided[2][0]).already_applied(origin(5, 5))  # type: ignore[union-attr]
     assert restored.get(decided[3][0]) is not None and restored.get(decided[0][0]) is None
+
+
+def test_a_queue_keeps_decision_order_when_traces_leave_out_of_order() -> None:
+    queue = Queue()
+    for name in (b"a", b"b", b"c", b"d"):
+        queue.put(name, name.upper())
+    assert queue.pop(b"b") == b"B" and queue.pop(b"c") == b"C"
+    queue.put(b"b", b"B2")  # a trace of the same key again: at the back
+    queue.put(b"a", b"A2")  # a trace already queued keeps its place
+    queue.push_front(b"c", b"C2")  # a decision to be taken again: first
+    taken = [queue.popleft() for _ in range(len(queue))]
+    assert taken == [(b"c", b"C2"), (b"a", b"A2"), (b"d", b"D"), (b"b", b"B2")]
+    assert queue.head() is None and not queue.stale
