@@ -192,11 +192,10 @@ def make_app(settings: Settings) -> faust.App:
         producer_max_request_size=kafka.max_message_bytes,
         # Records read ahead of the agent are held in memory: a caudal-spans record packs up
         # to kafka.max_message_bytes of spans, so Faust's default of 4,096 records per stream
-        # could hold gigabytes in a burst. 16 records (a few thousand traces, tens of
-        # milliseconds of work), fetched two records' worth per partition at a time, keep the
-        # agent busy and the read-ahead bounded.
-        stream_buffer_maxsize=16,
-        consumer_max_fetch_size=2 * kafka.max_message_bytes,
+        # could hold gigabytes in a burst. 64 records, fetched a few MiB per partition at a
+        # time, keep the agent busy and the read-ahead bounded.
+        stream_buffer_maxsize=64,
+        consumer_max_fetch_size=max(4 * 1024 * 1024, 2 * kafka.max_message_bytes),
     )
 
 
@@ -214,7 +213,9 @@ def make_decider(
         kafka.max_message_bytes,
     )
     dc = decision.decision_cache
-    cache = DecisionCache(decision_store, dc.kept, dc.dropped, dc.ttl, kafka.max_message_bytes)
+    cache = DecisionCache(
+        decision_store, dc.kept, dc.dropped, dc.ttl, kafka.max_message_bytes, buffer.segment_span
+    )
     BUFFER_MAX_TRACES.set(decision.max_traces)
     BUFFER_MAX_BYTES.set(decision.max_buffer_bytes)
     TRACE_MAX_BYTES.set(decision.max_trace_bytes)

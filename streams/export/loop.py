@@ -92,10 +92,6 @@ class ExportLoop(Supervised):
                     "session.timeout.ms": 6000,
                     "heartbeat.interval.ms": 1000,
                     "max.poll.interval.ms": 600_000,
-                    # Read-ahead is memory: 8 MiB fetched and queued (defaults: 50 and 64 MiB)
-                    # is many batches of kept traces.
-                    "fetch.max.bytes": 8 * 1024 * 1024,
-                    "queued.max.messages.kbytes": 8 * 1024,
                 },
             )
         )

@@ -324,6 +324,13 @@ class TraceBuffer:
     def __len__(self) -> int:
         return self.count
 
+    def segment_span(self, partition: int) -> tuple[int, int]:
+        """A partition's lowest stored segment number (the next one if none is stored) and
+        its next one: every fragment buffered so far lies in a segment below the next."""
+        following = self.next_segment.get(partition, 0)
+        live = self.segments.get(partition)
+        return (next(iter(live)), following) if live else (following, following)
+
     def holds(self, partition: int, key: bytes) -> bool:
         """Is the trace buffered (waiting for its decision)?"""
         queue = self.queues.get(partition)
@@ -521,6 +528,9 @@ class TraceBuffer:
         for key, entry in due:
             partition = entry.partition
             refs = list(_REF.iter_unpack(entry.refs))
+            if held > _READ_BUDGET:  # before looking up what is held, not between
+                read.clear()
+                held = 0
             if len(refs) == 1:  # the common case
                 missing = [] if (partition, refs[0][0]) in read else [refs[0][0]]
             else:
@@ -528,9 +538,6 @@ class TraceBuffer:
                     dict.fromkeys(seq for seq, _, _ in refs if (partition, seq) not in read)
                 )
             if missing:
-                if held > _READ_BUDGET:
-                    read.clear()
-                    held = 0
                 values = self.store.get_many(partition, [segment_key(seq) for seq in missing])
                 for seq, value in zip(missing, values, strict=True):
                     read[(partition, seq)] = value

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from collections import OrderedDict
+import sys
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -164,7 +165,10 @@ class DecisionCache:
     one partition go in one value (key `\\xffD` and an 8-byte number counted per partition), so
     a tick costs one put and one changelog record per partition, not one per trace. A record
     is deleted once every decision in it has been evicted or replaced by a newer record (a late
-    span's origin, see `advance`); at recovery the newest record of a trace wins.
+    span's origin, see `advance`), and every segment that could hold spans of its traces is
+    gone (a segment stays while any trace with spans in it waits; were the record deleted
+    before, a restart would find those spans and take them for a trace still to decide). At
+    recovery the newest record of a trace wins.
     """
 
     def __init__(
@@ -174,7 +178,10 @@ class DecisionCache:
         dropped: int,
         ttl: float,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        segments: Callable[[int], tuple[int, int]] = lambda partition: (sys.maxsize, 0),
     ) -> None:
+        """`segments` gives a partition's lowest stored segment number and its next one
+        (TraceBuffer.segment_span); by default no record waits for segments."""
         self.store = store
         self.limits = {True: kept, False: dropped}
         self.ttl = ttl
@@ -186,6 +193,11 @@ class DecisionCache:
         # Per partition: the decisions each stored record still holds, and the next number.
         self.records: dict[int, dict[int, int]] = {}
         self.next_record: dict[int, int] = {}
+        # Per partition, records none of whose decisions is needed any more, waiting to be
+        # deleted until every segment below the number (the partition's next segment then)
+        # is gone: (that number, record).
+        self.waiting: dict[int, deque[tuple[int, int]]] = {}
+        self.segments = segments
 
     def get(self, key: bytes) -> Remembered | None:
         """The remembered decision for a trace, if any."""
@@ -204,10 +216,13 @@ class DecisionCache:
             self.persist(key, moved)
             self._release(decision.partition, key, decision.record)
 
-    def forget(self, key: bytes) -> None:
-        """Drop a decision that could not be carried out."""
+    def forget(self, key: bytes, writable: Callable[[int], bool] = lambda p: True) -> None:
+        """Drop a decision that could not be carried out (and its stored copy, if a late span
+        had it stored meanwhile, see `advance`, and the partition is still `writable`)."""
         for entries in self.entries.values():
-            entries.pop(key, None)
+            decision = entries.pop(key, None)
+            if decision is not None and writable(decision.partition):
+                self._release(decision.partition, key, decision.record)
 
     def persist(self, key: bytes, decision: Remembered) -> None:
         """Write one decision to the changelogged table."""
@@ -256,8 +271,21 @@ class DecisionCache:
             return
         if left > 1:
             live[record] = left - 1
-        else:
-            del live[record]
+            return
+        del live[record]
+        # Its traces' spans may still lie in segments shared with traces that wait: until
+        # those are gone, the record is what says these traces were decided.
+        self.waiting.setdefault(partition, deque()).append((self.segments(partition)[1], record))
+        self._delete_released(partition)
+
+    def _delete_released(self, partition: int) -> None:
+        """Delete the released records of `partition` whose traces' segments are all gone."""
+        waiting = self.waiting.get(partition)
+        if not waiting:
+            return
+        floor = self.segments(partition)[0]
+        while waiting and waiting[0][0] <= floor:
+            _, record = waiting.popleft()
             self.store.delete(partition, _RECORD_KEY.pack(_RECORD_PREFIX, record))
 
     def evict(self, now: float, writable: Callable[[int], bool] = lambda p: True) -> int:
@@ -277,6 +305,9 @@ class DecisionCache:
                 if writable(entry.partition):
                     self._release(entry.partition, key, entry.record)
                 evicted += 1
+        for partition in list(self.waiting):
+            if writable(partition):
+                self._delete_released(partition)
         return evicted
 
     def rebuild(self, partitions: Iterable[int]) -> list[tuple[int, bytes]]:
@@ -289,7 +320,11 @@ class DecisionCache:
         for partition in partitions:
             loaded: dict[bytes, Remembered] = {}
             live: dict[int, int] = {}
-            for key, value in self.store.items(partition):
+            # An older release's decisions (one per trace key) first: any record is newer.
+            stored = sorted(
+                self.store.items(partition), key=lambda item: _record_number(item[0]) is not None
+            )
+            for key, value in stored:
                 try:
                     found = self._decode(partition, key, value)
                 except ValueError:
@@ -297,7 +332,9 @@ class DecisionCache:
                     continue
                 for trace, decision in found:
                     older = loaded.get(trace)
-                    if older is not None and older.record is not None and older.record >= 0:
+                    if older is not None and older.record == LEGACY_RECORD:
+                        unused.append((partition, trace))
+                    elif older is not None and older.record is not None:
                         live[older.record] -= 1
                     loaded[trace] = decision
                     if decision.record is not None and decision.record >= 0:
@@ -336,6 +373,7 @@ class DecisionCache:
         for partition in gone:
             self.records.pop(partition, None)
             self.next_record.pop(partition, None)
+            self.waiting.pop(partition, None)
         for entries in self.entries.values():
             for key in [k for k, d in entries.items() if d.partition in gone]:
                 del entries[key]
@@ -675,11 +713,13 @@ class Decider:
             # Not acknowledged, or this worker's lease lapsed meanwhile (streams.pipeline.handover):
             # the trace stays in the table and is decided again by whoever owns it.
             if key in batch.failed or not writable(entry.partition):
-                self.cache.forget(key)
+                self.cache.forget(key, writable)
                 retry.append((key, entry))
             else:
                 done.append(item)
-        self.cache.persist_many([(key, remembered) for key, _, remembered in done])
+        # A late span may have replaced the decision meanwhile (and stored it: `advance`).
+        current = [(key, self.cache.get(key) or remembered) for key, _, remembered in done]
+        self.cache.persist_many([item for item in current if item[1].record is None])
         for key, entry, _ in done:
             self.buffer.remove(key, entry)
         if retry:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import pytest
+
+from streams.pipeline import buffer as buffer_module
 from streams.pipeline.buffer import FRAGMENT_OVERHEAD, Queue, TraceBuffer, decode_segment
 from streams.pipeline.decide import DecisionCache, Remembered, decode_decisions
 from streams.wire.origin import NO_ORIGIN, origin, pack_origins
@@ -320,3 +323,31 @@ def test_a_queue_keeps_decision_order_when_traces_leave_out_of_order() -> None:
     taken = [queue.popleft() for _ in range(len(queue))]
     assert taken == [(b"c", b"C2"), (b"a", b"A2"), (b"d", b"D"), (b"b", b"B2")]
     assert queue.head() is None and not queue.stale
+
+
+def test_segments_read_for_a_batch_are_let_go_between_traces_never_within_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(buffer_module, "_READ_BUDGET", 10)  # let go after every trace
+    store = MemoryStore()
+    buffer = buffer_on(store)
+    a, x = key(b"a" * 16), key(b"x" * 16)
+    buffer.append(0, a, b"A1" * 20, 1.0, origin(0, 1))
+    buffer.append_many(0, [(a, b"A2" * 20, origin(0, 2)), (x, b"X1" * 20, origin(0, 2, 1))], 1.0)
+    buffer.append(0, x, b"X2" * 20, 1.0, origin(0, 3))
+    loaded = [(k, t.otlp) for k, _, t in buffer.load_each(buffer.pop_due(100.0, 10))]  # type: ignore[union-attr]
+    assert loaded == [(a, b"A1" * 20 + b"A2" * 20), (x, b"X1" * 20 + b"X2" * 20)]
+
+
+def test_a_decision_record_wins_over_an_older_releases_decision_of_the_same_trace() -> None:
+    store = MemoryStore()
+    trace = key(b"\xffZ" + b"z" * 14, "acme")  # a trace key that sorts after every record key
+    old = Remembered(1.0, 0, False, "none", 0.0, "acme")
+    store.put(0, trace, old.encode())  # as the previous release stored it
+    cache = DecisionCache(store, kept=10, dropped=10, ttl=60.0)  # type: ignore[arg-type]
+    assert cache.rebuild([0]) == []
+    cache.advance(trace, cache.get(trace), origin(4, 4))  # type: ignore[arg-type]
+    store.data[0][trace] = old.encode()  # a crash before the old copy was deleted
+    restored = DecisionCache(store, kept=10, dropped=10, ttl=60.0)  # type: ignore[arg-type]
+    assert restored.rebuild([0]) == [(0, trace)], "the older copy is deleted"
+    assert restored.get(trace).already_applied(origin(4, 4))  # type: ignore[union-attr]

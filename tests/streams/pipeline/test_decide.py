@@ -10,6 +10,7 @@ from streams.kafka.clients import SPAN_COUNT_HEADER
 from streams.pipeline.buffer import TraceBuffer
 from streams.pipeline.decide import Decider, DecisionCache, PolicySets, Remembered
 from streams.pipeline.route import TenantRoutes
+from streams.wire.origin import origin
 from streams.wire.tracekey import trace_key
 from tests.streams.pipeline.test_buffer import MemoryStore
 from tests.streams.pipeline.test_quarantine import Producer, fragment
@@ -106,3 +107,54 @@ def test_degraded_mode_decides_on_arrival_within_the_tenants_quota() -> None:
     decide.shed(acme, fragment(trace_id, 2), 100.0, now=1.0)
     decide.shed(acme, fragment(trace_id, 3), 100.0, now=1.0)  # over acme's quota of 1 span
     assert len(producer.on("sampled")) == 2
+
+
+def decider_over(buffer: TraceBuffer, decisions: MemoryStore, kept: int = 100) -> Decider:
+    cache = DecisionCache(decisions, kept=kept, dropped=100, ttl=60.0, segments=buffer.segment_span)  # type: ignore[arg-type]
+    return Decider(
+        PolicySets.from_settings(SETTINGS), TenantRoutes(SETTINGS), buffer, cache, Producer(), "s"
+    )
+
+
+def test_a_late_span_during_the_flush_leaves_one_stored_decision() -> None:
+    decisions = MemoryStore()
+    decide = decider_over(TraceBuffer(MemoryStore(), wait=1.0, max_traces=100), decisions)
+    key = trace_key(b"l" * 16, "default")
+    decide.buffer.append(0, key, fragment(b"l" * 16, 0), 1.0, origin(0, 1))
+    batch = decide.decide_due(now=2.5)
+    # While the kept trace's produce is flushed, a late span of it arrives and is followed.
+    decided = decide.cache.get(key)
+    assert decided is not None
+    decide.follow(key, decided, fragment(b"l" * 16, 1))
+    decide.cache.advance(key, decided, origin(0, 2))
+    decide.complete(batch, now=2.5)  # stores nothing older than what the late span stored
+    assert decisions.held_decisions(0) == {key}
+    restored = DecisionCache(decisions, kept=10, dropped=10, ttl=60.0)  # type: ignore[arg-type]
+    restored.rebuild([0])
+    assert restored.get(key).already_applied(origin(0, 2))  # type: ignore[union-attr]
+    decide.cache.limits = {True: 0, False: 0}
+    decide.cache.evict(now=3.0)  # the decision goes, and its one record with it
+    assert decisions.data[0] == {}
+
+
+def test_a_decided_traces_spans_left_in_a_shared_segment_stay_decided_after_a_restart() -> None:
+    traces, decisions = MemoryStore(), MemoryStore()
+    decide = decider_over(TraceBuffer(traces, wait=5.0, max_traces=100), decisions, kept=0)
+    a, b = trace_key(b"a" * 16, "default"), trace_key(b"b" * 16, "default")
+    decide.buffer.append(0, a, fragment(b"a" * 16, 0), 1.0, origin(0, 1))
+    # A's late fragment shares its segment with B, which waits longer.
+    both = [(a, fragment(b"a" * 16, 1), origin(0, 2)), (b, fragment(b"b" * 16, 0), origin(0, 3))]
+    decide.buffer.append_many(0, both, 4.0)
+    decide.complete(decide.decide_due(now=6.5), now=6.5)  # A decided, its decision evicted
+    assert decide.cache.get(a) is None and traces.held_traces(0) == {a, b}
+    assert decisions.held_decisions(0) == {a}, "kept while A's spans lie in B's segment"
+    # A crash now: the next owner rebuilds both tables and must not decide A again.
+    buffer = TraceBuffer(traces, wait=5.0, max_traces=100)
+    again = decider_over(buffer, decisions)
+    unreadable = buffer.rebuild([0])
+    again.settle_recovered([0], unreadable, again.cache.rebuild([0]))
+    assert not buffer.holds(0, a) and buffer.holds(0, b)
+    again.complete(again.decide_due(now=20.0), now=20.0)  # B decided: its segment goes
+    again.cache.limits = {True: 0, False: 0}
+    again.cache.evict(now=21.0)
+    assert traces.data[0] == {} and decisions.data[0] == {}
