@@ -11,8 +11,9 @@
 
 Also: the workers' CPU per span (user + system of the worker processes over the run, from
 /proc), decision lag p50/p99 (the workers' histogram), peak RSS and RSS per 1,000 buffered
-traces, the broker's CPU, and the policy engine's decisions per second for the five default
-rules. `--json` prints one JSON object; a progress line goes to stderr while it runs.
+traces (the growth since the start, at the last look while the buffer is at its peak), the
+broker's CPU, and the policy engine's decisions per second for the five default rules.
+`--json` prints one JSON object; a progress line goes to stderr while it runs.
 """
 
 from __future__ import annotations
