@@ -63,7 +63,7 @@ def test_a_partition_of_fifty_thousand_buffered_traces_changes_hands_within_five
     try:
         first = pipeline.start_worker("A")
         first.wait_ready(90)
-        for part in range(PARTS):  # three fragments per trace: 150,000 changelog records
+        for part in range(PARTS):  # three fragments per trace: 150,000 fragments
             for spans in traces:
                 pipeline.produce(_request(spans[part * per_part : (part + 1) * per_part]))
             pipeline.flush()
@@ -95,8 +95,8 @@ def test_a_partition_of_fifty_thousand_buffered_traces_changes_hands_within_five
         [future] = admin.describe_configs([ConfigResource("topic", changelog)]).values()
         policy = future.result()["cleanup.policy"].value
         print(
-            f"handover of one partition holding {TRACES} traces ({TRACES * PARTS} changelog "
-            f"records, {size / 2**20:.1f} MiB): after kill -9 to the standby "
+            f"handover of one partition holding {TRACES} traces ({TRACES * PARTS} fragments, "
+            f"{size / 2**20:.1f} MiB): after kill -9 to the standby "
             f"{from_standby:.2f}s; after SIGTERM to a worker with an empty state directory "
             f"{from_nothing:.2f}s; changelog cleanup.policy={policy}"
         )
