@@ -222,10 +222,9 @@ def _raw_floor(bootstrap: str, topic: str, expect: int) -> float:
 
 def bench_policies(traces: int = 20_000, spans: int = 10) -> dict[str, float]:
     """Decisions per second of the policy engine alone, for the five default rules and for 15
-    policies: each trace starts as the stored bytes a worker holds (an OTLP request), and the
-    view of its batches is built inside the timing, as the decider builds it."""
+    policies: each trace starts as the stored bytes a worker holds (an OTLP request), and its
+    view is built inside the timing, as the decider builds it."""
     from policies import TraceView, build_engine
-    from policies.flatten import request_batches
 
     rng = random.Random(1)
     kinds, weights = list(DEFAULT_MIX), list(DEFAULT_MIX.values())
@@ -242,7 +241,7 @@ def bench_policies(traces: int = 20_000, spans: int = 10) -> dict[str, float]:
         engine = build_engine(policies)
         started = time.perf_counter()
         for trace_id, request in stored:
-            engine.decide(TraceView.from_batches(trace_id, request_batches(request)), 0.0)
+            engine.decide(TraceView.from_request(trace_id, request), 0.0)
         rates[label] = traces / (time.perf_counter() - started)
     return rates
 
