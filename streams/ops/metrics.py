@@ -118,7 +118,8 @@ class BatchHistogram(Histogram):
 DECISION_LAG = BatchHistogram(
     "caudal_decision_lag_seconds",
     "Delay between a trace's decision time and the moment it was decided.",
-    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    # Fine around 1-2.5 s, where the alert (p99 over 2 s) and a healthy steady state sit.
+    buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 2.5, 5, 10, 30, 60),
 )
 SPANS_EXPORTED = Counter(
     "caudal_spans_exported",

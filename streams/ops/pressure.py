@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streams.kafka import faust_seam
-from streams.ops.health import Health, rss_bytes
+from streams.ops.health import Health, release_free_memory, rss_bytes
 from streams.ops.metrics import set_consumer_lag
 from streams.pipeline.degrade import Degradation, LagClock, Pressure
 
@@ -46,6 +46,7 @@ class PressureMonitor:
 
     async def check_pressure(self) -> None:
         """The check-pressure timer."""
+        release_free_memory()
         lags = consumer_lags(self.app, self.source_topic, self.read_offsets())
         self.health.consumer_lag = lags
         if not self.health.ready:
