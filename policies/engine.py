@@ -184,8 +184,37 @@ class PolicyEngine:
             return inverted if isinstance(inverted, Decision) else inverted.decision()
         return _DROPPED
 
+    def adopt_state(self, previous: PolicyEngine) -> dict[str, bool]:
+        """Hand each policy the learned state of the policy of the same name in `previous`
+        (see ``Policy.adopt``), nested ones by their path (``outer/inner``). Returns, per
+        policy path that keeps state, whether it took it over."""
+        before = dict(_named(previous.policies))
+        outcome: dict[str, bool] = {}
+        for path, policy in _named(self.policies):
+            old = before.get(path)
+            if old is not None:
+                adopted = policy.adopt(old)
+                if adopted is not None:
+                    outcome[path] = adopted
+        return outcome
+
+    def set_share(self, share: float) -> None:
+        """Tell every policy this worker's share of the group (see ``Policy.set_share``)."""
+        for policy in self.policies:
+            policy.set_share(share)
+
     def __repr__(self) -> str:
         return f"PolicyEngine(policies={[p.name for p in self.policies]!r})"
+
+
+def _named(policies: Sequence[Policy], prefix: str = "") -> list[tuple[str, Policy]]:
+    named: list[tuple[str, Policy]] = []
+    for policy in policies:
+        path = f"{prefix}{policy.name}"
+        named.append((path, policy))
+        subs = getattr(policy, "sub_policies", ())
+        named += _named([sub.policy for sub in subs], f"{path}/")
+    return named
 
 
 def build_engine(raw: Sequence[Mapping[str, object]]) -> PolicyEngine:

@@ -56,10 +56,12 @@ class NoFields(BaseModel):
 class Match:
     """Which sub-policy made a combining policy (``composite``) keep a trace."""
 
-    sub_policy: str
-    """The sub-policy's name."""
+    sub_policy: str | None
+    """The sub-policy's name; None when the policy itself chose the probability (the adaptive
+    samplers keep each trace with the probability of its key)."""
     probability: float
-    """The sub-policy's probability (its ``probability()`` times its ``sample_percentage``)."""
+    """The probability with which such a trace is kept (a sub-policy's ``probability()``
+    times its ``sample_percentage``)."""
 
 
 class Policy(abc.ABC):
@@ -99,6 +101,23 @@ class Policy(abc.ABC):
         (``composite``) override it; the engine then reports that sub-policy and probability.
         """
         return self.evaluate(trace, now), None
+
+    def set_share(self, share: float) -> None:
+        """This worker's share of the group's traffic (partitions owned / all, in (0, 1]).
+
+        Called on every rebalance. Policies with a goal for the whole group (traces per
+        second) apply ``goal × share`` so the group together keeps the goal. The default
+        passes it on to the sub-policies of a combining policy (its ``sub_policies``).
+        """
+        for sub in getattr(self, "sub_policies", ()):
+            sub.policy.set_share(share)
+
+    def adopt(self, previous: Policy) -> bool | None:
+        """Take over the learned state of `previous`, the policy of the same name in the
+        configuration this one replaces (a reload). Return True if it did, False if it keeps
+        state but starts fresh (say, the sampler's key changed), None if it has nothing to
+        take over (the default)."""
+        return None
 
     def may_veto(self) -> bool:
         """Whether :meth:`evaluate` can return INVERTED_NOT_SAMPLED or DROPPED.

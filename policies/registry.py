@@ -25,6 +25,8 @@ _BUILTIN_POLICIES: Final = {
     "bytes_limiting": "policies.builtin.bytes_limiting:BytesLimiting",
     "composite": "policies.builtin.composite:Composite",
     "drop": "policies.builtin.drop:Drop",
+    "ema_dynamic": "policies.builtin.ema_dynamic:EmaDynamic",
+    "ema_throughput": "policies.builtin.ema_throughput:EmaThroughput",
     "latency": "policies.builtin.latency:Latency",
     "numeric_attribute": "policies.builtin.numeric_attribute:NumericAttribute",
     "probabilistic": "policies.builtin.probabilistic:Probabilistic",
@@ -33,6 +35,7 @@ _BUILTIN_POLICIES: Final = {
     "status_code": "policies.builtin.status_code:StatusCode",
     "string_attribute": "policies.builtin.string_attribute:StringAttribute",
     "trace_state": "policies.builtin.trace_state:TraceState",
+    "windowed_throughput": "policies.builtin.windowed_throughput:WindowedThroughput",
 }
 
 # The registry cache: type name -> class, filled on first use of each type.

@@ -90,7 +90,12 @@ class PolicyReloader:
             log.error("config reload rejected, nothing changed file=%s", self.path)
             return []
         changed = changed_keys(self.settings, new)
-        self.decider.policy_sets = PolicySets.from_settings(new)
+        policy_sets = PolicySets.from_settings(new)
+        for path, adopted in policy_sets.adopt_state(self.decider.policy_sets).items():
+            if not adopted:
+                log.warning("policy starts with fresh state (its key changed) policy=%s", path)
+        policy_sets.set_share(self.decider.routes.share)
+        self.decider.policy_sets = policy_sets
         routes = TenantRoutes(new)
         routes.set_share(self.decider.routes.share)
         self.decider.routes = routes  # quotas (buckets start full), redaction, unknown_tenant

@@ -395,6 +395,26 @@ class PolicySets:
         """The engine that decides this tenant's traces."""
         return self.by_tenant.get(tenant, self.default)
 
+    def adopt_state(self, previous: PolicySets) -> dict[str, bool]:
+        """Each engine takes over the learned state of the engine it replaces (the same
+        tenant's); returns per ``tenant:policy path`` whether the state was taken over."""
+        outcome = {
+            f"*:{path}": adopted
+            for path, adopted in self.default.adopt_state(previous.default).items()
+        }
+        for tenant, engine in self.by_tenant.items():
+            old = previous.by_tenant.get(tenant)
+            if old is not None:
+                for path, adopted in engine.adopt_state(old).items():
+                    outcome[f"{tenant}:{path}"] = adopted
+        return outcome
+
+    def set_share(self, share: float) -> None:
+        """This worker's share of the group's partitions, for every engine's goals."""
+        self.default.set_share(share)
+        for engine in self.by_tenant.values():
+            engine.set_share(share)
+
 
 @dataclass
 class DecidedBatch:

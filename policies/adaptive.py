@@ -1,0 +1,256 @@
+"""What the adaptive samplers share: the sampler key, the deterministic keep, Refinery's
+log10 allocation and the exponential moving average of counts per key.
+
+The samplers (``ema_dynamic``, ``ema_throughput``, ``windowed_throughput``) follow the ideas of
+Honeycomb's dynsampler-go, with three differences an operator can count on:
+
+- **Deterministic keep.** A trace is kept at rate R (probability 1/R) when the FNV-1a hash of
+  the trace ID, salted with the policy name, is at most MaxUint64 / R: the ``probabilistic``
+  policy's hash. Every worker and every restart keeps the same traces for the same rate.
+- **Time from the decisions.** Intervals advance with the decision time the engine passes in,
+  not with a timer thread, so a replay decides as the live run did.
+- **Non-integer rates.** A key's rate is its count over its goal, not rounded up, so the
+  throughput samplers reach their goal instead of staying below it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from policies.hashing import fnv1a_64, ratio_threshold
+from policies.model import Match, Verdict
+from policies.trace import TraceView
+
+__all__ = [
+    "EmaCounts",
+    "EmaFields",
+    "KeyFields",
+    "RateTable",
+    "log_allocation",
+    "same_key",
+    "sampler_key",
+]
+
+KEY_SEPARATOR: Final = "•"
+"""Between the values of two key fields (``,`` joins the values of one field)."""
+
+
+class KeyFields(BaseModel):
+    """How a trace's sampler key is built (every adaptive sampler has these fields)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key_fields: list[str] = Field(default_factory=list)
+    """Attribute keys (resource or span attributes, on any span) whose values make the key."""
+    use_trace_length: bool = False
+    """Add the trace's span count to the key."""
+    max_keys: int = Field(default=500, ge=1)
+    """Keys tracked at most; traces of further keys are not counted and keep
+    ``initial_sample_rate`` (or rate 1) until a tracked key ages out."""
+
+    @model_validator(mode="after")
+    def _some_key(self) -> KeyFields:
+        if not self.key_fields and not self.use_trace_length:
+            raise ValueError("give key_fields, use_trace_length or both")
+        if any(not field for field in self.key_fields):
+            raise ValueError("key_fields holds an empty attribute key")
+        return self
+
+
+class EmaFields(KeyFields):
+    """The moving-average fields of ``ema_dynamic`` and ``ema_throughput``."""
+
+    adjustment_interval: float = Field(default=15.0, gt=0, allow_inf_nan=False)
+    """Seconds between two updates of the averages and rates."""
+    weight: float = Field(default=0.5, gt=0, lt=1)
+    """Weight of the newest interval in the moving average."""
+    age_out_value: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    """A key whose average falls below this is forgotten (default: ``weight``)."""
+    burst_multiple: float = Field(default=2.0, allow_inf_nan=False)
+    """Update early when an interval's count reaches this multiple of the averages' sum
+    (negative: never)."""
+    burst_detection_delay: int = Field(default=3, ge=0)
+    """Intervals after the start before bursts are detected."""
+
+
+def same_key(config: KeyFields, other: KeyFields) -> bool:
+    """Whether two sampler configurations build the same key (then learned rates carry over)."""
+    return (config.key_fields, config.use_trace_length) == (
+        other.key_fields,
+        other.use_trace_length,
+    )
+
+
+def sampler_key(trace: TraceView, fields: Sequence[str], use_trace_length: bool) -> str:
+    """The trace's key: per field its distinct values, sorted and joined by ``,``; fields
+    joined by ``•``; then the span count if asked. A field no span has gives an empty part."""
+    parts = []
+    for field in fields:
+        values = {_text(value) for value in trace.attribute_values(field)}
+        parts.append(",".join(sorted(values)))
+    if use_trace_length:
+        parts.append(str(trace.span_count))
+    return KEY_SEPARATOR.join(parts)
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
+
+
+def log_allocation(goal_count: float, counts: Mapping[str, float]) -> dict[str, float]:
+    """Sample rates (>= 1) per key that keep about `goal_count` of the `counts` in all.
+
+    Each key's goal is its log10 share of `goal_count`, at least one: rare keys keep nearly
+    everything, common ones are sampled harder. A key whose count is below its goal keeps all
+    and hands what is left to the keys after it (sorted order, so the result is the same on
+    every worker). Keys with a count of at most 1 all get rate 1.
+    """
+    if not counts:
+        return {}
+    log_sum = sum(math.log10(max(1.0, count)) for count in counts.values())
+    ratio = goal_count / log_sum if log_sum > 0 else math.inf
+    rates: dict[str, float] = {}
+    remaining = len(counts)
+    extra = 0.0
+    for key in sorted(counts):
+        count = max(1.0, counts[key])
+        goal = max(1.0, math.log10(count) * ratio) if ratio != math.inf else math.inf
+        share = extra / remaining
+        goal += share
+        extra -= share
+        remaining -= 1
+        if count <= goal:
+            rates[key] = 1.0
+            extra += goal - count
+        else:
+            rates[key] = count / goal
+    return rates
+
+
+class RateTable:
+    """Sample rates per key, turned into deterministic keeps (see the module docstring)."""
+
+    __slots__ = ("seed", "_default", "_thresholds")
+
+    def __init__(self, name: str, default_rate: float) -> None:
+        self.seed: Final = fnv1a_64(name.encode())
+        self._default = _entry(default_rate)  # for a key without a rate of its own
+        self._thresholds: dict[str, tuple[float, int]] = {}  # key -> (rate, hash threshold)
+
+    @property
+    def default_rate(self) -> float:
+        """The rate of a key the table does not hold."""
+        return self._default[0]
+
+    @default_rate.setter
+    def default_rate(self, rate: float) -> None:
+        self._default = _entry(rate)
+
+    def take_over(self, previous: RateTable) -> None:
+        """Use the rates (and the rate for other keys) `previous` had learned."""
+        self._default, self._thresholds = previous._default, dict(previous._thresholds)
+
+    def set_rates(self, rates: Mapping[str, float]) -> None:
+        """Replace the table (rates >= 1)."""
+        self._thresholds = {key: _entry(rate) for key, rate in rates.items()}
+
+    def rates(self) -> dict[str, float]:
+        """The current rate of every key in the table."""
+        return {key: rate for key, (rate, _) in self._thresholds.items()}
+
+    def decide(self, key: str, trace_id: bytes) -> tuple[Verdict, Match | None]:
+        """SAMPLED with probability 1 / the key's rate, by the trace ID's hash."""
+        rate, threshold = self._thresholds.get(key, self._default)
+        if fnv1a_64(trace_id, self.seed) <= threshold:
+            return Verdict.SAMPLED, Match(None, 1 / rate)
+        return Verdict.NOT_SAMPLED, None
+
+
+def _entry(rate: float) -> tuple[float, int]:
+    return rate, ratio_threshold(1 / rate)
+
+
+class EmaCounts:
+    """Traces counted per key and folded into an exponential moving average every interval.
+
+    `observe` counts a trace at decision time `now` and says whether the averages were just
+    updated (the interval ended, or a burst came early); the sampler then recomputes its
+    rates from :attr:`averages`. Counts are scaled to one interval's worth when an update
+    comes late (no traffic for a while) or early (a burst).
+    """
+
+    def __init__(self, fields: EmaFields) -> None:
+        self.fields = fields
+        self.age_out = fields.age_out_value if fields.age_out_value is not None else fields.weight
+        self.current: dict[str, float] = {}
+        self.averages: dict[str, float] = {}
+        self.started: float | None = None
+        self.intervals = 0
+        self.burst_sum = 0.0
+        self.burst_threshold = 0.0
+        self.updated = False  # at least one update: the rates mean something
+
+    def take_over(self, previous: EmaCounts) -> None:
+        """Continue from what `previous` counted (same key, perhaps other settings)."""
+        self.current, self.averages = dict(previous.current), dict(previous.averages)
+        self.started, self.intervals = previous.started, previous.intervals
+        self.burst_sum, self.burst_threshold = previous.burst_sum, previous.burst_threshold
+        self.updated = previous.updated
+
+    def observe(self, key: str, now: float) -> bool:
+        """Count one trace of `key`; True when the averages were updated before counting it."""
+        fields = self.fields
+        if self.started is None:
+            self.started = now
+        changed = False
+        elapsed = now - self.started
+        if elapsed >= fields.adjustment_interval:
+            changed = self._update(elapsed)
+            self.intervals += 1
+            self.started = now
+        elif (
+            0 < self.burst_threshold <= self.burst_sum
+            and self.intervals >= fields.burst_detection_delay
+        ):
+            changed = self._update(max(elapsed, 1e-3))
+            self.started = now
+        current = self.current
+        if key in current or len(current) < fields.max_keys:
+            current[key] = current.get(key, 0.0) + 1.0
+            self.burst_sum += 1.0
+        return changed
+
+    def _update(self, elapsed: float) -> bool:
+        counts, self.current, self.burst_sum = self.current, {}, 0.0
+        if not counts:
+            return False  # no traffic: keep the averages (no decay during an outage)
+        scale = self.fields.adjustment_interval / elapsed
+        weight, averages = self.fields.weight, self.averages
+        for key in list(averages):
+            average = averages[key] * (1 - weight) + counts.pop(key, 0.0) * scale * weight
+            if average < self.age_out:
+                del averages[key]
+            else:
+                averages[key] = average
+        for key, count in counts.items():
+            if len(averages) >= self.fields.max_keys:
+                break
+            # A new key starts at its count, not at weight × count as in dynsampler-go: an
+            # average started from zero under-counts for several intervals, and the rates it
+            # gives overshoot a throughput goal by half an interval's worth and more.
+            average = count * scale
+            if average >= self.age_out:
+                averages[key] = average
+        total = sum(max(1.0, average) for average in averages.values())
+        multiple = self.fields.burst_multiple
+        self.burst_threshold = total * multiple if multiple > 0 else 0.0
+        self.updated = True
+        return True
