@@ -39,6 +39,7 @@ _DROPPED_VERDICT: Final = Verdict.DROPPED
 _DROPPED: Final = Decision(kept=False, policy=None, probability=0.0)
 
 Evaluate = Callable[[TraceView, float], Verdict]
+EvaluateMatch = Callable[[TraceView, float], tuple[Verdict, float]]
 
 
 class PolicySettings(BaseModel):
@@ -67,6 +68,9 @@ class SubPolicy:
     becomes NOT_SAMPLED), as the engine applies it to top-level policies."""
     probability: float
     """``policy.probability()`` times its ``sample_percentage`` / 100."""
+    match: EvaluateMatch
+    """Like ``evaluate``, also giving this trace's probability of a keep (``probability``
+    unless the policy explains its matches per trace)."""
 
     @property
     def name(self) -> str:
@@ -136,7 +140,7 @@ class PolicyEngine:
             share = percentage / 100
             evaluate: Evaluate = policy.evaluate
             kept: Decision | _Explained
-            if type(policy).evaluate_match is not Policy.evaluate_match:
+            if policy.explains_match():
                 kept = _Explained(policy, share)
                 evaluate = kept.evaluate
             else:
@@ -236,10 +240,36 @@ def build_sub_policies(raw: Sequence[Mapping[str, object]]) -> tuple[SubPolicy, 
     :class:`PolicyConfigError` with locations relative to the list; the engine prefixes them
     with the combining policy's location and its ``sub_policies_field``.
     """
-    return tuple(
-        SubPolicy(policy, _thinned(policy, percentage), policy.probability() * percentage / 100)
-        for policy, percentage in _build_policies(raw)
-    )
+    subs = []
+    for policy, percentage in _build_policies(raw):
+        probability = policy.probability() * percentage / 100
+        thinned = _thinned(policy, percentage)
+        subs.append(SubPolicy(policy, thinned, probability, _matched(policy, percentage, thinned)))
+    return tuple(subs)
+
+
+def _matched(policy: Policy, percentage: float, thinned: Evaluate) -> EvaluateMatch:
+    share = percentage / 100
+    probability = policy.probability() * share
+    if not policy.explains_match():
+
+        def static(trace: TraceView, now: float) -> tuple[Verdict, float]:
+            return thinned(trace, now), probability
+
+        return static
+    explain = policy.evaluate_match
+    seed = fnv1a_64(policy.name.encode())
+    threshold = None if percentage >= 100 else ratio_threshold(share)
+
+    def explained(trace: TraceView, now: float) -> tuple[Verdict, float]:
+        verdict, match = explain(trace, now)
+        if verdict is _SAMPLED or verdict is _INVERTED_SAMPLED:
+            if threshold is not None and fnv1a_64(trace.trace_id, seed) > threshold:
+                return _NOT_SAMPLED, 0.0
+            return verdict, (match.probability if match else policy.probability()) * share
+        return verdict, 0.0
+
+    return explained
 
 
 def _thinned(policy: Policy, percentage: float) -> Evaluate:

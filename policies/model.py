@@ -95,12 +95,20 @@ class Policy(abc.ABC):
         return 1.0
 
     def evaluate_match(self, trace: TraceView, now: float) -> tuple[Verdict, Match | None]:
-        """Like :meth:`evaluate`, also naming the sub-policy behind a SAMPLED verdict.
+        """Like :meth:`evaluate`, also giving the probability behind a SAMPLED verdict (and
+        the sub-policy that matched, for a combining policy).
 
-        Only combining policies whose probability depends on the matching sub-policy
-        (``composite``) override it; the engine then reports that sub-policy and probability.
+        Policies whose probability is known only per trace override it: ``composite`` (it
+        depends on the matching sub-policy) and the adaptive samplers (on the trace's key);
+        the engine then reports that probability. See :meth:`explains_match`.
         """
         return self.evaluate(trace, now), None
+
+    def explains_match(self) -> bool:
+        """Whether the engine must ask :meth:`evaluate_match` rather than :meth:`evaluate`:
+        by default, whether the class overrides it. ``and`` says so only when a sub-policy
+        does, so the common ``and`` costs nothing more."""
+        return type(self).evaluate_match is not Policy.evaluate_match
 
     def set_share(self, share: float) -> None:
         """This worker's share of the group's traffic (partitions owned / all, in (0, 1]).

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from policies.engine import build_sub_policies
-from policies.model import Policy, Verdict
+from policies.model import Match, Policy, Verdict
 from policies.trace import TraceView
 
 __all__ = ["And", "AndConfig"]
@@ -54,6 +54,21 @@ class And(Policy):
             if evaluate(trace, now) in _FAILS:
                 return Verdict.NOT_SAMPLED
         return Verdict.SAMPLED
+
+    def explains_match(self) -> bool:
+        """Only when a sub-policy knows its probability per trace (an adaptive sampler)."""
+        return any(sub.policy.explains_match() for sub in self.sub_policies)
+
+    def evaluate_match(self, trace: TraceView, now: float) -> tuple[Verdict, Match | None]:
+        """As :meth:`evaluate`; a keep's probability is the product of this trace's
+        sub-policy probabilities."""
+        probability = 1.0
+        for sub in self.sub_policies:
+            verdict, chance = sub.match(trace, now)
+            if verdict in _FAILS:
+                return Verdict.NOT_SAMPLED, None
+            probability *= chance
+        return Verdict.SAMPLED, Match(None, probability)
 
     def probability(self) -> float:
         """The product of the sub-policies' probabilities (independent draws)."""

@@ -76,7 +76,7 @@ class Composite(Policy):
         self.budgets = tuple(int(shares.get(sub.name, 0.0)) for sub in self.sub_policies)
         self._total = total
         self._subs = tuple(
-            (sub.evaluate, budget, Match(sub.name, sub.probability))
+            (sub.match, budget, sub.name)
             for sub, budget in zip(self.sub_policies, self.budgets, strict=True)
         )
         self._second = 0
@@ -92,13 +92,13 @@ class Composite(Policy):
         if second != self._second:
             self._second = second
             self._spent = [0] * len(self._subs)
-        for index, (evaluate, budget, match) in enumerate(self._subs):
-            verdict = evaluate(trace, now)
+        for index, (evaluate, budget, name) in enumerate(self._subs):
+            verdict, probability = evaluate(trace, now)
             if verdict is Verdict.SAMPLED or verdict is Verdict.INVERTED_SAMPLED:
                 spans = self._spent[index] + trace.span_count
                 if spans <= budget and spans <= self._total:
                     self._spent[index] = spans
-                    return Verdict.SAMPLED, match
+                    return Verdict.SAMPLED, Match(name, probability)
                 # Over budget: not kept, and nothing charged, so a smaller trace may still fit.
                 return Verdict.NOT_SAMPLED, None
         return Verdict.NOT_SAMPLED, None

@@ -103,3 +103,32 @@ def test_a_sampler_without_a_key_is_rejected_with_its_path() -> None:
     with pytest.raises(PolicyConfigError) as caught:
         build_engine([{"name": "dynamic", "type": "ema_dynamic"}])
     assert "key_fields" in str(caught.value)
+
+
+@pytest.mark.parametrize("combiner", ["and", "composite"])
+def test_inside_a_combining_policy_a_kept_trace_carries_its_keys_probability(
+    combiner: str,
+) -> None:
+    sampler_entry = {
+        "name": "dynamic",
+        "type": "ema_dynamic",
+        "key_fields": ["http.route"],
+        "adjustment_interval": 5,
+    }
+    if combiner == "and":
+        entry = {"name": "outer", "type": "and", "and_sub_policy": [sampler_entry]}
+    else:
+        entry = {
+            "name": "outer",
+            "type": "composite",
+            "max_total_spans_per_second": 10**9,
+            "policy_order": ["dynamic"],
+            "composite_sub_policy": [sampler_entry],
+            "rate_allocation": [{"policy": "dynamic", "percent": 100}],
+        }
+    engine = build_engine([entry])
+    inner = build_engine([sampler_entry])  # the same sampler alone, fed the same traffic
+    for _, now, trace in skewed().traces(400, 30):
+        nested, alone = engine.decide(trace, now), inner.decide(trace, now)
+        assert nested.kept == alone.kept
+        assert nested.probability == pytest.approx(alone.probability)
