@@ -93,10 +93,12 @@ class _Explained:
         return verdict
 
     def decision(self) -> Decision:
-        match, share = self.match, self.share
+        match, share, known = self.match, self.share, self.policy.probability_known()
         if match is None:
-            return Decision(True, self.policy.name, self.policy.probability() * share)
-        return Decision(True, self.policy.name, match.probability * share, match.sub_policy)
+            probability = self.policy.probability() * share
+            return Decision(True, self.policy.name, probability, None, known)
+        probability = match.probability * share
+        return Decision(True, self.policy.name, probability, match.sub_policy, known)
 
 
 # One evaluation step: evaluate, sample_percentage seed and threshold (None at 100 %), the
@@ -144,7 +146,9 @@ class PolicyEngine:
                 kept = _Explained(policy, share)
                 evaluate = kept.evaluate
             else:
-                kept = Decision(True, policy.name, policy.probability() * share)
+                probability = policy.probability() * share
+                known = policy.probability_known()
+                kept = Decision(True, policy.name, probability, None, known)
             seed = fnv1a_64(policy.name.encode())
             last = not any(needed[index + 1 :])
             slots.append((evaluate, seed, threshold, kept, last, policy.name))
@@ -201,6 +205,14 @@ class PolicyEngine:
                 if adopted is not None:
                     outcome[path] = adopted
         return outcome
+
+    def probability_known(self, name: str) -> bool:
+        """Whether the keeps of the top-level policy `name` have a known probability (True
+        for a name this engine does not have)."""
+        for policy in self.policies:
+            if policy.name == name:
+                return policy.probability_known()
+        return True
 
     def set_share(self, share: float) -> None:
         """Tell every policy this worker's share of the group (see ``Policy.set_share``)."""

@@ -94,6 +94,12 @@ class Policy(abc.ABC):
         """
         return 1.0
 
+    def probability_known(self) -> bool:
+        """Whether :meth:`probability` is the real chance of a keep. Policies whose keeps
+        depend on the traffic decided before (``rate_limiting``, ``bytes_limiting``,
+        ``composite``) say False: their kept spans carry no ``ot=th`` threshold."""
+        return True
+
     def evaluate_match(self, trace: TraceView, now: float) -> tuple[Verdict, Match | None]:
         """Like :meth:`evaluate`, also giving the probability behind a SAMPLED verdict (and
         the sub-policy that matched, for a combining policy).
@@ -174,3 +180,6 @@ class Decision:
     policy: str | None
     probability: float
     sub_policy: str | None = None
+    probability_known: bool = True
+    """False when the deciding policy cannot state its probability (a rate or byte limit):
+    kept spans then carry no ``ot=th`` threshold."""

@@ -55,6 +55,10 @@ class And(Policy):
                 return Verdict.NOT_SAMPLED
         return Verdict.SAMPLED
 
+    def probability_known(self) -> bool:
+        """Whether every sub-policy's probability is known."""
+        return all(sub.policy.probability_known() for sub in self.sub_policies)
+
     def explains_match(self) -> bool:
         """Only when a sub-policy knows its probability per trace (an adaptive sampler)."""
         return any(sub.policy.explains_match() for sub in self.sub_policies)

@@ -66,6 +66,10 @@ class BytesLimiting(Policy):
             return True
         return False
 
+    def probability_known(self) -> bool:
+        """No: a keep depends on the bytes kept per second before this trace."""
+        return False
+
     def may_veto(self) -> bool:
         """Never: SAMPLED or NOT_SAMPLED."""
         return False

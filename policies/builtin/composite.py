@@ -103,6 +103,10 @@ class Composite(Policy):
                 return Verdict.NOT_SAMPLED, None
         return Verdict.NOT_SAMPLED, None
 
+    def probability_known(self) -> bool:
+        """No: a keep depends on the sub-policy budgets before this trace."""
+        return False
+
     def may_veto(self) -> bool:
         """Never: SAMPLED or NOT_SAMPLED."""
         return False

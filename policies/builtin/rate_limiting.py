@@ -51,6 +51,10 @@ class RateLimiting(Policy):
             return Verdict.SAMPLED
         return Verdict.NOT_SAMPLED
 
+    def probability_known(self) -> bool:
+        """No: a keep depends on the spans kept per second before this trace."""
+        return False
+
     def may_veto(self) -> bool:
         """Never: SAMPLED or NOT_SAMPLED."""
         return False

@@ -20,6 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
 from policies import TraceView
+from policies.tracestate import threshold_hex
 from streams.config import Settings
 from streams.pipeline.decide import PolicySets
 from streams.pipeline.route import TenantResolver
@@ -94,6 +95,12 @@ def decide_inputs(
             "decision": "kept" if decision.kept else "dropped",
             "policy": decision.policy,
             "probability": decision.probability,
+            # The W3C tracestate threshold kept spans get (ot=th:...), None without one.
+            "threshold": (
+                threshold_hex(decision.probability)
+                if decision.kept and decision.probability_known and decision.probability > 0
+                else None
+            ),
         }
         out.write(json.dumps(record) + "\n")
     return len(traces)

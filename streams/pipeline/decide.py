@@ -563,7 +563,9 @@ class Decider:
                 kept, policy = False, refused
         probability = decision.probability if kept else 0.0
         if kept:
-            value = self.routes.redact(tenant, annotate_kept(encoded, policy, probability))
+            known = decision.probability_known
+            annotated = annotate_kept(encoded, policy, probability, known)
+            value = self.routes.redact(tenant, annotated)
             self._produce(key, value, view.span_count, batch)
         labels = (policy, "kept", label) if kept else ("none", "dropped", label)
         batch.counts[labels] = batch.counts.get(labels, 0) + 1
@@ -696,7 +698,9 @@ class Decider:
         ExportTraceServiceRequest.FromString(fragment)  # every byte read: raises if not OTLP
         spans = request_span_count(fragment)
         if decision.kept:
-            annotated = annotate_kept(fragment, decision.policy, decision.probability)
+            engine = self.policy_sets.for_tenant(decision.tenant)
+            known = engine.probability_known(decision.policy)
+            annotated = annotate_kept(fragment, decision.policy, decision.probability, known)
             self._produce(key, self.routes.redact(decision.tenant, annotated), spans, None)
             LATE_SPANS.labels("kept").inc(spans)
         else:

@@ -23,6 +23,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
 from policies.flatten import RequestSummary, look_alike_classes, request_summary
+from policies.tracestate import compose
 
 __all__ = [
     "BadInput",
@@ -255,7 +256,10 @@ _ANNOTATE = look_alike_classes(
         "Request": [("resource_spans", 1, _F.TYPE_MESSAGE, "Batch", True)],
         "Batch": [("scope_spans", 2, _F.TYPE_MESSAGE, "Scope", True)],
         "Scope": [("spans", 2, _F.TYPE_MESSAGE, "Span", True)],
-        "Span": [("attributes", 9, _F.TYPE_BYTES, None, True)],
+        "Span": [
+            ("trace_state", 3, _F.TYPE_STRING, None, False),
+            ("attributes", 9, _F.TYPE_BYTES, None, True),
+        ],
     },
 )["Request"].FromString
 
@@ -270,18 +274,24 @@ def _sampling_attributes(policy: str, probability: float) -> tuple[bytes, bytes]
     )
 
 
-def annotate_kept(request: bytes, policy: str, probability: float) -> bytes:
+def annotate_kept(
+    request: bytes, policy: str, probability: float, probability_known: bool = True
+) -> bytes:
     """A serialized request with `sampling.policy` and `sampling.probability` added to every
-    span's attributes. Only the span lists are parsed (in C); each span gets the two encoded
-    attributes, and everything else is written back as it came.
+    span's attributes and the span's W3C tracestate given the matching ``ot=th`` threshold
+    (composed with one it carries; erased when the probability is not known: see
+    policies.tracestate). Only the span lists are parsed (in C); everything else is written
+    back as it came.
 
     Raises DecodeError if `request` is not an OTLP request."""
     patched = _ANNOTATE(request)
     added = _sampling_attributes(policy, probability)
+    chance = probability if probability_known and probability > 0 else None
     for batch in patched.resource_spans:
         for scope in batch.scope_spans:
             for span in scope.spans:
                 span.attributes.extend(added)
+                span.trace_state = compose(span.trace_state, chance)
     return patched.SerializeToString()  # type: ignore[no-any-return]
 
 

@@ -85,15 +85,18 @@ def test_sub_policy_budget_is_also_capped_by_the_total() -> None:
 
 def test_decision_names_the_sub_policy_and_its_probability() -> None:
     engine = build_engine([composite(100)])
-    assert engine.decide(spans(1, ERROR), T0) == Decision(True, "budget", 1.0, "errors")
-    assert engine.decide(spans(1), T0) == Decision(True, "budget", 1.0, "everything")
+    assert engine.decide(spans(1, ERROR), T0) == Decision(True, "budget", 1.0, "errors", False)
+    assert engine.decide(spans(1), T0) == Decision(True, "budget", 1.0, "everything", False)
     # A sub-policy's sample_percentage thins its keeps and scales its probability.
     thinned = build_engine([composite(1000, sample_percentage=50)])
     decisions = {
         thinned.decide(view(make_span(trace_id=bytes([i] * 16)), trace_id=bytes([i] * 16)), T0)
         for i in range(40)
     }
-    assert decisions == {Decision(True, "budget", 0.5, "everything"), Decision(False, None, 0.0)}
+    assert decisions == {
+        Decision(True, "budget", 0.5, "everything", False),
+        Decision(False, None, 0.0),
+    }
     probabilistic = build_engine(
         [
             {
@@ -110,7 +113,7 @@ def test_decision_names_the_sub_policy_and_its_probability() -> None:
     )
     trace_id = bytes(16)
     decision = probabilistic.decide(view(make_span(trace_id=trace_id), trace_id=trace_id), T0)
-    assert decision in (Decision(True, "budget", 0.5, "all"), Decision(False, None, 0.0))
+    assert decision in (Decision(True, "budget", 0.5, "all", False), Decision(False, None, 0.0))
 
 
 def test_never_inverted_and_stateful() -> None:

@@ -694,7 +694,7 @@ COLLECTOR_CASES: list[tuple[str, Callable[[], TraceView], float, Decision]] = [
         "retried",
         lambda: trace_of(36, {"attributes": {"retry.count": 3}}, *({} for _ in range(29))),
         T0 + 14,
-        Decision(True, "budgeted", 1.0, "retried"),
+        Decision(True, "budgeted", 1.0, "retried", False),
     ),
     # Another in the same second: 30 + 30 > 50, refused (budget not lent by very-slow).
     (
@@ -708,7 +708,7 @@ COLLECTOR_CASES: list[tuple[str, Callable[[], TraceView], float, Decision]] = [
         "retried next second",
         lambda: trace_of(42, {"attributes": {"retry.count": 4}}, *({} for _ in range(29))),
         T0 + 15,
-        Decision(True, "budgeted", 1.0, "retried"),
+        Decision(True, "budgeted", 1.0, "retried", False),
     ),
     # An ordinary trace whose hash 0.0102 < 10 %.
     ("lucky ten percent", lambda: trace_of(13, {}), T0 + 16, Decision(True, "ten-percent", 0.1)),

@@ -417,7 +417,7 @@ def test_drop_policies_run_first_so_dropped_traces_spend_no_budget() -> None:
     real_trace = view(*(make_span() for _ in range(10)))
     assert engine.decide(test_trace, 5.0) == Decision(False, None, 0.0)
     # Had "budget" seen the dropped trace first, 10 + 10 spans would exceed 15.
-    assert engine.decide(real_trace, 5.0) == Decision(True, "budget", 1.0)
+    assert engine.decide(real_trace, 5.0) == Decision(True, "budget", 1.0, None, False)
 
 
 def test_nested_sample_percentage_and_sub_policy_in_decisions() -> None:

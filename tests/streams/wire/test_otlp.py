@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
+from policies.tracestate import compose
 from streams.devtools.generate import build_trace
 from streams.wire.otlp import (
     BadInput,
@@ -130,7 +131,7 @@ def test_single_trace_refuses_missing_zero_and_mixed_trace_ids() -> None:
 
 @given(seed=st.integers(0, 10_000), traces=st.integers(1, 4))
 @settings(max_examples=40, deadline=None)
-def test_annotating_kept_bytes_adds_two_attributes_to_every_span_and_changes_nothing_else(
+def test_annotating_kept_bytes_adds_two_attributes_and_a_threshold_and_changes_nothing_else(
     seed: int, traces: int
 ) -> None:
     request = _mixed_request(seed, traces)
@@ -144,5 +145,6 @@ def test_annotating_kept_bytes_adds_two_attributes_to_every_span_and_changes_not
             for s in ss.spans:
                 s.attributes.add(key="sampling.policy").value.string_value = "slow"
                 s.attributes.add(key="sampling.probability").value.double_value = 0.25
+                s.trace_state = compose(s.trace_state, 0.25)  # ot=th:c first
     annotated = annotate_kept(request.SerializeToString(), "slow", 0.25)
     assert ExportTraceServiceRequest.FromString(annotated) == expected
