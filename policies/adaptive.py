@@ -15,20 +15,22 @@ Honeycomb's dynsampler-go, with three differences an operator can count on:
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import Any, Final, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from policies.hashing import fnv1a_64, ratio_threshold
-from policies.model import Match, Verdict
+from policies.model import Match, Policy, Verdict
 from policies.trace import TraceView
 
 __all__ = [
     "EmaCounts",
     "EmaFields",
     "KeyFields",
+    "PartitionedSampler",
     "RateTable",
     "log_allocation",
     "same_key",
@@ -154,9 +156,14 @@ class RateTable:
     def default_rate(self, rate: float) -> None:
         self._default = _entry(rate)
 
-    def take_over(self, previous: RateTable) -> None:
-        """Use the rates (and the rate for other keys) `previous` had learned."""
-        self._default, self._thresholds = previous._default, dict(previous._thresholds)
+    def dump(self) -> dict[str, Any]:
+        """The rates and the default rate (JSON-ready)."""
+        return {"rates": self.rates(), "default": self.default_rate}
+
+    def load(self, doc: Mapping[str, Any]) -> None:
+        """Use the rates of a `dump`."""
+        self.default_rate = float(doc["default"])
+        self.set_rates({str(k): float(v) for k, v in doc["rates"].items()})
 
     def set_rates(self, rates: Mapping[str, float]) -> None:
         """Replace the table (rates >= 1)."""
@@ -198,12 +205,28 @@ class EmaCounts:
         self.burst_threshold = 0.0
         self.updated = False  # at least one update: the rates mean something
 
-    def take_over(self, previous: EmaCounts) -> None:
-        """Continue from what `previous` counted (same key, perhaps other settings)."""
-        self.current, self.averages = dict(previous.current), dict(previous.averages)
-        self.started, self.intervals = previous.started, previous.intervals
-        self.burst_sum, self.burst_threshold = previous.burst_sum, previous.burst_threshold
-        self.updated = previous.updated
+    def dump(self) -> dict[str, Any]:
+        """What `load` needs to continue from here (JSON-ready)."""
+        return {
+            "current": self.current,
+            "averages": self.averages,
+            "started": self.started,
+            "intervals": self.intervals,
+            "burst_sum": self.burst_sum,
+            "burst_threshold": self.burst_threshold,
+            "updated": self.updated,
+        }
+
+    def load(self, doc: Mapping[str, Any]) -> None:
+        """Continue from a `dump` (of this sampler, perhaps with other settings)."""
+        self.current = {str(k): float(v) for k, v in doc["current"].items()}
+        self.averages = {str(k): float(v) for k, v in doc["averages"].items()}
+        started = doc["started"]
+        self.started = None if started is None else float(started)
+        self.intervals = int(doc["intervals"])
+        self.burst_sum = float(doc["burst_sum"])
+        self.burst_threshold = float(doc["burst_threshold"])
+        self.updated = bool(doc["updated"])
 
     def observe(self, key: str, now: float) -> bool:
         """Count one trace of `key`; True when the averages were updated before counting it."""
@@ -253,4 +276,102 @@ class EmaCounts:
         multiple = self.fields.burst_multiple
         self.burst_threshold = total * multiple if multiple > 0 else 0.0
         self.updated = True
+        return True
+
+
+State = TypeVar("State")
+
+_STATE_VERSION: Final = 1
+
+
+class PartitionedSampler(Policy, Generic[State]):
+    """An adaptive sampler whose learned state is kept per ``caudal-spans`` partition.
+
+    A trace's partition (``TraceView.partition``) picks the state it counts in and is decided
+    by, so the state can move with its partition: the worker stores each partition's state in
+    the changelogged ``decisions`` table whenever it changes (`state`), and the partition's
+    next owner, or this worker after a restart, continues from it (`restore`). A goal for the
+    whole group is divided by the number of partitions (`set_partitions`), so each partition
+    keeps its part wherever it lives. Subclasses give a fresh state, decide with one, and
+    convert it to and from JSON.
+    """
+
+    key_config: KeyFields
+
+    def __init__(self, name: str, config: KeyFields) -> None:
+        super().__init__(name, config)
+        self.key_config = config
+        self.total = 1
+        self.parts: dict[int, State] = {}
+        self.dirty: set[int] = set()  # partitions whose state changed since `state` was read
+
+    def _fresh(self) -> State:
+        raise NotImplementedError
+
+    def _dump(self, state: State) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _load(self, doc: Mapping[str, Any]) -> State:
+        raise NotImplementedError
+
+    def part(self, partition: int) -> State:
+        """The state of `partition` (fresh the first time)."""
+        state = self.parts.get(partition)
+        if state is None:
+            state = self.parts[partition] = self._fresh()
+        return state
+
+    def set_partitions(self, owned: frozenset[int], total: int) -> None:
+        """Forget partitions this worker no longer owns; goals are shared by `total`."""
+        self.total = max(1, total)
+        for partition in set(self.parts) - owned:
+            del self.parts[partition]
+            self.dirty.discard(partition)
+
+    def state(self, partition: int) -> bytes | None:
+        """The state of `partition` to store, if it changed since last asked."""
+        if partition not in self.dirty:
+            return None
+        self.dirty.discard(partition)
+        state = self.parts.get(partition)
+        if state is None:
+            return None
+        key = self.key_config
+        doc = {"v": _STATE_VERSION, "key": [key.key_fields, key.use_trace_length]}
+        return json.dumps(doc | self._dump(state), separators=(",", ":")).encode()
+
+    def restore(self, partition: int, data: bytes) -> bool:
+        """Continue `partition` from a stored `state`; False (and a fresh state) when it was
+        stored for another key or cannot be read."""
+        try:
+            doc = json.loads(data)
+            key = self.key_config
+            if doc.get("v") != _STATE_VERSION or doc.get("key") != [
+                key.key_fields,
+                key.use_trace_length,
+            ]:
+                return False
+            self.parts[partition] = self._load(doc)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return False
+        return True
+
+    def adopt(self, previous: Policy) -> bool | None:
+        """Keep the learned state of the same sampler before a reload if its key is the same;
+        else start fresh."""
+        if not isinstance(previous, type(self)) or not same_key(
+            self.key_config, previous.key_config
+        ):
+            return False
+        self.total = previous.total
+        for partition, state in previous.parts.items():
+            self.parts[partition] = self._load(previous._dump(state))
+        return True
+
+    def may_veto(self) -> bool:
+        """Never: SAMPLED or NOT_SAMPLED."""
+        return False
+
+    def keeps_state(self) -> bool:
+        """Yes: counts and rates per key."""
         return True

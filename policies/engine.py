@@ -214,10 +214,29 @@ class PolicyEngine:
                 return policy.probability_known()
         return True
 
-    def set_share(self, share: float) -> None:
-        """Tell every policy this worker's share of the group (see ``Policy.set_share``)."""
+    def set_partitions(self, owned: frozenset[int], total: int) -> None:
+        """Tell every policy the partitions this worker owns (see ``Policy.set_partitions``)."""
         for policy in self.policies:
-            policy.set_share(share)
+            policy.set_partitions(owned, total)
+
+    def states(self, partition: int) -> dict[str, bytes]:
+        """Per policy path (``outer/inner`` for nested ones), the state of `partition` that
+        changed since last asked."""
+        out = {}
+        for path, policy in _named(self.policies):
+            data = policy.state(partition)
+            if data is not None:
+                out[path] = data
+        return out
+
+    def restore(self, partition: int, states: Mapping[str, bytes]) -> dict[str, bool]:
+        """Hand each policy its stored state of `partition`; per path, whether it took it."""
+        by_path = dict(_named(self.policies))
+        return {
+            path: by_path[path].restore(partition, data)
+            for path, data in states.items()
+            if path in by_path
+        }
 
     def __repr__(self) -> str:
         return f"PolicyEngine(policies={[p.name for p in self.policies]!r})"

@@ -116,15 +116,24 @@ class Policy(abc.ABC):
         does, so the common ``and`` costs nothing more."""
         return type(self).evaluate_match is not Policy.evaluate_match
 
-    def set_share(self, share: float) -> None:
-        """This worker's share of the group's traffic (partitions owned / all, in (0, 1]).
-
-        Called on every rebalance. Policies with a goal for the whole group (traces per
-        second) apply ``goal × share`` so the group together keeps the goal. The default
-        passes it on to the sub-policies of a combining policy (its ``sub_policies``).
+    def set_partitions(self, owned: frozenset[int], total: int) -> None:
+        """The ``caudal-spans`` partitions this worker owns, of `total`; called on every
+        rebalance. Policies with state per partition (the adaptive samplers) drop what they
+        no longer own and divide goals of the whole group by `total`. The default passes it
+        on to the sub-policies of a combining policy (its ``sub_policies``).
         """
         for sub in getattr(self, "sub_policies", ()):
-            sub.policy.set_share(share)
+            sub.policy.set_partitions(owned, total)
+
+    def state(self, partition: int) -> bytes | None:
+        """Learned state of `partition` to store, if it changed since last asked (the worker
+        keeps it in the changelogged ``decisions`` table, so it moves with the partition and
+        survives restarts). The default keeps none."""
+        return None
+
+    def restore(self, partition: int, data: bytes) -> bool:
+        """Continue `partition` from a stored :meth:`state`; whether it could."""
+        return False
 
     def adopt(self, previous: Policy) -> bool | None:
         """Take over the learned state of `previous`, the policy of the same name in the

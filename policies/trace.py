@@ -62,6 +62,7 @@ class TraceView:
 
     __slots__ = (
         "trace_id",
+        "partition",
         "_resource_spans",
         "_batches",
         "_request",
@@ -94,6 +95,9 @@ class TraceView:
         this trace's); prefer :meth:`from_resource_spans`, :meth:`from_batches` and
         :meth:`from_request`."""
         self.trace_id: Final = trace_id
+        self.partition = 0
+        """The ``caudal-spans`` partition the trace was buffered on (set by the worker; 0
+        elsewhere): policies with state per partition count and decide it there."""
         self._resource_spans = None if resource_spans is None else tuple(resource_spans)
         self._batches = None if batches is None else tuple(batches)
         self._request = request

@@ -337,10 +337,10 @@ class Readiness:
     partitions: int
 
     def ready(self, owned: frozenset[int]) -> None:
-        """Recovered: quotas and throughput goals follow the share of partitions owned;
-        /readyz answers 200."""
+        """Recovered: quotas follow the share of partitions owned, policies learn which
+        partitions they keep state for; /readyz answers 200."""
         self.decider.routes.set_share(len(owned) / self.partitions)
-        self.decider.policy_sets.set_share(len(owned) / self.partitions)
+        self.decider.policy_sets.set_partitions(owned, self.partitions)
         PARTITIONS_OWNED.set(len(owned))
         self.health.ready = True
         self.health.set_pipeline("running")

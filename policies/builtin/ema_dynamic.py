@@ -3,18 +3,20 @@ an average rate."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from pydantic import Field
 
 from policies.adaptive import (
     EmaCounts,
     EmaFields,
-    KeyFields,
+    PartitionedSampler,
     RateTable,
     log_allocation,
-    same_key,
     sampler_key,
 )
-from policies.model import Match, Policy, Verdict
+from policies.model import Match, Verdict
 from policies.trace import TraceView
 
 __all__ = ["EmaDynamic", "EmaDynamicConfig"]
@@ -31,7 +33,7 @@ class EmaDynamicConfig(EmaFields):
     key not seen before is rare). Set it to damp a wave of new keys."""
 
 
-class EmaDynamic(Policy):
+class EmaDynamic(PartitionedSampler[tuple[EmaCounts, RateTable]]):
     """SAMPLED with probability 1 / the rate of the trace's key.
 
     Every ``adjustment_interval`` the traces counted per key are folded into a moving average,
@@ -39,21 +41,32 @@ class EmaDynamic(Policy):
     each key's goal is its log10 share, so a key seen 1,000 times keeps about three times as
     many traces as a key seen 10 times, and a key seen once keeps everything. The keep is a
     hash of the trace ID (see :mod:`policies.adaptive`), so every worker agrees on a rate.
-    Stateful: rates depend on the traffic this worker decided before.
+    Counts and rates are kept per partition and move with it.
     """
 
     Config = EmaDynamicConfig
 
     def __init__(self, name: str, config: EmaDynamicConfig) -> None:
         super().__init__(name, config)
-        self.key_config: KeyFields = config
-        self.counts = EmaCounts(config)
-        initial = config.initial_sample_rate or config.goal_sample_rate
-        self.table = RateTable(name, initial)
+        self.fields = config
+        self._initial = config.initial_sample_rate or config.goal_sample_rate
         self._new_key_rate = config.initial_sample_rate or 1.0
         self._goal = config.goal_sample_rate
-        self._fields = tuple(config.key_fields)
+        self._keys = tuple(config.key_fields)
         self._length = config.use_trace_length
+
+    def _fresh(self) -> tuple[EmaCounts, RateTable]:
+        return EmaCounts(self.fields), RateTable(self.name, self._initial)
+
+    def _dump(self, state: tuple[EmaCounts, RateTable]) -> dict[str, Any]:
+        counts, table = state
+        return {"counts": counts.dump(), "table": table.dump()}
+
+    def _load(self, doc: Mapping[str, Any]) -> tuple[EmaCounts, RateTable]:
+        counts, table = self._fresh()
+        counts.load(doc["counts"])
+        table.load(doc["table"])
+        return counts, table
 
     def evaluate(self, trace: TraceView, now: float) -> Verdict:
         """See :meth:`evaluate_match`."""
@@ -61,33 +74,16 @@ class EmaDynamic(Policy):
 
     def evaluate_match(self, trace: TraceView, now: float) -> tuple[Verdict, Match | None]:
         """Count the trace under its key, then keep it with the key's probability."""
-        key = sampler_key(trace, self._fields, self._length)
-        if self.counts.observe(key, now):
-            averages = self.counts.averages
+        key = sampler_key(trace, self._keys, self._length)
+        counts, table = self.part(trace.partition)
+        if counts.observe(key, now):
+            averages = counts.averages
             goal_count = sum(max(1.0, a) for a in averages.values()) / self._goal
-            self.table.set_rates(log_allocation(goal_count, averages))
-            self.table.default_rate = self._new_key_rate
-        return self.table.decide(key, trace.trace_id)
-
-    def adopt(self, previous: Policy) -> bool | None:
-        """Keep the counts and rates of the same sampler before a reload, if its key is the
-        same; else start fresh."""
-        if not isinstance(previous, type(self)) or not same_key(
-            self.key_config, previous.key_config
-        ):
-            return False
-        self.counts.take_over(previous.counts)
-        self.table.take_over(previous.table)
-        return True
+            table.set_rates(log_allocation(goal_count, averages))
+            table.default_rate = self._new_key_rate
+            self.dirty.add(trace.partition)
+        return table.decide(key, trace.trace_id)
 
     def probability(self) -> float:
         """The average probability aimed at; each kept trace carries its key's own."""
         return 1 / self._goal
-
-    def may_veto(self) -> bool:
-        """Never: SAMPLED or NOT_SAMPLED."""
-        return False
-
-    def keeps_state(self) -> bool:
-        """Yes: counts and rates per key."""
-        return True

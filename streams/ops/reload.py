@@ -94,7 +94,9 @@ class PolicyReloader:
         for path, adopted in policy_sets.adopt_state(self.decider.policy_sets).items():
             if not adopted:
                 log.warning("policy starts with fresh state (its key changed) policy=%s", path)
-        policy_sets.set_share(self.decider.routes.share)
+        old = self.decider.policy_sets
+        if old.owned is not None:
+            policy_sets.set_partitions(old.owned, old.total)
         self.decider.policy_sets = policy_sets
         routes = TenantRoutes(new)
         routes.set_share(self.decider.routes.share)

@@ -13,10 +13,11 @@ deterministic on the trace ID), so the worst case is a duplicate export, never a
 from __future__ import annotations
 
 import dataclasses
+import logging
 import struct
 import sys
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -57,6 +58,8 @@ __all__ = [
     "Remembered",
     "decode_decisions",
 ]
+
+log = logging.getLogger(__name__)
 
 _DECISION = struct.Struct(">dBdH")  # decided at, kept, probability, origins
 
@@ -119,6 +122,9 @@ class Remembered:
 
 LEGACY_RECORD = -1
 _RECORD_PREFIX = b"\xffD"
+# A policy's learned state for the partition (policies.adaptive): the prefix, then the
+# tenant ("*" for the global policies), ":" and the policy's path.
+_STATE_PREFIX = b"\xffA"
 _RECORD_KEY = struct.Struct(">2sQ")  # prefix, record number
 _RECORD_COUNT = struct.Struct(">I")
 _RECORD_ITEM = struct.Struct(">HI")  # trace key length, decision length
@@ -198,6 +204,12 @@ class DecisionCache:
         # is gone: (that number, record).
         self.waiting: dict[int, deque[tuple[int, int]]] = {}
         self.segments = segments
+        # Per partition, the policies' stored states found by `rebuild` (name -> value).
+        self.policy_states: dict[int, dict[str, bytes]] = {}
+
+    def put_policy_state(self, partition: int, name: str, value: bytes) -> None:
+        """Store a policy's learned state for `partition` (see `PolicySets.states`)."""
+        self.store.put(partition, _STATE_PREFIX + name.encode(), value)
 
     def get(self, key: bytes) -> Remembered | None:
         """The remembered decision for a trace, if any."""
@@ -324,7 +336,11 @@ class DecisionCache:
             stored = sorted(
                 self.store.items(partition), key=lambda item: _record_number(item[0]) is not None
             )
+            states = self.policy_states[partition] = {}
             for key, value in stored:
+                if key.startswith(_STATE_PREFIX):
+                    states[key[len(_STATE_PREFIX) :].decode("utf-8", "replace")] = value
+                    continue
                 try:
                     found = self._decode(partition, key, value)
                 except ValueError:
@@ -379,12 +395,15 @@ class DecisionCache:
                 del entries[key]
 
 
-@dataclass(frozen=True)
+@dataclass
 class PolicySets:
-    """The engine every tenant uses: the global one, or the tenant's own set."""
+    """The engine every tenant uses: the global one, or the tenant's own set; and which
+    partitions this worker owns, for policies that keep state per partition."""
 
     default: PolicyEngine
     by_tenant: dict[str, PolicyEngine] = field(default_factory=dict)
+    owned: frozenset[int] | None = None  # not told yet
+    total: int = 1
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PolicySets:
@@ -409,11 +428,44 @@ class PolicySets:
                     outcome[f"{tenant}:{path}"] = adopted
         return outcome
 
-    def set_share(self, share: float) -> None:
-        """This worker's share of the group's partitions, for every engine's goals."""
-        self.default.set_share(share)
-        for engine in self.by_tenant.values():
-            engine.set_share(share)
+    def set_partitions(self, owned: frozenset[int], total: int) -> None:
+        """The partitions this worker owns, of `total`, for every engine's policies."""
+        self.owned, self.total = owned, total
+        for engine in self._engines().values():
+            engine.set_partitions(owned, total)
+
+    def states(self, partition: int) -> dict[str, bytes]:
+        """Per ``tenant:policy path`` ("*" for the global engine), the learned state of
+        `partition` that changed since last asked."""
+        out = {}
+        for tenant, engine in self._engines().items():
+            for path, data in engine.states(partition).items():
+                out[f"{tenant}:{path}"] = data
+        return out
+
+    def restore(self, partition: int, states: Mapping[str, bytes]) -> None:
+        """Hand each engine's policies their stored state of `partition`."""
+        engines = self._engines()
+        by_tenant: dict[str, dict[str, bytes]] = {}
+        for name, data in states.items():
+            tenant, _, path = name.partition(":")
+            by_tenant.setdefault(tenant, {})[path] = data
+        for tenant, found in by_tenant.items():
+            engine = engines.get(tenant)
+            if engine is None:
+                continue
+            for path, taken in engine.restore(partition, found).items():
+                if not taken:
+                    log.warning(
+                        "policy state not restored (stored for another key) partition=%d "
+                        "tenant=%s policy=%s",
+                        partition,
+                        tenant,
+                        path,
+                    )
+
+    def _engines(self) -> dict[str, PolicyEngine]:
+        return {"*": self.default, **self.by_tenant}
 
 
 @dataclass
@@ -519,6 +571,7 @@ class Decider:
         encoded = usable[0] if len(usable) == 1 else b"".join(usable)
         try:
             view = TraceView.from_request(trace_id, encoded)
+            view.partition = entry.partition
             # Read before any policy runs, so a broken fragment is not taken for policy errors.
             has_root, orphans = view.has_root, view.orphan_span_count
             decision = engine.decide(view, now)
@@ -528,6 +581,7 @@ class Decider:
         except DecodeError:
             request, usable = self._parse(key, usable, batch)
             view = TraceView.from_resource_spans(trace_id, request.resource_spans)
+            view.partition = entry.partition
             decision = engine.decide(view, now)
             has_root, orphans = view.has_root, view.orphan_span_count
             encoded = request.SerializeToString()
@@ -680,6 +734,8 @@ class Decider:
         for partition, key in bad_decisions:
             self.cache.store.delete(partition, key)
         for partition in partitions:
+            self.policy_sets.restore(partition, self.cache.policy_states.pop(partition, {}))
+        for partition in partitions:
             queue = self.buffer.queues.get(partition)
             for key in [k for k in queue or () if self.cache.get(k) is not None]:
                 self.buffer.discard(partition, key)
@@ -749,6 +805,10 @@ class Decider:
         if retry:
             self.buffer.requeue(retry, now)
         self.cache.evict(now, writable)
+        for partition in {entry.partition for _, entry, _ in batch.items}:
+            if writable(partition):
+                for name, value in self.policy_sets.states(partition).items():
+                    self.cache.put_policy_state(partition, name, value)
 
     def _produce(
         self,

@@ -28,11 +28,14 @@ class Traffic:
         self.templates = {key: template(key) for key in self.keys}
 
     def traces(
-        self, per_second: float, seconds: float, start: float = 0.0
+        self, per_second: float, seconds: float, start: float = 0.0, partitions: int = 1
     ) -> Iterator[tuple[str, float, TraceView]]:
-        """(key, decision time, view) for `per_second` × `seconds` traces."""
+        """(key, decision time, view) for `per_second` × `seconds` traces, each on the
+        partition (of `partitions`) its trace ID picks."""
         count = round(per_second * seconds)
         keys = self.rng.choices(self.keys, self.weights, k=count)
         for i, key in enumerate(keys):
             trace_id = self.rng.randbytes(16)
-            yield key, start + i / per_second, TraceView.from_request(trace_id, self.templates[key])
+            view = TraceView.from_request(trace_id, self.templates[key])
+            view.partition = int.from_bytes(trace_id[:4], "big") % partitions
+            yield key, start + i / per_second, view

@@ -56,7 +56,7 @@ def test_the_same_trace_gets_the_same_decision_on_two_workers() -> None:
         traffic = skewed()  # the same traces in the same order
         decisions.append([policy.evaluate(trace, now) for _, now, trace in traffic.traces(200, 60)])
     assert decisions[0] == decisions[1]
-    assert first.table.rates() == second.table.rates()
+    assert first.part(0)[1].rates() == second.part(0)[1].rates()
 
 
 def test_a_kept_trace_carries_its_keys_probability() -> None:
@@ -89,14 +89,14 @@ def test_a_reload_that_keeps_the_key_keeps_the_rates() -> None:
     before = build_engine([entry])
     for _, now, trace in skewed().traces(400, 30):
         before.decide(trace, now)
-    learned = before.policies[0].table.rates()  # type: ignore[attr-defined]
+    learned = before.policies[0].part(0)[1].rates()  # type: ignore[attr-defined]
     assert learned
     same_key = build_engine([entry | {"goal_sample_rate": 20}])
     assert same_key.adopt_state(before) == {"dynamic": True}
-    assert same_key.policies[0].table.rates() == learned  # type: ignore[attr-defined]
+    assert same_key.policies[0].part(0)[1].rates() == learned  # type: ignore[attr-defined]
     other_key = build_engine([entry | {"key_fields": ["service.name"]}])
     assert other_key.adopt_state(before) == {"dynamic": False}
-    assert other_key.policies[0].table.rates() == {}  # type: ignore[attr-defined]
+    assert other_key.policies[0].part(0)[1].rates() == {}  # type: ignore[attr-defined]
 
 
 def test_a_sampler_without_a_key_is_rejected_with_its_path() -> None:

@@ -19,14 +19,15 @@ def sampler(**fields: object) -> EmaThroughput:
 
 @pytest.mark.parametrize("workers", [1, 3])
 def test_the_group_keeps_its_goal_not_a_multiple_of_it(workers: int) -> None:
-    # 2,000 traces/s spread over the workers as the partitions spread trace IDs, 5 minutes.
+    # 2,000 traces/s on 12 partitions spread over the workers, 5 minutes.
+    partitions = 12
     group = [sampler(goal_throughput_per_sec=100) for _ in range(workers)]
-    for policy in group:
-        policy.set_share(1 / workers)
+    for w, policy in enumerate(group):
+        policy.set_partitions(frozenset(range(w, partitions, workers)), partitions)
     kept = 0
     seconds = 300
-    for _, now, trace in Traffic(WEIGHTS).traces(2000, seconds):
-        policy = group[trace.trace_id[0] % workers]
+    for _, now, trace in Traffic(WEIGHTS).traces(2000, seconds, partitions=partitions):
+        policy = group[trace.partition % workers]
         kept += policy.evaluate(trace, now).value == "sampled"
     per_second = kept / seconds
     assert 90 <= per_second <= 110, per_second
@@ -51,7 +52,7 @@ def test_the_rates_follow_a_change_of_traffic() -> None:
     assert 40 <= kept_per_second(2000, 60, 110) <= 60
 
 
-def test_a_worker_owning_no_more_partitions_keeps_less() -> None:
+def test_a_worker_owning_a_quarter_of_the_partitions_keeps_a_quarter() -> None:
     engine = build_engine(
         [
             {
@@ -63,11 +64,13 @@ def test_a_worker_owning_no_more_partitions_keeps_less() -> None:
             }
         ]
     )
-    engine.set_share(0.25)
+    owned = frozenset({0, 1, 2})
+    engine.set_partitions(owned, 12)
     kept = 0
-    for _, now, trace in Traffic(WEIGHTS).traces(1000, 65):
-        decision = engine.decide(trace, now)
-        kept += decision.kept and now >= 5  # after the first interval (initial_sample_rate)
+    for _, now, trace in Traffic(WEIGHTS).traces(1000, 65, partitions=12):
+        if trace.partition in owned:  # this worker reads only its partitions
+            decision = engine.decide(trace, now)
+            kept += decision.kept and now >= 5  # after the first interval
     assert 22.5 <= kept / 60 <= 27.5  # a quarter of the goal
 
 
@@ -83,4 +86,4 @@ def test_a_reload_that_keeps_the_key_keeps_the_rates() -> None:
         before.decide(trace, now)
     after = build_engine([entry | {"goal_throughput_per_sec": 200}])
     assert after.adopt_state(before) == {"tp": True}
-    assert after.policies[0].table.rates() == before.policies[0].table.rates()  # type: ignore[attr-defined]
+    assert after.policies[0].part(0)[1].rates() == before.policies[0].part(0)[1].rates()  # type: ignore[attr-defined]

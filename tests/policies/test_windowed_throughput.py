@@ -35,13 +35,15 @@ def test_each_key_keeps_an_equal_share_of_the_goal() -> None:
     assert total <= 100
 
 
-def test_the_share_of_the_group_scales_the_goal() -> None:
+def test_a_worker_owning_half_the_partitions_keeps_half_the_goal() -> None:
     policy = sampler(goal_throughput_per_sec=100)
-    policy.set_share(0.5)
+    owned = frozenset(range(6))
+    policy.set_partitions(owned, 12)
     kept = 0
-    for _, now, trace in Traffic({"/a": 1.0}).traces(1000, 90):
-        sampled = policy.evaluate(trace, now).value == "sampled"
-        kept += sampled and now >= 30
+    for _, now, trace in Traffic({"/a": 1.0}).traces(1000, 90, partitions=12):
+        if trace.partition in owned:  # this worker reads only its partitions
+            sampled = policy.evaluate(trace, now).value == "sampled"
+            kept += sampled and now >= 30
     assert 45 <= kept / 60 <= 55
 
 

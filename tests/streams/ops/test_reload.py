@@ -99,9 +99,7 @@ def test_command_line_overrides_hold_across_a_reload(tmp_path: Path) -> None:
     assert settings.kafka.bootstrap_servers == "flag:9092"
 
 
-def test_a_reload_keeps_a_samplers_rates_and_its_groups_share(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_reload_keeps_a_samplers_rates(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from tests.policies.adaptive_traffic import Traffic
 
     sampler = {
@@ -115,15 +113,14 @@ def test_a_reload_keeps_a_samplers_rates_and_its_groups_share(
     assert reload.reload("test") == []
     for _, now, trace in Traffic({"/a": 0.9, "/b": 0.1}).traces(200, 20):
         decider.policy_sets.default.decide(trace, now)
-    learned = decider.policy_sets.default.policies[0].table.rates()
+    learned = decider.policy_sets.default.policies[0].part(0)[1].rates()
     assert learned
     rewrite(path, policies=[sampler | {"goal_throughput_per_sec": 50}])
     assert reload.reload("test") == []
     policy = decider.policy_sets.default.policies[0]
-    assert policy.table.rates() == learned
-    assert policy.share == 0.5, "the worker's share of the group, as before the reload"
+    assert policy.part(0)[1].rates() == learned
     rewrite(path, policies=[sampler | {"key_fields": ["service.name"]}])
     with caplog.at_level(logging.WARNING):
         assert reload.reload("test") == []
-    assert decider.policy_sets.default.policies[0].table.rates() == {}
+    assert decider.policy_sets.default.policies[0].part(0)[1].rates() == {}
     assert "policy starts with fresh state" in caplog.text
