@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from streams.devtools.broker import LocalBroker
-from tests.faults.traffic import Tally, Traffic, read_backend, tally
+from tests.faults.traffic import Received, Tally, Traffic, Truth, read_backend, tally
 from tests.integration.harness import Pipeline, WorkerProcess, wait_for
 
 DECISION_WAIT = 6.0
@@ -49,6 +49,8 @@ class Outcome:
     crashes: dict[str, list[str]] = field(default_factory=dict)
     recovery_seconds: dict[str, float] = field(default_factory=dict)
     copies: float = 0  # fragments the surviving workers recognised as copies and skipped
+    truth: Truth | None = None
+    received: Received | None = None
 
     def report(self, name: str) -> str:
         lines = [f"[{name}] {self.tally.line()}"]
@@ -84,14 +86,22 @@ class Outcome:
 class Scenario:
     """One fault scenario on its own topics, groups and state directories."""
 
-    def __init__(self, broker: LocalBroker, root: Path, partitions: int = 8, **sections: object):
+    def __init__(
+        self,
+        broker: LocalBroker,
+        root: Path,
+        partitions: int = 8,
+        policies: list[dict[str, object]] | None = None,
+        **sections: object,
+    ):
         run_topic = f"backend-{root.name[-12:]}"
         self.pipeline = Pipeline(
             broker,
             root,
             kafka={"partitions": partitions},
             decision={"wait": f"{DECISION_WAIT:g}s"},
-            policies=[{"name": "errors", "type": "status_code", "status_codes": ["ERROR"]}],
+            policies=policies
+            or [{"name": "errors", "type": "status_code", "status_codes": ["ERROR"]}],
             exporters={"backend": {"type": "kafka", "topic": run_topic}},
             tenants={"default": {"exporters": ["backend"]}},
             shutdown={"grace": f"{GRACE:g}s"},
@@ -169,7 +179,13 @@ class Scenario:
             for thread in self._stoppers:
                 thread.join(GRACE + 30)
             received = read_backend(self.pipeline.broker.bootstrap, self.backend_topic)
-            outcome = Outcome(tally(traffic.truth, received), dict(self.stops), copies=copies)
+            outcome = Outcome(
+                tally(traffic.truth, received),
+                dict(self.stops),
+                copies=copies,
+                truth=traffic.truth,
+                received=received,
+            )
             for name in self.workers:
                 text = (self.pipeline.root / f"worker-{name}.log").read_text(errors="replace")
                 lines = text.splitlines()
