@@ -30,6 +30,7 @@ __all__ = [
     "EmaCounts",
     "EmaFields",
     "KeyFields",
+    "EmaSampler",
     "PartitionedSampler",
     "RateTable",
     "log_allocation",
@@ -375,3 +376,57 @@ class PartitionedSampler(Policy, Generic[State]):
     def keeps_state(self) -> bool:
         """Yes: counts and rates per key."""
         return True
+
+
+class EmaSampler(PartitionedSampler[tuple[EmaCounts, RateTable]]):
+    """``ema_dynamic`` and ``ema_throughput``: per partition, the moving averages of the keys'
+    counts and the rates they give. Subclasses say how many traces an interval should keep
+    (`goal_count`), the rate before the first update (`initial_rate`) and the rate of a key
+    new after it (`new_key_rate`)."""
+
+    fields: EmaFields
+
+    def __init__(self, name: str, config: EmaFields) -> None:
+        super().__init__(name, config)
+        self.fields = config
+        self._keys = tuple(config.key_fields)
+        self._length = config.use_trace_length
+
+    def goal_count(self, averages: Mapping[str, float]) -> float:
+        """Traces one partition should keep per adjustment interval."""
+        raise NotImplementedError
+
+    def initial_rate(self) -> float:
+        """The rate of every key before the first update."""
+        raise NotImplementedError
+
+    def new_key_rate(self) -> float:
+        """The rate of a key without one after an update."""
+        return 1.0
+
+    def _fresh(self) -> tuple[EmaCounts, RateTable]:
+        return EmaCounts(self.fields), RateTable(self.name, self.initial_rate())
+
+    def _dump(self, state: tuple[EmaCounts, RateTable]) -> dict[str, Any]:
+        counts, table = state
+        return {"counts": counts.dump(), "table": table.dump()}
+
+    def _load(self, doc: Mapping[str, Any]) -> tuple[EmaCounts, RateTable]:
+        counts, table = self._fresh()
+        counts.load(doc["counts"])
+        table.load(doc["table"])
+        return counts, table
+
+    def evaluate(self, trace: TraceView, now: float) -> Verdict:
+        """See :meth:`evaluate_match`."""
+        return self.evaluate_match(trace, now)[0]
+
+    def evaluate_match(self, trace: TraceView, now: float) -> tuple[Verdict, Match | None]:
+        """Count the trace under its key, then keep it with the key's probability."""
+        key = sampler_key(trace, self._keys, self._length)
+        counts, table = self.part(trace.partition)
+        if counts.observe(key, now):
+            table.set_rates(log_allocation(self.goal_count(counts.averages), counts.averages))
+            table.default_rate = self.new_key_rate()
+            self.dirty.add(trace.partition)
+        return table.decide(key, trace.trace_id)

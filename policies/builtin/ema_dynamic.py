@@ -4,20 +4,10 @@ an average rate."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from pydantic import Field
 
-from policies.adaptive import (
-    EmaCounts,
-    EmaFields,
-    PartitionedSampler,
-    RateTable,
-    log_allocation,
-    sampler_key,
-)
-from policies.model import Match, Verdict
-from policies.trace import TraceView
+from policies.adaptive import EmaFields, EmaSampler
 
 __all__ = ["EmaDynamic", "EmaDynamicConfig"]
 
@@ -33,7 +23,7 @@ class EmaDynamicConfig(EmaFields):
     key not seen before is rare). Set it to damp a wave of new keys."""
 
 
-class EmaDynamic(PartitionedSampler[tuple[EmaCounts, RateTable]]):
+class EmaDynamic(EmaSampler):
     """SAMPLED with probability 1 / the rate of the trace's key.
 
     Every ``adjustment_interval`` the traces counted per key are folded into a moving average,
@@ -47,42 +37,21 @@ class EmaDynamic(PartitionedSampler[tuple[EmaCounts, RateTable]]):
     Config = EmaDynamicConfig
 
     def __init__(self, name: str, config: EmaDynamicConfig) -> None:
-        super().__init__(name, config)
-        self.fields = config
-        self._initial = config.initial_sample_rate or config.goal_sample_rate
-        self._new_key_rate = config.initial_sample_rate or 1.0
         self._goal = config.goal_sample_rate
-        self._keys = tuple(config.key_fields)
-        self._length = config.use_trace_length
+        self._initial = config.initial_sample_rate
+        super().__init__(name, config)
 
-    def _fresh(self) -> tuple[EmaCounts, RateTable]:
-        return EmaCounts(self.fields), RateTable(self.name, self._initial)
+    def goal_count(self, averages: Mapping[str, float]) -> float:
+        """One in `goal_sample_rate` of the traces counted."""
+        return sum(max(1.0, a) for a in averages.values()) / self._goal
 
-    def _dump(self, state: tuple[EmaCounts, RateTable]) -> dict[str, Any]:
-        counts, table = state
-        return {"counts": counts.dump(), "table": table.dump()}
+    def initial_rate(self) -> float:
+        """`initial_sample_rate`, else `goal_sample_rate`."""
+        return self._initial or self._goal
 
-    def _load(self, doc: Mapping[str, Any]) -> tuple[EmaCounts, RateTable]:
-        counts, table = self._fresh()
-        counts.load(doc["counts"])
-        table.load(doc["table"])
-        return counts, table
-
-    def evaluate(self, trace: TraceView, now: float) -> Verdict:
-        """See :meth:`evaluate_match`."""
-        return self.evaluate_match(trace, now)[0]
-
-    def evaluate_match(self, trace: TraceView, now: float) -> tuple[Verdict, Match | None]:
-        """Count the trace under its key, then keep it with the key's probability."""
-        key = sampler_key(trace, self._keys, self._length)
-        counts, table = self.part(trace.partition)
-        if counts.observe(key, now):
-            averages = counts.averages
-            goal_count = sum(max(1.0, a) for a in averages.values()) / self._goal
-            table.set_rates(log_allocation(goal_count, averages))
-            table.default_rate = self._new_key_rate
-            self.dirty.add(trace.partition)
-        return table.decide(key, trace.trace_id)
+    def new_key_rate(self) -> float:
+        """`initial_sample_rate`, else 1 (a new key is rare)."""
+        return self._initial or 1.0
 
     def probability(self) -> float:
         """The average probability aimed at; each kept trace carries its key's own."""

@@ -11,7 +11,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 from policies.tracestate import probability_of
-from streams.config import Settings
+from streams.config import DEFAULT_POLICIES, Settings
 from streams.pipeline.buffer import TraceBuffer
 from streams.pipeline.decide import Decider, DecisionCache, PolicySets
 from streams.pipeline.route import TenantRoutes
@@ -19,39 +19,16 @@ from streams.wire.tracekey import trace_key
 from tests.streams.pipeline.test_buffer import MemoryStore
 from tests.streams.pipeline.test_quarantine import Producer
 
-POLICIES = [
-    {"name": "errors", "type": "status_code", "status_codes": ["ERROR"]},
-    {
-        "name": "vip",
-        "type": "string_attribute",
-        "key": "user.tier",
-        "values": ["vip"],
-        "sample_percentage": 50,
-    },
-    {
-        "name": "limited",
-        "type": "and",
-        "and_sub_policy": [
-            {"name": "batch-jobs", "type": "string_attribute", "key": "job", "values": ["nightly"]},
-            {"name": "cap", "type": "rate_limiting", "spans_per_second": 10**6},
-        ],
-    },
-    # As the default rules: the rest (not VIP) at 10 %, so no trace has two chances.
-    {
-        "name": "baseline",
-        "type": "and",
-        "and_sub_policy": [
-            {
-                "name": "not-vip",
-                "type": "string_attribute",
-                "key": "user.tier",
-                "values": ["vip"],
-                "invert_match": True,
-            },
-            {"name": "ten-percent", "type": "probabilistic", "sampling_percentage": 10},
-        ],
-    },
-]
+# The default rules, with a rate-limited rule before the baseline.
+LIMITED = {
+    "name": "limited",
+    "type": "and",
+    "and_sub_policy": [
+        {"name": "batch-jobs", "type": "string_attribute", "key": "job", "values": ["nightly"]},
+        {"name": "cap", "type": "rate_limiting", "spans_per_second": 10**6},
+    ],
+}
+POLICIES = [*DEFAULT_POLICIES[:-1], LIMITED, DEFAULT_POLICIES[-1]]
 
 
 def request(trace_id: bytes, kind: str, trace_state: str = "") -> bytes:
