@@ -123,7 +123,7 @@ class Remembered:
 LEGACY_RECORD = -1
 _RECORD_PREFIX = b"\xffD"
 # A policy's learned state for the partition (policies.adaptive): the prefix, then the
-# tenant ("*" for the global policies), ":" and the policy's path.
+# tenant (empty for the global policies), a NUL byte (never in a tenant name) and the path.
 _STATE_PREFIX = b"\xffA"
 _RECORD_KEY = struct.Struct(">2sQ")  # prefix, record number
 _RECORD_COUNT = struct.Struct(">I")
@@ -435,12 +435,12 @@ class PolicySets:
             engine.set_partitions(owned, total)
 
     def states(self, partition: int) -> dict[str, bytes]:
-        """Per ``tenant:policy path`` ("*" for the global engine), the learned state of
-        `partition` that changed since last asked."""
+        """Per ``tenant NUL policy path`` (no tenant for the global engine), the learned
+        state of `partition` that changed since last asked."""
         out = {}
         for tenant, engine in self._engines().items():
             for path, data in engine.states(partition).items():
-                out[f"{tenant}:{path}"] = data
+                out[f"{tenant}\x00{path}"] = data
         return out
 
     def restore(self, partition: int, states: Mapping[str, bytes]) -> None:
@@ -448,7 +448,7 @@ class PolicySets:
         engines = self._engines()
         by_tenant: dict[str, dict[str, bytes]] = {}
         for name, data in states.items():
-            tenant, _, path = name.partition(":")
+            tenant, _, path = name.partition("\x00")
             by_tenant.setdefault(tenant, {})[path] = data
         for tenant, found in by_tenant.items():
             engine = engines.get(tenant)
@@ -460,12 +460,12 @@ class PolicySets:
                         "policy state not restored (stored for another key) partition=%d "
                         "tenant=%s policy=%s",
                         partition,
-                        tenant,
+                        tenant or "*",
                         path,
                     )
 
     def _engines(self) -> dict[str, PolicyEngine]:
-        return {"*": self.default, **self.by_tenant}
+        return {"": self.default, **self.by_tenant}
 
 
 @dataclass

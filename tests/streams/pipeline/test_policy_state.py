@@ -99,3 +99,32 @@ def test_the_stored_state_is_not_taken_for_a_decision() -> None:
     decided = len(first.cache.entries[True]) + len(first.cache.entries[False])
     assert decided > 3800
     assert len(second.cache.entries[True]) + len(second.cache.entries[False]) == decided
+
+
+def test_a_tenants_own_sampler_keeps_its_own_state() -> None:
+    settings = Settings.model_validate(
+        {
+            "policies": [SAMPLER],
+            "exporters": {"out": {"type": "file", "path": "/tmp/caudal-state-test"}},
+            "tenants": {
+                "default": {"exporters": ["out"]},
+                "a:b": {
+                    "exporters": ["out"],
+                    "policies": [SAMPLER | {"goal_throughput_per_sec": 5}],
+                },
+            },
+        }
+    )
+    sets = PolicySets.from_settings(settings)
+    sets.set_partitions(frozenset({0}), 1)
+    for engine in (sets.default, sets.by_tenant["a:b"]):
+        for _, now, trace in Traffic({"/a": 1.0}).traces(100, 12):
+            engine.decide(trace, now)
+    stored = sets.states(0)
+    assert sorted(stored) == ["\x00tp", "a:b\x00tp"]
+    again = PolicySets.from_settings(settings)
+    again.restore(0, stored)
+    for tenant in ("", "a:b"):
+        before = sets._engines()[tenant].policies[0].part(0)[1].rates()  # type: ignore[attr-defined]
+        after = again._engines()[tenant].policies[0].part(0)[1].rates()  # type: ignore[attr-defined]
+        assert before and after == before
