@@ -119,13 +119,15 @@ def log_allocation(goal_count: float, counts: Mapping[str, float]) -> dict[str, 
     if not counts:
         return {}
     log_sum = sum(math.log10(max(1.0, count)) for count in counts.values())
-    ratio = goal_count / log_sum if log_sum > 0 else math.inf
+    if log_sum <= 0:
+        return dict.fromkeys(counts, 1.0)  # every key seen at most once: keep them all
+    ratio = goal_count / log_sum
     rates: dict[str, float] = {}
     remaining = len(counts)
     extra = 0.0
     for key in sorted(counts):
         count = max(1.0, counts[key])
-        goal = max(1.0, math.log10(count) * ratio) if ratio != math.inf else math.inf
+        goal = max(1.0, math.log10(count) * ratio)
         share = extra / remaining
         goal += share
         extra -= share
@@ -200,7 +202,11 @@ class EmaCounts:
         self.age_out = fields.age_out_value if fields.age_out_value is not None else fields.weight
         self.current: dict[str, float] = {}
         self.averages: dict[str, float] = {}
-        self.started: float | None = None
+        self.started: float | None = None  # the interval's start
+        # When `current` began to be counted here: the interval's start, or, for a state
+        # continued from a stored one (a partition's new owner), the first trace counted
+        # since; what the previous owner counted after its last update is not in `current`.
+        self.counting_since: float | None = None
         self.intervals = 0
         self.burst_sum = 0.0
         self.burst_threshold = 0.0
@@ -221,6 +227,7 @@ class EmaCounts:
     def load(self, doc: Mapping[str, Any]) -> None:
         """Continue from a `dump` (of this sampler, perhaps with other settings)."""
         self.current = {str(k): float(v) for k, v in doc["current"].items()}
+        self.counting_since = None
         self.averages = {str(k): float(v) for k, v in doc["averages"].items()}
         started = doc["started"]
         self.started = None if started is None else float(started)
@@ -234,29 +241,32 @@ class EmaCounts:
         fields = self.fields
         if self.started is None:
             self.started = now
+        if self.counting_since is None:
+            self.counting_since = now
         changed = False
-        elapsed = now - self.started
-        if elapsed >= fields.adjustment_interval:
-            changed = self._update(elapsed)
+        counted = max(now - self.counting_since, 1e-3)
+        if now - self.started >= fields.adjustment_interval:
+            changed = self._update(counted)
             self.intervals += 1
-            self.started = now
+            self.started = self.counting_since = now
         elif (
             0 < self.burst_threshold <= self.burst_sum
             and self.intervals >= fields.burst_detection_delay
         ):
-            changed = self._update(max(elapsed, 1e-3))
-            self.started = now
+            changed = self._update(counted)
+            self.started = self.counting_since = now
         current = self.current
         if key in current or len(current) < fields.max_keys:
             current[key] = current.get(key, 0.0) + 1.0
             self.burst_sum += 1.0
         return changed
 
-    def _update(self, elapsed: float) -> bool:
+    def _update(self, counted: float) -> bool:
+        # `counted`: the seconds `current` covers; its counts are scaled to one interval.
         counts, self.current, self.burst_sum = self.current, {}, 0.0
         if not counts:
             return False  # no traffic: keep the averages (no decay during an outage)
-        scale = self.fields.adjustment_interval / elapsed
+        scale = self.fields.adjustment_interval / counted
         weight, averages = self.fields.weight, self.averages
         for key in list(averages):
             average = averages[key] * (1 - weight) + counts.pop(key, 0.0) * scale * weight

@@ -61,13 +61,19 @@ class RocksMemory:
     """RocksDB's memory for every partition database of the worker's tables, bounded twice:
     one block cache (data blocks, and the index and filter blocks of every SST file, so they
     cannot grow with the data on disk) and one write buffer manager (all memtables). A partition
-    database's memtable is a quarter of the budget; near the budget the largest is flushed, and
-    a write that would pass it waits for the flush (a hard bound, not a hint), so buffered spans
-    beyond it wait on disk instead of in memory."""
+    database's memtable is a quarter of the budget; past the budget memtables are flushed, so
+    buffered spans beyond it wait on disk instead of in memory.
+
+    Writes never wait for that flush (no stall): with the write buffer manager shared by many
+    partition databases, a stalled write waits for memory held by memtables of *other*
+    databases, which only their own writes would flush. Under load, after a rebalance, a
+    worker stalled that way forever, holding the interpreter lock: no logs, no heartbeats, no
+    signal handling. The bound is therefore a flush trigger; memtables can pass it by what is
+    written while a flush runs."""
 
     def __init__(self, block_cache: int, write_buffers: int) -> None:
         self.cache = rocksdict.Cache(block_cache)
-        self.write_buffers = rocksdict.WriteBufferManager(write_buffers, True)
+        self.write_buffers = rocksdict.WriteBufferManager(write_buffers, False)
         self.memtable_size = max(write_buffers // 4, 256 * 1024)
 
     def configure(self, options: rocksdict.Options) -> None:

@@ -14,8 +14,10 @@ from tests.faults.scenario import Scenario, Step
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
-GOAL = 100  # traces per second, for the group
-RATE = 2000  # traces per second offered
+# The 100 of 2,000 traces/s, scaled to what this 2-core machine (three workers, the
+# broker and the traffic generator on it) sustains with these 3-part traces: the same 1:20.
+GOAL = 30  # traces per second, for the group
+RATE = 600  # traces per second offered
 DURATION = 300
 WINDOW = 10
 

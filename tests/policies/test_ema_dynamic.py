@@ -132,3 +132,9 @@ def test_inside_a_combining_policy_a_kept_trace_carries_its_keys_probability(
         nested, alone = engine.decide(trace, now), inner.decide(trace, now)
         assert nested.kept == alone.kept
         assert nested.probability == pytest.approx(alone.probability)
+
+
+def test_keys_seen_at_most_once_all_keep_everything() -> None:
+    from policies.adaptive import log_allocation
+
+    assert log_allocation(5.0, {"a": 1.0, "b": 0.5, "c": 1.0}) == {"a": 1.0, "b": 1.0, "c": 1.0}
