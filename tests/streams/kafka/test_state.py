@@ -88,7 +88,7 @@ def make_store(
     return TableStore(table, producer, writable, memory), producer
 
 
-def test_memtables_of_all_partitions_stay_under_the_write_buffer_budget(tmp_path: Path) -> None:
+def test_memtables_of_all_partitions_stay_near_the_write_buffer_budget(tmp_path: Path) -> None:
     budget = 4 * 1024 * 1024
     memory = RocksMemory(block_cache=1024 * 1024, write_buffers=budget)
     store, _ = make_store(tmp_path, memory=memory)
@@ -98,9 +98,10 @@ def test_memtables_of_all_partitions_stay_under_the_write_buffer_budget(tmp_path
         store.put(partition, key, value)
         written.append((partition, key, value))
         peak = max(peak, memory.usage()["memtables"])
-    # Writers wait for a flush rather than pass the budget by more than the write that
-    # reached it (Faust's defaults would have kept all 48 MiB in memtables) ...
-    assert peak <= budget + 128 * 1024
+    # Past the budget memtables are flushed; writes do not wait for the flush (a stall
+    # shared by many databases can last forever), so they pass it by what arrives while the
+    # flush runs, not by the 44 MiB Faust's defaults would have kept in memtables ...
+    assert peak <= 2 * budget
     assert memory.usage()["block_cache"] <= 1024 * 1024
     # ... and everything is still there, read back from disk through the shared cache.
     assert all(store.get(p, k) == v for p, k, v in written[::97])
