@@ -226,13 +226,13 @@ class EmaCounts:
 
     def load(self, doc: Mapping[str, Any]) -> None:
         """Continue from a `dump` (of this sampler, perhaps with other settings)."""
-        self.current = {str(k): float(v) for k, v in doc["current"].items()}
-        self.counting_since = None
+        # The averages and rates carry on; counting starts again here, with a whole interval
+        # of its own (what the previous owner counted since its last update is not known, and
+        # scaling a few seconds of counts to an interval would misread the traffic).
+        self.current, self.counting_since, self.started = {}, None, None
         self.averages = {str(k): float(v) for k, v in doc["averages"].items()}
-        started = doc["started"]
-        self.started = None if started is None else float(started)
         self.intervals = int(doc["intervals"])
-        self.burst_sum = float(doc["burst_sum"])
+        self.burst_sum = 0.0
         self.burst_threshold = float(doc["burst_threshold"])
         self.updated = bool(doc["updated"])
 
