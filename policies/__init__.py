@@ -14,12 +14,13 @@ from policies.engine import (
     build_engine,
     build_sub_policies,
 )
-from policies.model import Decision, Match, NoFields, Policy, StatelessPolicy, Verdict
+from policies.model import Chance, Decision, Match, NoFields, Policy, StatelessPolicy, Verdict
 from policies.registry import ENTRY_POINT_GROUP, installed_policies, load_policy_class
 from policies.trace import TraceView, any_value_to_python
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "Chance",
     "Decision",
     "Match",
     "NoFields",

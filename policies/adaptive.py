@@ -23,7 +23,7 @@ from typing import Any, Final, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from policies.hashing import fnv1a_64, ratio_threshold
-from policies.model import Match, Policy, Verdict
+from policies.model import Chance, Match, Policy, Verdict
 from policies.trace import TraceView
 
 __all__ = [
@@ -176,6 +176,10 @@ class RateTable:
         """The current rate of every key in the table."""
         return {key: rate for key, (rate, _) in self._thresholds.items()}
 
+    def chance(self, key: str) -> Chance:
+        """A trace of `key` is kept with probability 1 / the key's rate."""
+        return Chance(1 / self._thresholds.get(key, self._default)[0], frozenset({self.seed}))
+
     def decide(self, key: str, trace_id: bytes) -> tuple[Verdict, Match | None]:
         """SAMPLED with probability 1 / the key's rate, by the trace ID's hash."""
         rate, threshold = self._thresholds.get(key, self._default)
@@ -312,6 +316,8 @@ class PartitionedSampler(Policy, Generic[State]):
     def __init__(self, name: str, config: KeyFields) -> None:
         super().__init__(name, config)
         self.key_config = config
+        self._keys = tuple(config.key_fields)
+        self._length = config.use_trace_length
         self.total = 1
         self.parts: dict[int, State] = {}
         self.dirty: set[int] = set()  # partitions whose state changed since `state` was read
@@ -324,6 +330,15 @@ class PartitionedSampler(Policy, Generic[State]):
 
     def _load(self, doc: Mapping[str, Any]) -> State:
         raise NotImplementedError
+
+    def _table(self, state: State) -> RateTable:
+        raise NotImplementedError
+
+    def chance(self, trace: TraceView, now: float) -> Chance:
+        """The rate of the trace's key in its partition, as last computed (nothing counted)."""
+        state = self.parts.get(trace.partition)
+        table = self._table(self._fresh() if state is None else state)
+        return table.chance(sampler_key(trace, self._keys, self._length))
 
     def part(self, partition: int) -> State:
         """The state of `partition` (fresh the first time)."""
@@ -399,8 +414,6 @@ class EmaSampler(PartitionedSampler[tuple[EmaCounts, RateTable]]):
     def __init__(self, name: str, config: EmaFields) -> None:
         super().__init__(name, config)
         self.fields = config
-        self._keys = tuple(config.key_fields)
-        self._length = config.use_trace_length
 
     def goal_count(self, averages: Mapping[str, float]) -> float:
         """Traces one partition should keep per adjustment interval."""
@@ -420,6 +433,9 @@ class EmaSampler(PartitionedSampler[tuple[EmaCounts, RateTable]]):
     def _dump(self, state: tuple[EmaCounts, RateTable]) -> dict[str, Any]:
         counts, table = state
         return {"counts": counts.dump(), "table": table.dump()}
+
+    def _table(self, state: tuple[EmaCounts, RateTable]) -> RateTable:
+        return state[1]
 
     def _load(self, doc: Mapping[str, Any]) -> tuple[EmaCounts, RateTable]:
         counts, table = self._fresh()

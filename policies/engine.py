@@ -10,7 +10,8 @@ applied to its keep verdicts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from policies.errors import ErrorLocation, PolicyConfigError
 from policies.hashing import fnv1a_64, ratio_threshold
-from policies.model import Decision, Match, Policy, Verdict
+from policies.model import NO_CHANCE, Chance, Decision, Match, Policy, Verdict
 from policies.registry import load_policy_class
 from policies.trace import TraceView
 
@@ -29,6 +30,7 @@ __all__ = [
     "SubPolicy",
     "build_engine",
     "build_sub_policies",
+    "inclusion",
 ]
 
 _SAMPLED: Final = Verdict.SAMPLED
@@ -40,6 +42,7 @@ _DROPPED: Final = Decision(kept=False, policy=None, probability=0.0)
 
 Evaluate = Callable[[TraceView, float], Verdict]
 EvaluateMatch = Callable[[TraceView, float], tuple[Verdict, float]]
+ChanceOf = Callable[[TraceView, float], Chance]
 
 
 class PolicySettings(BaseModel):
@@ -71,6 +74,8 @@ class SubPolicy:
     match: EvaluateMatch
     """Like ``evaluate``, also giving this trace's probability of a keep (``probability``
     unless the policy explains its matches per trace)."""
+    chance: ChanceOf
+    """The policy's ``chance`` with its ``sample_percentage`` applied (one more draw)."""
 
     @property
     def name(self) -> str:
@@ -103,8 +108,31 @@ class _Explained:
 
 # One evaluation step: evaluate, sample_percentage seed and threshold (None at 100 %), the
 # decision if it keeps (or the adapter that makes it), whether no later policy needs to run
-# once this one kept the trace, and the policy name for error counts.
-_Slot = tuple[Evaluate, int, "int | None", "Decision | _Explained", bool, str]
+# once this one kept the trace, the policy name for error counts, and its place.
+_Slot = tuple[Evaluate, int, "int | None", "Decision | _Explained", bool, str, int]
+# For the inclusion probability of a trace kept by a draw: the policy's chance (None for one
+# that can veto: its keeps are conditional on the others), and whether it draws at random.
+_Chancer = tuple["ChanceOf | None", bool]
+
+
+def inclusion(chances: Iterable[Chance]) -> float:
+    """The probability that at least one of `chances` keeps the trace. Chances drawn from the
+    same hashes keep nested sets (the largest counts); different hashes draw independently.
+    Exact for policies that draw one hash each; for ones that share only some of their
+    hashes (``and`` of two draws beside one of them), the independent estimate."""
+    largest: dict[frozenset[int], float] = {}
+    for chance in chances:
+        if chance.probability >= 1:
+            return 1.0
+        if chance.probability > 0:
+            known = largest.get(chance.draws, 0.0)
+            largest[chance.draws] = max(known, chance.probability)
+    if len(largest) <= 1:
+        return max(largest.values(), default=0.0)  # exactly, not 1 - (1 - p)
+    missed = 1.0
+    for probability in largest.values():
+        missed *= 1 - probability
+    return 1 - missed
 
 
 class PolicyEngine:
@@ -118,7 +146,7 @@ class PolicyEngine:
     nor keep state are skipped: they cannot change the decision.
     """
 
-    __slots__ = ("policies", "sample_percentages", "evaluation_errors", "_slots")
+    __slots__ = ("policies", "sample_percentages", "evaluation_errors", "_slots", "_chancers")
 
     def __init__(
         self, policies: Sequence[Policy], sample_percentages: Mapping[str, float] | None = None
@@ -136,6 +164,7 @@ class PolicyEngine:
         ordered += [p for p in policies if not p.evaluated_first]
         needed = [p.may_veto() or p.keeps_state() for p in ordered]
         slots: list[_Slot] = []
+        chancers: list[_Chancer] = []
         for index, policy in enumerate(ordered):
             percentage = self.sample_percentages[policy.name]
             threshold = None if percentage >= 100 else ratio_threshold(percentage / 100)
@@ -151,15 +180,19 @@ class PolicyEngine:
                 kept = Decision(True, policy.name, probability, None, known)
             seed = fnv1a_64(policy.name.encode())
             last = not any(needed[index + 1 :])
-            slots.append((evaluate, seed, threshold, kept, last, policy.name))
+            slots.append((evaluate, seed, threshold, kept, last, policy.name, index))
+            chance = None if policy.may_veto() else _chanced(policy, percentage)
+            chancers.append((chance, policy.draws_at_random() or threshold is not None))
         self._slots: Final = tuple(slots)
+        self._chancers: Final = tuple(chancers)
 
     def decide(self, trace: TraceView, now: float) -> Decision:
         """Evaluate the policies on ``trace`` at time ``now`` (Unix seconds) and decide."""
         sampled: Decision | _Explained | None = None
         inverted: Decision | _Explained | None = None
         not_sampled = vetoed = False
-        for evaluate, seed, threshold, kept, last, name in self._slots:
+        keeper = 0
+        for evaluate, seed, threshold, kept, last, name, index in self._slots:
             try:
                 verdict = evaluate(trace, now)
             except Exception:
@@ -172,6 +205,7 @@ class PolicyEngine:
                 elif verdict is _SAMPLED:
                     if sampled is None:
                         sampled = kept
+                        keeper = index
                         if last:
                             break
                 elif inverted is None:
@@ -187,10 +221,47 @@ class PolicyEngine:
         if vetoed:
             return _DROPPED
         if sampled is not None:
-            return sampled if isinstance(sampled, Decision) else sampled.decision()
+            decision = sampled if isinstance(sampled, Decision) else sampled.decision()
+            if decision.probability < 1 and len(self._chancers) > 1:
+                return self._included(trace, now, decision, keeper)
+            return decision
         if inverted is not None and not not_sampled:
             return inverted if isinstance(inverted, Decision) else inverted.decision()
         return _DROPPED
+
+    def _included(self, trace: TraceView, now: float, decision: Decision, keeper: int) -> Decision:
+        """`decision`, kept by a draw, with the probability that any policy keeps the trace:
+        a VIP trace kept by a 50 % rule that a 10 % rule for all traces could also have kept
+        has 1 − 0.5 × 0.9 = 0.55, not 0.5. Policies before the keeper that draw nothing did
+        not keep the trace and are not asked again."""
+        chances = []
+        for index, (chance, draws) in enumerate(self._chancers):
+            if index == keeper:
+                chances.append(self._keeper_chance(trace, now, decision, keeper))
+            elif chance is not None and (index > keeper or draws):
+                try:
+                    chances.append(chance(trace, now))
+                except Exception:
+                    name = self._slots[index][5]
+                    self.evaluation_errors[name] = self.evaluation_errors.get(name, 0) + 1
+        probability = inclusion(chances)
+        if probability == decision.probability:
+            return decision
+        return dataclasses.replace(decision, probability=probability)
+
+    def _keeper_chance(
+        self, trace: TraceView, now: float, decision: Decision, keeper: int
+    ) -> Chance:
+        """The keeping policy's chance: its own account of its draws, or, for a policy that
+        gives none (a plugin), the decision's probability drawn by its name's hash."""
+        chance = self._chancers[keeper][0]
+        try:
+            found = chance(trace, now) if chance is not None else NO_CHANCE
+        except Exception:
+            found = NO_CHANCE
+        if found.probability == decision.probability:
+            return found
+        return Chance(decision.probability, frozenset({self._slots[keeper][1]}))
 
     def adopt_state(self, previous: PolicyEngine) -> dict[str, bool]:
         """Hand each policy the learned state of the policy of the same name in `previous`
@@ -275,8 +346,25 @@ def build_sub_policies(raw: Sequence[Mapping[str, object]]) -> tuple[SubPolicy, 
     for policy, percentage in _build_policies(raw):
         probability = policy.probability() * percentage / 100
         thinned = _thinned(policy, percentage)
-        subs.append(SubPolicy(policy, thinned, probability, _matched(policy, percentage, thinned)))
+        matched = _matched(policy, percentage, thinned)
+        subs.append(SubPolicy(policy, thinned, probability, matched, _chanced(policy, percentage)))
     return tuple(subs)
+
+
+def _chanced(policy: Policy, percentage: float) -> ChanceOf:
+    chance = policy.chance
+    if percentage >= 100:
+        return chance
+    share = percentage / 100
+    seed = frozenset({fnv1a_64(policy.name.encode())})
+
+    def thinned(trace: TraceView, now: float) -> Chance:
+        base = chance(trace, now)
+        if base.probability <= 0:
+            return NO_CHANCE
+        return Chance(base.probability * share, base.draws | seed)
+
+    return thinned
 
 
 def _matched(policy: Policy, percentage: float, thinned: Evaluate) -> EvaluateMatch:

@@ -6,13 +6,16 @@ from __future__ import annotations
 import abc
 import enum
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from pydantic import BaseModel, ConfigDict
 
+from policies.hashing import fnv1a_64
 from policies.trace import TraceView
 
 __all__ = [
+    "NO_CHANCE",
+    "Chance",
     "Decision",
     "Match",
     "NoFields",
@@ -46,6 +49,9 @@ def match_verdict(matched: bool, invert: bool) -> Verdict:
     return Verdict.SAMPLED if matched else Verdict.NOT_SAMPLED
 
 
+_KEEPS: Final = frozenset({Verdict.SAMPLED, Verdict.INVERTED_SAMPLED})
+
+
 class NoFields(BaseModel):
     """The configuration of a policy that takes no fields of its own."""
 
@@ -62,6 +68,22 @@ class Match:
     probability: float
     """The probability with which such a trace is kept (a sub-policy's ``probability()``
     times its ``sample_percentage``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Chance:
+    """How likely a policy is to keep a trace over its random draws (hashes of the trace ID),
+    everything else about the trace being given: a policy that keeps 10 % of the VIP traces
+    has a chance of 0.1 on a VIP trace, whether or not its draw kept this one, and of 0 on any
+    other trace."""
+
+    probability: float
+    draws: frozenset[int] = frozenset()
+    """The hashes drawn, by their seed (the FNV-1a state after the salt): policies that draw
+    the same hash keep nested sets of traces; different hashes draw independently."""
+
+
+NO_CHANCE: Final = Chance(0.0)
 
 
 class Policy(abc.ABC):
@@ -109,6 +131,32 @@ class Policy(abc.ABC):
         the engine then reports that probability. See :meth:`explains_match`.
         """
         return self.evaluate(trace, now), None
+
+    def draws_at_random(self) -> bool:
+        """Whether a keep of this policy is drawn at random (by a hash of the trace ID), so a
+        trace it did not keep may still have had a chance (see :meth:`chance`). By default,
+        whether its probability is below 1 or it explains its matches."""
+        return self.probability() < 1 or self.explains_match()
+
+    def chance(self, trace: TraceView, now: float) -> Chance:
+        """The probability that this policy keeps `trace`, over its random draws only (see
+        :class:`Chance`); must change no state. The engine asks it of the other policies when
+        a trace was kept by a draw, to write the trace's real inclusion probability.
+
+        The default: for a stateless policy, its verdict (a keep has :meth:`probability`,
+        drawn by the hash of the policy's name); for one that keeps state (rate limits,
+        ``composite``), no chance: its keeps depend on the traffic before, not on the trace,
+        and are not counted. Policies that draw at random override it (``probabilistic``,
+        ``and``, the adaptive samplers).
+        """
+        if self.keeps_state():
+            return NO_CHANCE
+        if self.evaluate(trace, now) not in _KEEPS:
+            return NO_CHANCE
+        probability = self.probability()
+        if probability >= 1:
+            return Chance(1.0)
+        return Chance(probability, frozenset({fnv1a_64(self.name.encode())}))
 
     def explains_match(self) -> bool:
         """Whether the engine must ask :meth:`evaluate_match` rather than :meth:`evaluate`:
@@ -180,8 +228,9 @@ class Decision:
     """The engine's conclusion for one trace.
 
     ``policy`` is the first policy (in configuration order) whose verdict kept the trace and
-    ``probability`` the chance with which it keeps such a trace (its own probability times its
-    ``sample_percentage``); both are ``None`` and ``0.0`` when the trace is dropped.
+    ``probability`` the chance with which such a trace is kept: that policy's probability times
+    its ``sample_percentage``, or, when other policies could have kept it too, the chance that
+    any of them does (see ``Policy.chance``); ``None`` and ``0.0`` when the trace is dropped.
     ``sub_policy`` names the sub-policy of a ``composite`` that matched, else ``None``.
     """
 

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from policies.engine import build_sub_policies
-from policies.model import Match, Policy, Verdict
+from policies.model import NO_CHANCE, Chance, Match, Policy, Verdict
 from policies.trace import TraceView
 
 __all__ = ["And", "AndConfig"]
@@ -73,6 +73,21 @@ class And(Policy):
                 return Verdict.NOT_SAMPLED, None
             probability *= chance
         return Verdict.SAMPLED, Match(None, probability)
+
+    def chance(self, trace: TraceView, now: float) -> Chance:
+        """The product of the sub-policies' chances on this trace; of sub-policies drawing
+        the same hash, only the smallest counts (their keeps are nested)."""
+        smallest: dict[frozenset[int], float] = {}
+        for sub in self.sub_policies:
+            chance = sub.chance(trace, now)
+            if chance.probability <= 0:
+                return NO_CHANCE
+            known = smallest.get(chance.draws, 1.0)
+            smallest[chance.draws] = min(known, chance.probability)
+        probability = 1.0
+        for value in smallest.values():
+            probability *= value
+        return Chance(probability, frozenset().union(*smallest))
 
     def probability(self) -> float:
         """The product of the sub-policies' probabilities (independent draws)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from policies.hashing import fnv1a_64, ratio_threshold
-from policies.model import StatelessPolicy, Verdict
+from policies.model import Chance, StatelessPolicy, Verdict
 from policies.trace import TraceView
 
 __all__ = ["DEFAULT_HASH_SALT", "Probabilistic", "ProbabilisticConfig"]
@@ -52,3 +52,8 @@ class Probabilistic(StatelessPolicy):
     def probability(self) -> float:
         """Return ``sampling_percentage / 100``."""
         return self._probability
+
+    def chance(self, trace: TraceView, now: float) -> Chance:
+        """Every trace has the same chance, drawn by the salt's hash: two ``probabilistic``
+        policies with the same salt keep nested sets of traces."""
+        return Chance(self._probability, frozenset({self._seed}))

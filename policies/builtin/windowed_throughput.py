@@ -65,8 +65,6 @@ class WindowedThroughput(PartitionedSampler[Window]):
         lookback = config.lookback_frequency or 30 * config.update_frequency
         self._steps = max(1, round(lookback / config.update_frequency))
         self._max_keys = config.max_keys
-        self._keys = tuple(config.key_fields)
-        self._length = config.use_trace_length
 
     def _fresh(self) -> Window:
         return Window(RateTable(self.name, 1.0))
@@ -74,6 +72,9 @@ class WindowedThroughput(PartitionedSampler[Window]):
     def _dump(self, state: Window) -> dict[str, Any]:
         steps = [[step, counts] for step, counts in state.steps]
         return {"steps": steps, "current": state.current, "table": state.table.dump()}
+
+    def _table(self, state: Window) -> RateTable:
+        return state.table
 
     def _load(self, doc: Mapping[str, Any]) -> Window:
         window = self._fresh()
