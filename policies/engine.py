@@ -146,7 +146,15 @@ class PolicyEngine:
     nor keep state are skipped: they cannot change the decision.
     """
 
-    __slots__ = ("policies", "sample_percentages", "evaluation_errors", "_slots", "_chancers")
+    __slots__ = (
+        "policies",
+        "sample_percentages",
+        "evaluation_errors",
+        "_slots",
+        "_chancers",
+        "_known",
+        "_stateful",
+    )
 
     def __init__(
         self, policies: Sequence[Policy], sample_percentages: Mapping[str, float] | None = None
@@ -185,6 +193,11 @@ class PolicyEngine:
             chancers.append((chance, policy.draws_at_random() or threshold is not None))
         self._slots: Final = tuple(slots)
         self._chancers: Final = tuple(chancers)
+        self._known: Final = {p.name: p.probability_known() for p in policies}
+        # The policies (nested ones too, by path) that keep learned state per partition.
+        self._stateful: Final = tuple(
+            (path, p) for path, p in _named(policies) if type(p).state is not Policy.state
+        )
 
     def decide(self, trace: TraceView, now: float) -> Decision:
         """Evaluate the policies on ``trace`` at time ``now`` (Unix seconds) and decide."""
@@ -280,10 +293,7 @@ class PolicyEngine:
     def probability_known(self, name: str) -> bool:
         """Whether the keeps of the top-level policy `name` have a known probability (True
         for a name this engine does not have)."""
-        for policy in self.policies:
-            if policy.name == name:
-                return policy.probability_known()
-        return True
+        return self._known.get(name, True)
 
     def set_partitions(self, owned: frozenset[int], total: int) -> None:
         """Tell every policy the partitions this worker owns (see ``Policy.set_partitions``)."""
@@ -294,7 +304,7 @@ class PolicyEngine:
         """Per policy path (``outer/inner`` for nested ones), the state of `partition` that
         changed since last asked."""
         out = {}
-        for path, policy in _named(self.policies):
+        for path, policy in self._stateful:
             data = policy.state(partition)
             if data is not None:
                 out[path] = data

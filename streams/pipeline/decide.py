@@ -417,15 +417,13 @@ class PolicySets:
     def adopt_state(self, previous: PolicySets) -> dict[str, bool]:
         """Each engine takes over the learned state of the engine it replaces (the same
         tenant's); returns per ``tenant:policy path`` whether the state was taken over."""
-        outcome = {
-            f"*:{path}": adopted
-            for path, adopted in self.default.adopt_state(previous.default).items()
-        }
-        for tenant, engine in self.by_tenant.items():
-            old = previous.by_tenant.get(tenant)
+        before = previous._engines()
+        outcome = {}
+        for tenant, engine in self._engines().items():
+            old = before.get(tenant)
             if old is not None:
                 for path, adopted in engine.adopt_state(old).items():
-                    outcome[f"{tenant}:{path}"] = adopted
+                    outcome[f"{tenant or '*'}:{path}"] = adopted
         return outcome
 
     def set_partitions(self, owned: frozenset[int], total: int) -> None:
