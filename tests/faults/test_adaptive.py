@@ -4,6 +4,7 @@ learned rates nor keep a burst."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -14,10 +15,11 @@ from tests.faults.scenario import Scenario, Step
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
-# The issue's 100 of 2,000 traces/s, scaled to what this 2-core machine (three workers, the
-# broker and the traffic generator on it) sustains with these 3-part traces: the same 1:20.
-GOAL = 30  # traces per second, for the group
-RATE = 600  # traces per second offered
+# A goal of 1 in 20 of the traces offered: 100 of 2,000 traces/s with
+# CAUDAL_FAULTS_ADAPTIVE_RATE=2000; by default 30 of 600, what a 2-core machine (three
+# workers, the broker and the traffic generator on it) sustains beside the rest of the suite.
+RATE = int(os.environ.get("CAUDAL_FAULTS_ADAPTIVE_RATE", "600"))  # traces per second offered
+GOAL = RATE / 20  # traces per second kept, for the group
 DURATION = 300
 WINDOW = 10
 
