@@ -14,7 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from streams.config import ConfigError, ConfigSource, Settings, load_settings, parse_duration
+from streams.config import (
+    ConfigError,
+    ConfigSource,
+    Settings,
+    load_settings,
+    parse_duration,
+    parse_size,
+)
 
 __all__ = ["main"]
 
@@ -236,6 +243,51 @@ def cmd_decide(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backfill(args: argparse.Namespace) -> int:
+    """Re-decide a time range of the input topic with extra policies; export what they keep."""
+    from streams.devtools.backfill import Backfill, load_policies, write_summary
+
+    try:
+        settings = _settings(args)
+        engine = load_policies(Path(args.policies))
+        since, until = _time_range(args)
+    except (ConfigError, ValueError) as exc:
+        print(f"caudal backfill: {exc}", file=sys.stderr)
+        return 2
+    run = Backfill(
+        settings,
+        engine,
+        since,
+        until,
+        tenant=args.tenant,
+        dry_run=args.dry_run,
+        max_traces=args.max_traces,
+        max_bytes=args.max_bytes,
+        progress=None if args.quiet else sys.stderr,
+    )
+    try:
+        summary = run.run()
+    except RuntimeError as exc:
+        print(f"\ncaudal backfill: {exc}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(file=sys.stderr)
+    write_summary(summary, args.json)
+    return 0
+
+
+def _time_range(args: argparse.Namespace) -> tuple[float, float]:
+    """--since and --until (default now) as Unix seconds; ValueError if empty."""
+    from streams.devtools.replay import parse_time
+
+    now = time.time()
+    since = parse_time(args.since, now)
+    until = parse_time(args.until, now) if args.until else now
+    if until <= since:
+        raise ValueError(f"--until ({args.until or 'now'}) is not after --since ({args.since})")
+    return since, until
+
+
 def cmd_policies(args: argparse.Namespace) -> int:
     """List installed policy types and their configuration fields."""
     from policies import installed_policies
@@ -290,6 +342,28 @@ def _parser() -> argparse.ArgumentParser:
     with_config(p)
     p.add_argument("paths", nargs="*", help="OTLP/JSON or protobuf files; none or '-': stdin")
     p.set_defaults(func=cmd_decide)
+
+    p = sub.add_parser(
+        "backfill", help="re-decide a time range of the input topic with extra policies"
+    )
+    with_config(p)
+    p.add_argument("--since", required=True, help="ISO 8601 time, or before now: -30m, -2h")
+    p.add_argument("--until", help="the same (default: now)")
+    p.add_argument("--policies", required=True, help="YAML file of the backfill policies")
+    p.add_argument("--tenant", help="only this tenant's traces")
+    p.add_argument("--dry-run", action="store_true", help="print the summary, export nothing")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument(
+        "--max-traces", type=int, default=100_000, help="traces held at once (default 100000)"
+    )
+    p.add_argument(
+        "--max-bytes",
+        type=parse_size,
+        default=256 * 1024 * 1024,
+        help="span bytes held at once (default 256MiB)",
+    )
+    p.set_defaults(func=cmd_backfill)
 
     p = sub.add_parser("policies", help="list installed policy types")
     p.set_defaults(func=cmd_policies)

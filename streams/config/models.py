@@ -87,6 +87,11 @@ class KafkaConfig(_Model):
     )
     sampled_topic: str = Field(default="caudal-sampled", description="internal topic: kept traces")
     dlq_topic: str = Field(default="caudal-dlq", description="dead-letter topic (see Dead letters)")
+    backfill_topic: str = Field(
+        default="caudal-backfill",
+        description="compacted topic of the traces `caudal backfill` exported (see Incident "
+        "backfill)",
+    )
     group_id: str = Field(
         default="caudal", description="consumer group (and Faust app id) shared by the workers"
     )

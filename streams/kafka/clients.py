@@ -144,12 +144,20 @@ def make_producer(kafka: KafkaConfig, **extra: Any) -> Producer:
 
 
 def ensure_topics(
-    kafka: KafkaConfig, topics: Sequence[tuple[str, int]], timeout: float = 15.0
+    kafka: KafkaConfig,
+    topics: Sequence[tuple[str, int]],
+    timeout: float = 15.0,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> None:
-    """Create the topics that do not exist yet (name, partitions); existing ones are kept."""
+    """Create the topics that do not exist yet (name, partitions), with their `configs`
+    (topic name -> topic configuration, `cleanup.policy` say); existing ones are kept."""
     admin = AdminClient(client_config(kafka))
     existing = admin.list_topics(timeout=timeout).topics
-    wanted = [NewTopic(name, partitions) for name, partitions in topics if name not in existing]
+    wanted = [
+        NewTopic(name, partitions, config=dict((configs or {}).get(name, {})))
+        for name, partitions in topics
+        if name not in existing
+    ]
     if not wanted:
         return
     for name, future in admin.create_topics(wanted, operation_timeout=timeout).items():

@@ -57,6 +57,7 @@ __all__ = [
     "PolicySets",
     "Remembered",
     "decode_decisions",
+    "sampled_parts",
 ]
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,18 @@ def decode_decisions(partition: int, value: bytes) -> list[tuple[bytes, Remember
     if at != len(value):
         raise ValueError(f"a decision record of {len(value)} bytes whose decisions end at {at}")
     return out
+
+
+def sampled_parts(
+    tenant: bytes, value: bytes, spans: int, max_message_bytes: int
+) -> tuple[list[tuple[bytes, int]], bytes | None]:
+    """A kept trace as the `caudal-sampled` records it needs, (value, spans) each, and the
+    spans too large for any record (encoded), if some are."""
+    budget = max_message_bytes - RECORD_MARGIN - len(tenant) - len(SPAN_COUNT_HEADER) - 12
+    if len(value) <= budget:
+        return [(value, spans)], None
+    parts, too_large = split_request(ExportTraceServiceRequest.FromString(value), budget)
+    return parts, None if too_large is None else too_large.SerializeToString()
 
 
 def _record_number(key: bytes) -> int | None:
@@ -820,20 +833,15 @@ class Decider:
         tenant = key_tenant(key).encode()
 
         on_delivery = self._on_delivery(key, batch, "sampled")
-        budget = self.max_message_bytes - RECORD_MARGIN - len(tenant) - len(SPAN_COUNT_HEADER) - 12
-        if len(value) <= budget:
-            parts = [(value, spans)]
-        else:
-            request = ExportTraceServiceRequest.FromString(value)
-            parts, too_large = split_request(request, budget)
-            if too_large is not None:
-                self._dead_letter(
-                    key,
-                    too_large.SerializeToString(),
-                    "span_too_large",
-                    f"a kept span larger than kafka.max_message_bytes={self.max_message_bytes}",
-                    batch,
-                )
+        parts, too_large = sampled_parts(tenant, value, spans, self.max_message_bytes)
+        if too_large is not None:
+            self._dead_letter(
+                key,
+                too_large,
+                "span_too_large",
+                f"a kept span larger than kafka.max_message_bytes={self.max_message_bytes}",
+                batch,
+            )
         for value, count in parts:
             produce(
                 self.producer,

@@ -17,6 +17,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -62,6 +63,7 @@ from streams.wire.records import (
 from streams.wire.tracekey import tenant_problem
 
 __all__ = [
+    "DeadLetter",
     "DeadLetterSink",
     "SplitStage",
     "split_one",
@@ -81,11 +83,23 @@ SourcedFragment = tuple[bytes, bytes, int]
 Batch = dict[tuple[int, str], list[SourcedFragment]]
 
 
+class DeadLetter(Protocol):
+    """Where `split_one` sends what it cannot use (a `DeadLetterSink`, or a count)."""
+
+    def __call__(
+        self,
+        msg: RecordLike,
+        reason: str,
+        detail: str,
+        part: ExportTraceServiceRequest | None = None,
+    ) -> None: ...
+
+
 def split_messages(
     messages: Iterable[Message],
     settings: Settings,
     resolver: TenantResolver,
-    dead_letter: DeadLetterSink,
+    dead_letter: DeadLetter,
     meter: ExperimentMeter | None = None,
 ) -> Batch:
     """Decode and regroup a consumer batch: (partition, tenant) → fragments of its traces.
@@ -113,7 +127,7 @@ def split_one(
     msg: RecordLike,
     settings: Settings,
     resolver: TenantResolver,
-    dead_letter: DeadLetterSink,
+    dead_letter: DeadLetter,
     meter: ExperimentMeter | None,
     budget: int,
 ) -> list[tuple[tuple[int, str], str, int, list[SourcedFragment]]]:

@@ -35,6 +35,8 @@ class Truth:
     spans: dict[bytes, frozenset[bytes]] = field(default_factory=dict)
     keep: dict[bytes, bool] = field(default_factory=dict)
     born: dict[bytes, float] = field(default_factory=dict)  # seconds since traffic started
+    service: dict[bytes, str] = field(default_factory=dict)
+    started: float = 0.0  # Unix time the traffic started
 
 
 def _trace(rng: random.Random, kind: str, start_ns: int) -> tuple[bytes, list[Span]]:
@@ -58,12 +60,20 @@ def _trace(rng: random.Random, kind: str, start_ns: int) -> tuple[bytes, list[Sp
     return trace_id, spans
 
 
-def _request(spans: list[Span]) -> bytes:
-    resource = Resource(
-        attributes=[KeyValue(key="service.name", value=AnyValue(string_value="shop"))]
-    )
+def _request(parts: list[tuple[str, list[Span]]]) -> bytes:
+    by_service: dict[str, list[Span]] = defaultdict(list)
+    for service, spans in parts:
+        by_service[service].extend(spans)
     return ExportTraceServiceRequest(
-        resource_spans=[ResourceSpans(resource=resource, scope_spans=[ScopeSpans(spans=spans)])]
+        resource_spans=[
+            ResourceSpans(
+                resource=Resource(
+                    attributes=[KeyValue(key="service.name", value=AnyValue(string_value=name))]
+                ),
+                scope_spans=[ScopeSpans(spans=spans)],
+            )
+            for name, spans in by_service.items()
+        ]
     ).SerializeToString()
 
 
@@ -80,6 +90,7 @@ class Traffic(threading.Thread):
         seed: int = 1,
         tick: float = 0.1,
         pack: int = 40,
+        services: tuple[tuple[str, float], ...] = (("shop", 1.0),),
     ) -> None:
         super().__init__(name="fault-traffic", daemon=True)
         self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
@@ -90,30 +101,36 @@ class Traffic(threading.Thread):
         self.tick = tick
         self.pack = pack
         self.rng = random.Random(seed)
+        self.services = services
         self.truth = Truth()
         self.started = 0.0
         self.failed = 0
 
     def run(self) -> None:
         self.started = time.monotonic()
-        # (due time, sequence, part spans) waiting to be sent
-        queue: list[tuple[float, int, list[Span]]] = []
+        self.truth.started = time.time()
+        # (due time, sequence, service, part spans) waiting to be sent
+        queue: list[tuple[float, int, str, list[Span]]] = []
         sequence = 0
         born = 0.0
         kinds, weights = zip(*KINDS, strict=True)
+        names, shares = zip(*self.services, strict=True)
         while True:
             now = time.monotonic() - self.started
             if now < self.duration:
                 while born <= now:
                     kind = self.rng.choices(kinds, weights)[0]
-                    trace_id, spans = _trace(self.rng, kind, time.time_ns())
+                    service = self.rng.choices(names, shares)[0] if len(names) > 1 else names[0]
+                    start_ns = int((self.truth.started + born) * 1e9)
+                    trace_id, spans = _trace(self.rng, kind, start_ns)
                     self.truth.spans[trace_id] = frozenset(s.span_id for s in spans)
                     self.truth.keep[trace_id] = kind != "ok"
-                    self.truth.born[trace_id] = now
+                    self.truth.born[trace_id] = born
+                    self.truth.service[trace_id] = service
                     per_part = SPANS // PARTS
                     for part in range(PARTS):
                         chunk = spans[part * per_part : (part + 1) * per_part]
-                        queue.append((born + part * self.gap, sequence, chunk))
+                        queue.append((born + part * self.gap, sequence, service, chunk))
                         sequence += 1
                     born += 1.0 / self.rate
             queue.sort(key=lambda item: (item[0], item[1]))
@@ -122,8 +139,7 @@ class Traffic(threading.Thread):
                 due += 1
             ready, queue = queue[:due], queue[due:]
             for i in range(0, len(ready), self.pack):
-                spans = [span for _, _, part in ready[i : i + self.pack] for span in part]
-                self._send(_request(spans))
+                self._send(_request([(svc, part) for _, _, svc, part in ready[i : i + self.pack]]))
             if now >= self.duration and not queue:
                 break
             time.sleep(self.tick)
