@@ -229,6 +229,11 @@ def cmd_decide(args: argparse.Namespace) -> int:
     from streams.wire.otlp import BadInput
 
     settings = _settings(args)
+    if args.from_topic:
+        return _decide_from_topic(args, settings)
+    if args.since or args.current:
+        print("caudal decide: --since and --current go with --from-topic", file=sys.stderr)
+        return 2
     inputs = []
     for path in args.paths or ["-"]:
         if path == "-":
@@ -240,6 +245,38 @@ def cmd_decide(args: argparse.Namespace) -> int:
     except BadInput as exc:
         print(f"caudal decide: {exc.detail}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _decide_from_topic(args: argparse.Namespace, candidate: Settings) -> int:
+    from streams.devtools.compare import compare_from_topic, write_comparison
+
+    if not args.since or not args.current or args.paths:
+        print(
+            "caudal decide --from-topic: give --since and --current FILE, and no input files",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        current = load_settings(args.current)
+        since, until = _time_range(args)
+    except (ConfigError, ValueError) as exc:
+        print(f"caudal decide: {exc}", file=sys.stderr)
+        return 2
+    try:
+        comparison = compare_from_topic(
+            candidate,
+            current,
+            since,
+            until,
+            sample=args.sample,
+            tenant=args.tenant,
+            progress=None if args.quiet else sys.stderr,
+        )
+    except RuntimeError as exc:
+        print(f"caudal decide: {exc}", file=sys.stderr)
+        return 1
+    write_comparison(comparison, args.json)
     return 0
 
 
@@ -341,6 +378,21 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("decide", help="decide captured OTLP traces offline (a dry run)")
     with_config(p)
     p.add_argument("paths", nargs="*", help="OTLP/JSON or protobuf files; none or '-': stdin")
+    p.add_argument(
+        "--from-topic",
+        action="store_true",
+        help="instead: decide the input topic's retained traffic with -c (the candidate) "
+        "and --current side by side",
+    )
+    p.add_argument("--current", help="--from-topic: the configuration running now")
+    p.add_argument("--since", help="--from-topic: ISO 8601 time, or before now: -30m, -2h")
+    p.add_argument("--until", help="--from-topic: the same (default: now)")
+    p.add_argument("--tenant", help="--from-topic: only this tenant's traces")
+    p.add_argument(
+        "--sample", type=int, default=10, help="--from-topic: trace IDs listed per change"
+    )
+    p.add_argument("--json", action="store_true", help="--from-topic: one JSON object")
+    p.add_argument("--quiet", action="store_true", help="--from-topic: no progress line")
     p.set_defaults(func=cmd_decide)
 
     p = sub.add_parser(

@@ -212,6 +212,7 @@ def make_decider(
         decision.max_trace_bytes,
         decision.max_buffer_bytes,
         kafka.max_message_bytes,
+        decision.wait_after_root,
     )
     dc = decision.decision_cache
     cache = DecisionCache(

@@ -126,6 +126,11 @@ class DecisionConfig(_Model):
         "closes only once every input record stamped before its end has been read (see How a "
         "partition changes hands)",
     )
+    wait_after_root: Duration | None = Field(
+        default=None,
+        description="a trace whose root span arrived is decided this long after it, if "
+        "sooner than `wait` (the Collector's `decision_wait_after_root_received`; none: off)",
+    )
     max_traces: int = Field(
         default=200_000,
         ge=1,

@@ -151,6 +151,8 @@ class Replay:
                     "enable.auto.commit": False,
                     "enable.partition.eof": True,
                     "auto.offset.reset": "earliest",
+                    # Finding offsets reads single records: answer at once, not after 500 ms.
+                    "fetch.wait.max.ms": 10,
                 },
             )
         )

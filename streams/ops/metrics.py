@@ -117,7 +117,10 @@ class BatchHistogram(Histogram):
 
 DECISION_LAG = BatchHistogram(
     "caudal_decision_lag_seconds",
-    "Delay between a trace's decision time and the moment it was decided.",
+    "Delay between a trace's decision time and the moment it was decided, per window: `wait` "
+    "(decision.wait after its first record) or `after_root` (decision.wait_after_root after "
+    "its root span arrived).",
+    ["window"],
     # Fine around 1-2.5 s, where the alert (p99 over 2 s) and a healthy steady state sit.
     buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 2.5, 5, 10, 30, 60),
 )

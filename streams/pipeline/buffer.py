@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from policies import TraceView
 from streams.kafka.state import Store
 from streams.ops.metrics import BUFFER_BYTES, TRACES_BUFFERED, TRACES_DECIDED_EARLY
 from streams.wire.origin import (
@@ -47,7 +48,7 @@ from streams.wire.origin import (
     encode_origin,
 )
 from streams.wire.records import DEFAULT_MAX_MESSAGE_BYTES, RECORD_MARGIN
-from streams.wire.tracekey import parse_key
+from streams.wire.tracekey import key_trace_id, parse_key
 
 __all__ = [
     "FRAGMENT_OVERHEAD",
@@ -156,6 +157,7 @@ class Pending:
     size: int = 0
     origins: bytes = b""
     refs: bytes = b""  # per fragment: segment, offset, length (_REF)
+    after_root: bool = False  # decided `decision.wait_after_root` after its root arrived
 
     @property
     def fragments(self) -> int:
@@ -165,21 +167,36 @@ class Pending:
     def pack(self) -> bytes:
         """The entry as one bytes object: ~80 bytes of heap for a trace of one fragment,
         where the object and its fields take ~200."""
-        return _pack(self.deadline, self.size, self.origins, self.refs)
+        return _pack(self.deadline, self.size, self.origins, self.refs, self.after_root)
 
     @classmethod
     def unpack(cls, partition: int, packed: bytes) -> Pending:
         """Inverse of `pack`."""
-        deadline, size, count = _PACKED.unpack_from(packed)
+        deadline, size, count, after_root = _PACKED.unpack_from(packed)
         cut = _PACKED.size + count * ENTRY_BYTES
-        return cls(deadline, partition, size, packed[_PACKED.size : cut], packed[cut:])
+        rest = packed[_PACKED.size : cut], packed[cut:]
+        return cls(deadline, partition, size, *rest, bool(after_root))
 
 
-_PACKED = struct.Struct(">dIH")  # deadline, size, origin entries; then origins, then refs
+# deadline, size, origin entries, whether the deadline is the root's; then origins, then refs
+_PACKED = struct.Struct(">dIH?")
 
 
-def _pack(deadline: float, size: int, origins: bytes, refs: bytes) -> bytes:
-    return _PACKED.pack(deadline, size, len(origins) // ENTRY_BYTES) + origins + refs
+def _pack(
+    deadline: float, size: int, origins: bytes, refs: bytes, after_root: bool = False
+) -> bytes:
+    count = len(origins) // ENTRY_BYTES
+    return _PACKED.pack(deadline, size, count, after_root) + origins + refs
+
+
+def _holds_root(key: bytes, fragments: Sequence[Fragment]) -> bool:
+    """Whether one of the trace's `fragments` holds its root span (a span without a parent)."""
+    trace_id = key_trace_id(key)
+    return any(
+        TraceView.from_request(trace_id, fragment).has_root
+        for item_key, fragment, _ in fragments
+        if item_key == key
+    )
 
 
 def _deadline(packed: bytes) -> float:
@@ -301,9 +318,15 @@ class TraceBuffer:
         max_trace_bytes: int = 0,
         max_buffer_bytes: int = 0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        wait_after_root: float | None = None,
     ) -> None:
+        """`wait_after_root`: a trace whose root span arrived is due that long after it, if
+        that is sooner than `wait` after its first fragment (None: every trace waits `wait`)."""
         self.store = store
         self.wait = wait
+        self.wait_after_root = wait_after_root
+        # Per partition, traces due after their root arrived: (deadline, key), in order.
+        self.rooted: dict[int, deque[tuple[float, bytes]]] = {}
         self.limits = _Limits(max_traces, max_trace_bytes, max_buffer_bytes)
         self.segment_room = max_message_bytes - RECORD_MARGIN - _KEY.size
         # Per partition, packed entries (Pending.pack) in arrival order.
@@ -387,15 +410,21 @@ class TraceBuffer:
                 added[key] = (size + len(fragment) + _ENTRY_FIXED + len(key), refs + ref)
                 at += len(fragment)
         limit = self.limits.max_trace_bytes
+        after_root = self.wait_after_root
+        early = now + after_root if after_root is not None else None
         for key, (grown, refs) in added.items():
             packed = queue.get(key)
             if packed is None:
-                size, deadline, held_refs = grown, now + self.wait, b""
+                size, deadline, held_refs, rooted = grown, now + self.wait, b"", False
                 self.count += 1
             else:
                 entry = Pending.unpack(partition, packed)
                 size, deadline, held_refs = entry.size + grown, entry.deadline, entry.refs
-            queue.put(key, _pack(deadline, size, applied[key], held_refs + refs))
+                rooted = entry.after_root
+            if early is not None and early < deadline and _holds_root(key, taken):
+                deadline, rooted = early, True
+                self.rooted.setdefault(partition, deque()).append((early, key))
+            queue.put(key, _pack(deadline, size, applied[key], held_refs + refs, rooted))
             self.bytes += grown
             if limit and size > limit:
                 self.oversize.setdefault(partition, {})[key] = None
@@ -439,6 +468,7 @@ class TraceBuffer:
             if not queue:
                 continue
             mark = clock if isinstance(clock, float | int) else clock(partition)
+            self._take_rooted(partition, queue, mark, limit, due)
             while queue and len(due) < limit:
                 key, packed = queue.popleft()
                 if _deadline(packed) > mark:
@@ -486,6 +516,22 @@ class TraceBuffer:
         self.bytes -= taken
         self._observe()
         return due
+
+    def _take_rooted(
+        self,
+        partition: int,
+        queue: Queue,
+        mark: float,
+        limit: int,
+        due: list[tuple[bytes, Pending]],
+    ) -> None:
+        """Traces of `partition` due `wait_after_root` after their root arrived."""
+        rooted = self.rooted.get(partition)
+        while rooted and rooted[0][0] <= mark and len(due) < limit:
+            _, key = rooted.popleft()
+            packed = queue.pop(key)  # None: decided already (by its window, or a bound)
+            if packed is not None:
+                due.append((key, Pending.unpack(partition, packed)))
 
     def _take_oversize(
         self, chosen: list[int], limit: int, due: list[tuple[bytes, Pending]]
@@ -638,6 +684,7 @@ class TraceBuffer:
         for partition in partitions:
             queue = self.queues.pop(partition, None)
             self.oversize.pop(partition, None)
+            self.rooted.pop(partition, None)
             self.segments.pop(partition, None)
             self.next_segment.pop(partition, None)
             if queue:

@@ -490,6 +490,7 @@ class DecidedBatch:
     without_root: int = 0
     orphans: int = 0
     lags: list[float] = field(default_factory=list)
+    lags_after_root: list[float] = field(default_factory=list)
 
     def count(self) -> None:
         """Add the batch's counts to the metrics."""
@@ -499,8 +500,10 @@ class DecidedBatch:
             TRACES_WITHOUT_ROOT.inc(self.without_root)
         if self.orphans:
             ORPHAN_SPANS.inc(self.orphans)
-        DECISION_LAG.observe_many(self.lags)
-        self.counts, self.without_root, self.orphans, self.lags = {}, 0, 0, []
+        DECISION_LAG.labels("wait").observe_many(self.lags)
+        DECISION_LAG.labels("after_root").observe_many(self.lags_after_root)
+        self.counts, self.without_root, self.orphans = {}, 0, 0
+        self.lags, self.lags_after_root = [], []
 
 
 class Decider:
@@ -634,7 +637,8 @@ class Decider:
             self._produce(key, value, view.span_count, batch)
         labels = (policy, "kept", label) if kept else ("none", "dropped", label)
         batch.counts[labels] = batch.counts.get(labels, 0) + 1
-        batch.lags.append(max(0.0, now - entry.deadline))
+        lags = batch.lags_after_root if entry.after_root else batch.lags
+        lags.append(max(0.0, now - entry.deadline))
         return Remembered(now, entry.partition, kept, policy, probability, tenant, trace.origins)
 
     def _parse(

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from policies import TraceView, build_engine
 from streams.devtools.broker import LocalBroker
 from tests.faults.traffic import Received, Traffic, Truth, read_backend
 from tests.integration.harness import Pipeline, WorkerProcess, wait_for
@@ -44,15 +45,18 @@ BACKFILL_POLICIES = [
 ]
 
 
+# A candidate that adds one policy: it keeps a share of what the pipeline drops, except the
+# `search` traces (the drop policy still wins).
+ADDED = {"name": "some-more", "type": "probabilistic", "sampling_percentage": 30, "hash_salt": "x"}
+
+
 def iso(when: float) -> str:
     return datetime.fromtimestamp(when, UTC).isoformat()
 
 
-def backfill(pipeline: Pipeline, policies: Path, since: float, until: float, *extra: str) -> Any:
+def caudal(*args: str) -> Any:
     done = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "backfill", "-c", str(pipeline.path)]
-        + ["--since", iso(since), "--until", iso(until), "--policies", str(policies)]
-        + ["--json", "--quiet", *extra],
+        [sys.executable, "-m", "streams.cli", *args, "--json", "--quiet"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -61,13 +65,20 @@ def backfill(pipeline: Pipeline, policies: Path, since: float, until: float, *ex
     return json.loads(done.stdout)
 
 
+def backfill(pipeline: Pipeline, policies: Path, since: float, until: float, *extra: str) -> Any:
+    return caudal(
+        *("backfill", "-c", str(pipeline.path), "--policies", str(policies)),
+        *("--since", iso(since), "--until", iso(until), *extra),
+    )
+
+
 def settled(worker: WorkerProcess) -> bool:
     return (
         worker.total("caudal_traces_buffered") == 0 and worker.total("caudal_exporter_backlog") == 0
     )
 
 
-def run_backfill_case(broker: LocalBroker, root: Path, segment: float) -> None:
+def run_backfill_case(broker: LocalBroker, root: Path, segment: float, show: bool = False) -> None:
     backend = f"backend-{root.name[-12:]}"
     pipeline = Pipeline(
         broker,
@@ -101,7 +112,18 @@ def run_backfill_case(broker: LocalBroker, root: Path, segment: float) -> None:
         search = {t for t in in_range if truth.service[t] == "search"}
         kept_before = {t for t in truth.spans if t in before.spans}
         assert kept_before and search
+        check_comparison(pipeline, root, since, until, in_range, kept_before, truth)
 
+        if show:  # the summary as a reader sees it
+            text = subprocess.run(
+                [sys.executable, "-m", "streams.cli", "backfill", "-c", str(pipeline.path)]
+                + ["--policies", str(policies), "--since", iso(since), "--until", iso(until)]
+                + ["--dry-run", "--quiet"],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            print(text.stdout)
         predicted = backfill(pipeline, policies, since, until, "--dry-run")
         summary = backfill(pipeline, policies, since, until)
         print(f"dry run: {predicted}\nrun: {summary}")
@@ -124,6 +146,44 @@ def run_backfill_case(broker: LocalBroker, root: Path, segment: float) -> None:
         pipeline.stop()
 
 
+def check_comparison(
+    pipeline: Pipeline,
+    root: Path,
+    since: float,
+    until: float,
+    in_range: set[bytes],
+    kept: set[bytes],
+    truth: Truth,
+) -> None:
+    """`caudal decide --from-topic` with a candidate adding one policy: its current column is
+    what the worker kept, and it names exactly the traces the added policy adds."""
+    candidate = root / "candidate.yaml"
+    config = {**pipeline.config, "policies": [*PIPELINE_POLICIES, ADDED]}
+    candidate.write_text(yaml.safe_dump(config))
+    report = caudal(
+        *("decide", "-c", str(candidate), "--from-topic", "--current", str(pipeline.path)),
+        *("--since", iso(since), "--until", iso(until), "--sample", "100000"),
+    )
+    tenant = report["tenants"]["default"]
+    print(f"decide --from-topic: {json.dumps(tenant)[:600]}")
+    assert tenant["traces"] == len(in_range)
+    assert tenant["current"]["kept_traces"] == len(in_range & kept)  # the worker's decisions
+    added = build_engine([ADDED])
+    expected = {
+        t
+        for t in in_range - kept
+        if truth.service[t] != "search" and added.decide(view_of(t), 0.0).kept
+    }
+    assert expected
+    assert {bytes.fromhex(t) for t in tenant["changed"]["newly_kept_sample"]} == expected
+    assert tenant["changed"]["newly_kept"] == len(expected)
+    assert tenant["changed"]["newly_dropped"] == 0
+
+
+def view_of(trace_id: bytes) -> TraceView:
+    return TraceView.from_resource_spans(trace_id, [])
+
+
 def check_backend(
     truth: Truth, before: Received, after: Received, search: set[bytes], kept: set[bytes]
 ) -> None:
@@ -142,4 +202,4 @@ def test_a_backfill_exports_the_range_once(broker: LocalBroker, tmp_path: Path) 
 
 @pytest.mark.faults
 def test_a_backfill_of_one_minute_of_three(broker: LocalBroker, tmp_path: Path) -> None:
-    run_backfill_case(broker, tmp_path, segment=60.0)
+    run_backfill_case(broker, tmp_path, segment=60.0, show=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import defaultdict
 
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from streams.pipeline import buffer as buffer_module
 from streams.pipeline.buffer import FRAGMENT_OVERHEAD, Queue, TraceBuffer, decode_segment
@@ -351,3 +353,39 @@ def test_a_decision_record_wins_over_an_older_releases_decision_of_the_same_trac
     restored = DecisionCache(store, kept=10, dropped=10, ttl=60.0)  # type: ignore[arg-type]
     assert restored.rebuild([0]) == [(0, trace)], "the older copy is deleted"
     assert restored.get(trace).already_applied(origin(4, 4))  # type: ignore[union-attr]
+
+
+def fragment(trace_id: bytes, root: bool) -> bytes:
+    """An OTLP request of one span of `trace_id`, a root or a child."""
+    span = Span(trace_id=trace_id, span_id=b"s" * 8, parent_span_id=b"" if root else b"p" * 8)
+    return ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[span])])]
+    ).SerializeToString()
+
+
+def test_a_trace_is_due_wait_after_root_after_its_root_arrived() -> None:
+    buffer = TraceBuffer(MemoryStore(), wait=10.0, max_traces=100, wait_after_root=1.0)
+    rooted, rootless, root_first = b"r" * 16, b"n" * 16, b"f" * 16
+    buffer.append(0, key(rooted), fragment(rooted, root=False), now=100.0)
+    buffer.append(0, key(rootless), fragment(rootless, root=False), now=100.0)
+    buffer.append(0, key(root_first), fragment(root_first, root=True), now=101.0)
+    buffer.append(0, key(rooted), fragment(rooted, root=True), now=103.0)
+    buffer.append(0, key(rooted), fragment(rooted, root=True), now=103.5)  # a second root
+    assert buffer.pop_due(101.9, limit=10) == []
+    assert [(k, e.after_root) for k, e in buffer.pop_due(102.0, limit=10)] == [
+        (key(root_first), True)
+    ]
+    assert buffer.pop_due(103.9, limit=10) == []
+    [(due, entry)] = buffer.pop_due(104.0, limit=10)
+    assert (due, entry.after_root) == (key(rooted), True)
+    assert buffer.pop_due(109.9, limit=10) == []
+    [(due, entry)] = buffer.pop_due(110.0, limit=10)  # no root: the whole window
+    assert (due, entry.after_root) == (key(rootless), False)
+    assert len(buffer) == 0 and buffer.pop_due(200.0, limit=10) == []
+
+
+def test_without_wait_after_root_a_root_changes_nothing() -> None:
+    buffer = buffer_on(MemoryStore())
+    buffer.append(0, key(b"r" * 16), fragment(b"r" * 16, root=True), now=100.0)
+    assert buffer.pop_due(109.9, limit=10) == []
+    assert len(buffer.pop_due(110.0, limit=10)) == 1
