@@ -110,7 +110,7 @@ class BackfillSummary:
 
     def text(self) -> str:
         """The summary for a reader."""
-        verb = "would export" if self.dry_run else "exported"
+        verb = "to export" if self.dry_run else "exported"
         lines = [
             f"backfill {_iso(self.since)} .. {_iso(self.until)}, tenant {self.tenant or 'all'}"
             + (" (dry run: nothing exported)" if self.dry_run else ""),

@@ -114,8 +114,9 @@ class Replay:
     either, the oldest trace is handed out early, on what arrived (counted, as the worker
     decides early past `decision.max_traces`). Callers choose traces by their start time;
     reading the wait before `since` finds the first records of traces that started just
-    before a record was stamped (clocks, batching). The last `max_traces` traces handed out
-    are remembered, so a late span of one does not come back as a trace of its own.
+    before a record was stamped (clocks, batching). The last `max_traces` traces handed out,
+    and all those handed out within the last `decision.wait`, are remembered, so a late span
+    of one does not come back as a trace of its own.
     """
 
     def __init__(
@@ -139,7 +140,9 @@ class Replay:
         self.budget = fragment_budget(settings.kafka.max_message_bytes)
         self._open: OrderedDict[tuple[str, bytes], _Assembly] = OrderedDict()
         self._open_bytes = 0
-        self._done: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+        # Traces handed out (key -> the clock then): their later spans are left out.
+        self._done: OrderedDict[tuple[str, bytes], float] = OrderedDict()
+        self._clock = float("-inf")
 
     def traces(self) -> Iterator[ReplayedTrace]:
         """Read the range and yield its traces as they complete."""
@@ -253,6 +256,7 @@ class Replay:
 
     def _complete(self, clock: float) -> Iterator[ReplayedTrace]:
         """Hand out the traces whose window closed by `clock`, then the oldest past a bound."""
+        self._clock = clock
         while self._open:
             key, assembly = next(iter(self._open.items()))
             over = len(self._open) > self.max_traces or self._open_bytes > self.max_bytes
@@ -263,9 +267,12 @@ class Replay:
     def _hand_out(self, key: tuple[str, bytes], early: bool) -> ReplayedTrace:
         assembly = self._open.pop(key)
         self._open_bytes -= assembly.size
-        self._done[key] = None
-        if len(self._done) > self.max_traces:
-            self._done.popitem(last=False)
+        done = self._done
+        done[key] = self._clock
+        # Forget the oldest beyond max_traces, but none handed out within the last window:
+        # a trace handed out early still has spans to come.
+        while len(done) > self.max_traces and next(iter(done.values())) < self._clock - self.wait:
+            done.popitem(last=False)
         self.stats.traces += 1
         self.stats.early += early
         tenant, trace_id = key

@@ -132,6 +132,10 @@ def run_backfill_case(broker: LocalBroker, root: Path, segment: float, show: boo
         assert summary["already_kept"] == len(in_range & kept_before)
         for key in ("newly_kept", "traces_in_range", "already_kept", "spans_exported"):
             assert predicted[key] == summary[key], key
+        # Held to 10 traces at once: traces are decided before complete, counted, none twice.
+        bounded = backfill(pipeline, policies, since, until, "--dry-run", "--max-traces", "10")
+        assert bounded["traces_decided_early"] > 0 and bounded["late_fragments_left_out"] > 0
+        assert bounded["traces_in_range"] <= len(in_range)
 
         wait_for(lambda: settled(worker), 120, "the backfilled traces to be exported")
         after = read_backend(broker.bootstrap, backend)
