@@ -34,6 +34,8 @@ __all__ = [
     "EXPORTER_STATE",
     "EXPORT_BATCHES",
     "EXPORT_RETRIES",
+    "DECISION_CACHE_BYTES",
+    "DECISION_CACHE_DECISIONS",
     "DECISION_LAG",
     "LATE_SPANS",
     "QUOTA_DROPS",
@@ -88,6 +90,18 @@ TRACES_DECIDED_EARLY = Counter(
     "Traces decided before their window closed, per bound reached (max_traces, "
     "max_buffer_bytes, max_trace_bytes).",
     ["reason"],
+)
+DECISION_CACHE_DECISIONS = Gauge(
+    "caudal_decision_cache_decisions",
+    "Decisions remembered for late spans, per kind (kept, dropped).",
+    ["kind"],
+)
+DECISION_CACHE_BYTES = Gauge(
+    "caudal_decision_cache_bytes",
+    "Memory of the remembered decisions, per kind: kept (packed entries, their dict and "
+    "queue) and dropped (a 64-bit hash table and ring sized for decision.decision_cache."
+    "dropped).",
+    ["kind"],
 )
 LATE_SPANS = Counter(
     "caudal_late_spans",

@@ -12,11 +12,7 @@ deterministic on the trace ID), so the worst case is a duplicate export, never a
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import struct
-import sys
-from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -30,7 +26,6 @@ from policies.flatten import request_span_count
 from streams.config import Settings
 from streams.kafka.clients import SPAN_COUNT_HEADER, DeliveryFailures, ProducerLike, produce
 from streams.kafka.dead_letters import send_dead_letter
-from streams.kafka.state import Store
 from streams.ops.metrics import (
     DECISION_LAG,
     DECISIONS,
@@ -42,12 +37,18 @@ from streams.ops.metrics import (
     UNKNOWN_TENANT_DROPS,
 )
 from streams.pipeline.buffer import BufferedTrace, Pending, TraceBuffer, Unreadable
+from streams.pipeline.decisions import (
+    DEAD_LETTER_POLICY,
+    LEGACY_RECORD,
+    DecisionCache,
+    Remembered,
+    decode_decisions,
+)
 from streams.pipeline.degrade import DEGRADED_POLICY, shed_fragment
 from streams.pipeline.route import TenantRoutes
-from streams.wire.origin import ENTRY_BYTES, add_origin, covers
 from streams.wire.otlp import annotate_kept, split_request
 from streams.wire.records import DEFAULT_MAX_MESSAGE_BYTES, RECORD_MARGIN
-from streams.wire.tracekey import key_tenant, key_trace_id, parse_key
+from streams.wire.tracekey import key_tenant, key_trace_id
 
 __all__ = [
     "DEAD_LETTER_POLICY",
@@ -62,100 +63,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_DECISION = struct.Struct(">dBdH")  # decided at, kept, probability, origins
-
-
 _Read = TypeVar("_Read")
-
-DEAD_LETTER_POLICY = "dead_letter"  # a trace that could not be decided, and its late spans
-
-
-@dataclass(slots=True)
-class Remembered:
-    """A decision kept for late spans."""
-
-    decided_at: float
-    partition: int
-    kept: bool
-    policy: str
-    probability: float
-    tenant: str
-    # The origins (streams.wire.origin) of the spans the trace held: a fragment they cover is a
-    # copy of one already decided, not a late span.
-    origins: bytes = b""
-    # Where it is stored: the number of its partition's decision record, LEGACY_RECORD (under
-    # its own trace key, as an older release wrote it), or None (not yet stored).
-    record: int | None = field(default=None, compare=False)
-
-    def encode(self) -> bytes:
-        """One decision as a decision record holds it (the tenant is in the key)."""
-        count = len(self.origins) // ENTRY_BYTES
-        head = _DECISION.pack(self.decided_at, self.kept, self.probability, count)
-        return head + self.origins + self.policy.encode()
-
-    @classmethod
-    def decode(cls, partition: int, key: bytes, value: bytes) -> Remembered:
-        """Inverse of `encode`; ValueError if `value` is not a decision."""
-        parsed = parse_key(key)
-        if parsed is None or parsed[1]:
-            raise ValueError("not a trace key")
-        try:
-            decided_at, kept, probability, count = _DECISION.unpack_from(value)
-        except struct.error as exc:
-            raise ValueError(f"a {len(value)}-byte decision") from exc
-        end = _DECISION.size + ENTRY_BYTES * count
-        if end > len(value):
-            raise ValueError(f"a decision of {count} origins in {len(value)} bytes")
-        return cls(
-            decided_at,
-            partition,
-            bool(kept),
-            value[end:].decode("utf-8", "replace"),
-            probability,
-            key_tenant(key),
-            value[_DECISION.size : end],
-        )
-
-    def already_applied(self, origin: int) -> bool:
-        """Was the fragment of this origin part of the trace when it was decided?"""
-        return covers(self.origins, origin)
-
-
-LEGACY_RECORD = -1
-_RECORD_PREFIX = b"\xffD"
-# A policy's learned state for the partition (policies.adaptive): the prefix, then the
-# tenant (empty for the global policies), a NUL byte (never in a tenant name) and the path.
-_STATE_PREFIX = b"\xffA"
-_RECORD_KEY = struct.Struct(">2sQ")  # prefix, record number
-_RECORD_COUNT = struct.Struct(">I")
-_RECORD_ITEM = struct.Struct(">HI")  # trace key length, decision length
-
-
-def _encode_item(key: bytes, decision: Remembered) -> bytes:
-    """One decision as a decision record holds it: its trace key, then its encoding."""
-    value = decision.encode()
-    return _RECORD_ITEM.pack(len(key), len(value)) + key + value
-
-
-def decode_decisions(partition: int, value: bytes) -> list[tuple[bytes, Remembered]]:
-    """The decisions of a decision record's value (a count, then the decisions one after the
-    other); ValueError if `value` is not a decision record."""
-    try:
-        (count,) = _RECORD_COUNT.unpack_from(value)
-        at = _RECORD_COUNT.size
-        out = []
-        for _ in range(count):
-            key_size, size = _RECORD_ITEM.unpack_from(value, at)
-            at += _RECORD_ITEM.size
-            key = value[at : at + key_size]
-            item = value[at + key_size : at + key_size + size]
-            at += key_size + size
-            out.append((key, Remembered.decode(partition, key, item)))
-    except struct.error as exc:
-        raise ValueError(f"a decision record cut short: {exc}") from None
-    if at != len(value):
-        raise ValueError(f"a decision record of {len(value)} bytes whose decisions end at {at}")
-    return out
 
 
 def sampled_parts(
@@ -168,244 +76,6 @@ def sampled_parts(
         return [(value, spans)], None
     parts, too_large = split_request(ExportTraceServiceRequest.FromString(value), budget)
     return parts, None if too_large is None else too_large.SerializeToString()
-
-
-def _record_number(key: bytes) -> int | None:
-    if len(key) != _RECORD_KEY.size or not key.startswith(_RECORD_PREFIX):
-        return None
-    return int(_RECORD_KEY.unpack(key)[1])
-
-
-class DecisionCache:
-    """Bounded memory of recent decisions per trace key (tenant and trace ID), kept and
-    dropped counted separately (as Refinery).
-
-    Stored in the `decisions` table as *decision records*: the decisions a tick persists for
-    one partition go in one value (key `\\xffD` and an 8-byte number counted per partition), so
-    a tick costs one put and one changelog record per partition, not one per trace. A record
-    is deleted once every decision in it has been evicted or replaced by a newer record (a late
-    span's origin, see `advance`), and every segment that could hold spans of its traces is
-    gone (a segment stays while any trace with spans in it waits; were the record deleted
-    before, a restart would find those spans and take them for a trace still to decide). At
-    recovery the newest record of a trace wins.
-    """
-
-    def __init__(
-        self,
-        store: Store,
-        kept: int,
-        dropped: int,
-        ttl: float,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        segments: Callable[[int], tuple[int, int]] = lambda partition: (sys.maxsize, 0),
-    ) -> None:
-        """`segments` gives a partition's lowest stored segment number and its next one
-        (TraceBuffer.segment_span); by default no record waits for segments."""
-        self.store = store
-        self.limits = {True: kept, False: dropped}
-        self.ttl = ttl
-        self.record_room = max_message_bytes - RECORD_MARGIN - _RECORD_KEY.size
-        self.entries: dict[bool, OrderedDict[bytes, Remembered]] = {
-            True: OrderedDict(),
-            False: OrderedDict(),
-        }
-        # Per partition: the decisions each stored record still holds, and the next number.
-        self.records: dict[int, dict[int, int]] = {}
-        self.next_record: dict[int, int] = {}
-        # Per partition, records none of whose decisions is needed any more, waiting to be
-        # deleted until every segment below the number (the partition's next segment then)
-        # is gone: (that number, record).
-        self.waiting: dict[int, deque[tuple[int, int]]] = {}
-        self.segments = segments
-        # Per partition, the policies' stored states found by `rebuild` (name -> value).
-        self.policy_states: dict[int, dict[str, bytes]] = {}
-
-    def put_policy_state(self, partition: int, name: str, value: bytes) -> None:
-        """Store a policy's learned state for `partition` (see `PolicySets.states`)."""
-        self.store.put(partition, _STATE_PREFIX + name.encode(), value)
-
-    def get(self, key: bytes) -> Remembered | None:
-        """The remembered decision for a trace, if any."""
-        return self.entries[True].get(key) or self.entries[False].get(key)
-
-    def remember(self, key: bytes, decision: Remembered) -> None:
-        """Hold a decision in memory (persisted later by `persist`)."""
-        self.entries[decision.kept][key] = decision
-
-    def advance(self, key: bytes, decision: Remembered, origin: int) -> None:
-        """A late span was applied: remember its origin so a copy is not applied again."""
-        origins = add_origin(decision.origins, origin)
-        if origins != decision.origins:
-            moved = dataclasses.replace(decision, origins=origins, record=None)
-            self.entries[moved.kept][key] = moved
-            self.persist(key, moved)
-            self._release(decision.partition, key, decision.record)
-
-    def forget(self, key: bytes, writable: Callable[[int], bool] = lambda p: True) -> None:
-        """Drop a decision that could not be carried out (and its stored copy, if a late span
-        had it stored meanwhile, see `advance`, and the partition is still `writable`)."""
-        for entries in self.entries.values():
-            decision = entries.pop(key, None)
-            if decision is not None and writable(decision.partition):
-                self._release(decision.partition, key, decision.record)
-
-    def persist(self, key: bytes, decision: Remembered) -> None:
-        """Write one decision to the changelogged table."""
-        self.persist_many([(key, decision)])
-
-    def persist_many(self, decided: Iterable[tuple[bytes, Remembered]]) -> None:
-        """Write decisions to the changelogged table: one record per partition (more if they
-        would not fit one Kafka record)."""
-        by_partition: dict[int, list[tuple[bytes, Remembered]]] = {}
-        for item in decided:
-            by_partition.setdefault(item[1].partition, []).append(item)
-        for partition, items in by_partition.items():
-            parts: list[bytes] = []
-            members: list[Remembered] = []
-            size = _RECORD_COUNT.size
-            for key, decision in items:
-                part = _encode_item(key, decision)
-                if members and size + len(part) > self.record_room:
-                    self._write(partition, parts, members)
-                    parts, members, size = [], [], _RECORD_COUNT.size
-                parts.append(part)
-                members.append(decision)
-                size += len(part)
-            if members:
-                self._write(partition, parts, members)
-
-    def _write(self, partition: int, parts: list[bytes], members: list[Remembered]) -> None:
-        seq = self.next_record.get(partition, 0)
-        value = _RECORD_COUNT.pack(len(members)) + b"".join(parts)
-        self.store.put(partition, _RECORD_KEY.pack(_RECORD_PREFIX, seq), value)
-        self.next_record[partition] = seq + 1
-        self.records.setdefault(partition, {})[seq] = len(members)
-        for decision in members:
-            decision.record = seq
-
-    def _release(self, partition: int, key: bytes, record: int | None) -> None:
-        """One decision of `record` is no longer needed there; the record goes with its last."""
-        if record is None:
-            return
-        if record == LEGACY_RECORD:
-            self.store.delete(partition, key)
-            return
-        live = self.records.get(partition)
-        left = live.get(record) if live is not None else None
-        if live is None or left is None:
-            return
-        if left > 1:
-            live[record] = left - 1
-            return
-        del live[record]
-        # Its traces' spans may still lie in segments shared with traces that wait: until
-        # those are gone, the record is what says these traces were decided.
-        self.waiting.setdefault(partition, deque()).append((self.segments(partition)[1], record))
-        self._delete_released(partition)
-
-    def _delete_released(self, partition: int) -> None:
-        """Delete the released records of `partition` whose traces' segments are all gone."""
-        waiting = self.waiting.get(partition)
-        if not waiting:
-            return
-        floor = self.segments(partition)[0]
-        while waiting and waiting[0][0] <= floor:
-            _, record = waiting.popleft()
-            self.store.delete(partition, _RECORD_KEY.pack(_RECORD_PREFIX, record))
-
-    def evict(self, now: float, writable: Callable[[int], bool] = lambda p: True) -> int:
-        """Forget decisions beyond the size limits or older than the TTL; return how many.
-
-        A decision of a partition handed over (not `writable`) leaves memory only: its table
-        belongs to the next owner.
-        """
-        evicted = 0
-        for kept, entries in self.entries.items():
-            limit = self.limits[kept]
-            while entries:
-                key, entry = next(iter(entries.items()))
-                if len(entries) <= limit and now - entry.decided_at < self.ttl:
-                    break
-                entries.popitem(last=False)
-                if writable(entry.partition):
-                    self._release(entry.partition, key, entry.record)
-                evicted += 1
-        for partition in list(self.waiting):
-            if writable(partition):
-                self._delete_released(partition)
-        return evicted
-
-    def rebuild(self, partitions: Iterable[int]) -> list[tuple[int, bytes]]:
-        """Load the remembered decisions of `partitions` from the table (after recovery);
-        the (partition, key) of stored values to delete: those that are not decisions, and
-        records whose every decision a newer record replaced."""
-        partitions = set(partitions)
-        self.forget_partitions(partitions)
-        unused = []
-        for partition in partitions:
-            loaded: dict[bytes, Remembered] = {}
-            live: dict[int, int] = {}
-            # An older release's decisions (one per trace key) first: any record is newer.
-            stored = sorted(
-                self.store.items(partition), key=lambda item: _record_number(item[0]) is not None
-            )
-            states = self.policy_states[partition] = {}
-            for key, value in stored:
-                if key.startswith(_STATE_PREFIX):
-                    states[key[len(_STATE_PREFIX) :].decode("utf-8", "replace")] = value
-                    continue
-                try:
-                    found = self._decode(partition, key, value)
-                except ValueError:
-                    unused.append((partition, key))
-                    continue
-                for trace, decision in found:
-                    older = loaded.get(trace)
-                    if older is not None and older.record == LEGACY_RECORD:
-                        unused.append((partition, trace))
-                    elif older is not None and older.record is not None:
-                        live[older.record] -= 1
-                    loaded[trace] = decision
-                    if decision.record is not None and decision.record >= 0:
-                        live[decision.record] = live.get(decision.record, 0) + 1
-            for seq, count in live.items():
-                if count == 0:
-                    unused.append((partition, _RECORD_KEY.pack(_RECORD_PREFIX, seq)))
-            self.records[partition] = {seq: count for seq, count in live.items() if count}
-            self.next_record[partition] = max(live, default=-1) + 1
-            for key, decision in loaded.items():
-                self.entries[decision.kept][key] = decision
-        # Eviction goes oldest first: keep each map in decision order.
-        for kept, entries in self.entries.items():
-            self.entries[kept] = OrderedDict(
-                sorted(entries.items(), key=lambda item: item[1].decided_at)
-            )
-        return unused
-
-    @staticmethod
-    def _decode(partition: int, key: bytes, value: bytes) -> list[tuple[bytes, Remembered]]:
-        seq = _record_number(key)
-        if seq is None:
-            decision = Remembered.decode(partition, key, value)
-            decision.record = LEGACY_RECORD
-            return [(key, decision)]
-        found = decode_decisions(partition, value)
-        for _, decision in found:
-            decision.record = seq
-        return found
-
-    def forget_partitions(self, partitions: Iterable[int]) -> None:
-        """Drop the decisions of partitions this worker no longer owns (from memory only)."""
-        gone = set(partitions)
-        if not gone:
-            return
-        for partition in gone:
-            self.records.pop(partition, None)
-            self.next_record.pop(partition, None)
-            self.waiting.pop(partition, None)
-        for entries in self.entries.values():
-            for key in [k for k, d in entries.items() if d.partition in gone]:
-                del entries[key]
 
 
 @dataclass
@@ -813,7 +483,7 @@ class Decider:
             else:
                 done.append(item)
         # A late span may have replaced the decision meanwhile (and stored it: `advance`).
-        current = [(key, self.cache.get(key) or remembered) for key, _, remembered in done]
+        current = [(key, self.cache.latest(key) or remembered) for key, _, remembered in done]
         self.cache.persist_many([item for item in current if item[1].record is None])
         for key, entry, _ in done:
             self.buffer.remove(key, entry)

@@ -225,7 +225,7 @@ class Handover:
             sorted(actives),
             sorted(new),
             len(self.buffer),
-            sum(len(e) for e in self.cache.entries.values()),
+            len(self.cache),
             took,
         )
 

@@ -341,17 +341,19 @@ def test_segments_read_for_a_batch_are_let_go_between_traces_never_within_one(
     assert loaded == [(a, b"A1" * 20 + b"A2" * 20), (x, b"X1" * 20 + b"X2" * 20)]
 
 
-def test_a_decision_record_wins_over_an_older_releases_decision_of_the_same_trace() -> None:
+def test_an_older_releases_decision_is_stored_again_as_a_record_which_wins() -> None:
     store = MemoryStore()
     trace = key(b"\xffZ" + b"z" * 14, "acme")  # a trace key that sorts after every record key
-    old = Remembered(1.0, 0, False, "none", 0.0, "acme")
+    old = Remembered(1.0, 0, True, "errors", 1.0, "acme")
     store.put(0, trace, old.encode())  # as the previous release stored it
     cache = DecisionCache(store, kept=10, dropped=10, ttl=60.0)  # type: ignore[arg-type]
-    assert cache.rebuild([0]) == []
+    assert cache.rebuild([0]) == [(0, trace)], "stored again as a record; the old key goes"
+    records = [v for k, v in store.data[0].items() if k.startswith(b"\xffD")]
+    assert [t for value in records for t, _ in decode_decisions(0, value)] == [trace]
     cache.advance(trace, cache.get(trace), origin(4, 4))  # type: ignore[arg-type]
-    store.data[0][trace] = old.encode()  # a crash before the old copy was deleted
+    # A crash before the old key was deleted: the newest record wins, the old key goes.
     restored = DecisionCache(store, kept=10, dropped=10, ttl=60.0)  # type: ignore[arg-type]
-    assert restored.rebuild([0]) == [(0, trace)], "the older copy is deleted"
+    assert (0, trace) in restored.rebuild([0])
     assert restored.get(trace).already_applied(origin(4, 4))  # type: ignore[union-attr]
 
 
