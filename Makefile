@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test faults bench lint install readme clean
+.PHONY: demo test faults bench soak lint install readme clean
 
 $(BIN)/caudal: pyproject.toml tests/plugins/example/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,14 @@ bench: $(BIN)/caudal
 	$(BIN)/caudal bench --workers 2 --traces 100000 --json >> bench-results.jsonl
 	$(BIN)/caudal bench --traces 200000 --wait 60s --json >> bench-results.jsonl
 	cat bench-results.jsonl
+
+# Memory over time (~31 min): one worker under steady traffic, half of what one worker sustains
+# here (SOAK_RATE traces/s of 10 spans), RSS sampled; prints the slope over the second half and
+# the plateau beside README's sizing formula, and fails if either goal is missed.
+SOAK_MINUTES ?= 30
+SOAK_RATE ?= 4000
+soak: $(BIN)/caudal
+	$(BIN)/python -m streams.devtools.soak --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE)
 
 clean:
 	rm -rf $(VENV) caudal-state caudal-output demo-output bench-results.jsonl .pytest_cache .mypy_cache .ruff_cache
