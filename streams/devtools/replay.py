@@ -115,8 +115,8 @@ class Replay:
     decides early past `decision.max_traces`). Callers choose traces by their start time;
     reading the wait before `since` finds the first records of traces that started just
     before a record was stamped (clocks, batching). The last `max_traces` traces handed out,
-    and all those handed out within the last `decision.wait`, are remembered, so a late span
-    of one does not come back as a trace of its own.
+    and all those whose window is still open, are remembered, so a late span of one does not
+    come back as a trace of its own. The bounds are checked after every record.
     """
 
     def __init__(
@@ -140,7 +140,7 @@ class Replay:
         self.budget = fragment_budget(settings.kafka.max_message_bytes)
         self._open: OrderedDict[tuple[str, bytes], _Assembly] = OrderedDict()
         self._open_bytes = 0
-        # Traces handed out (key -> the clock then): their later spans are left out.
+        # Traces handed out (key -> their first record's time): their later spans are left out.
         self._done: OrderedDict[tuple[str, bytes], float] = OrderedDict()
         self._clock = float("-inf")
 
@@ -200,6 +200,8 @@ class Replay:
                 read[partition] = max(read.get(partition, stamp), stamp)
                 self.stats.records += 1
                 self._add(msg, stamp)
+                # After every record: the bounds hold between two records, not two batches.
+                yield from self._complete(min(read.get(p, self.read_from) for p in active))
             clock = min((read.get(p, self.read_from) for p in active), default=float("inf"))
             yield from self._complete(clock)
             paused = self._pace(consumer, topic, active, read, clock, paused)
@@ -268,9 +270,9 @@ class Replay:
         assembly = self._open.pop(key)
         self._open_bytes -= assembly.size
         done = self._done
-        done[key] = self._clock
-        # Forget the oldest beyond max_traces, but none handed out within the last window:
-        # a trace handed out early still has spans to come.
+        done[key] = assembly.first_seen
+        # Forget the oldest beyond max_traces, but none whose window is still open on the
+        # clock: a trace handed out early still has spans to come.
         while len(done) > self.max_traces and next(iter(done.values())) < self._clock - self.wait:
             done.popitem(last=False)
         self.stats.traces += 1
