@@ -202,8 +202,3 @@ def check_backend(
 
 def test_a_backfill_exports_the_range_once(broker: LocalBroker, tmp_path: Path) -> None:
     run_backfill_case(broker, tmp_path, segment=4.0)
-
-
-@pytest.mark.faults
-def test_a_backfill_of_one_minute_of_three(broker: LocalBroker, tmp_path: Path) -> None:
-    run_backfill_case(broker, tmp_path, segment=60.0, show=True)
