@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from policies import TraceView
 from streams.kafka.state import Store
@@ -217,17 +218,21 @@ class Unreadable:
     value: bytes
 
 
-class Queue:
-    """One partition's buffered traces: packed entries (Pending.pack) by trace key, in
-    decision order. A dict and a deque of keys, half the memory of an OrderedDict; a key taken
-    out of order leaves its place in the deque, skipped when the deque reaches it."""
+K = TypeVar("K", bound=Hashable)
+
+
+class Queue(Generic[K]):
+    """Packed entries by key, first in first out: one partition's buffered traces (Pending.pack
+    by trace key, in decision order), or the kept decisions (streams.pipeline.decisions). A
+    dict and a deque of keys, half the memory of an OrderedDict; a key taken out of order
+    leaves its place in the deque, skipped when the deque reaches it."""
 
     __slots__ = ("entries", "order", "stale")
 
-    def __init__(self, items: Iterable[tuple[bytes, bytes]] = ()) -> None:
-        self.entries: dict[bytes, bytes] = dict(items)
-        self.order: deque[bytes] = deque(self.entries)
-        self.stale: dict[bytes, int] = {}  # places left in the deque, per key
+    def __init__(self, items: Iterable[tuple[K, bytes]] = ()) -> None:
+        self.entries: dict[K, bytes] = dict(items)
+        self.order: deque[K] = deque(self.entries)
+        self.stale: dict[K, int] = {}  # places left in the deque, per key
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -235,10 +240,10 @@ class Queue:
     def __contains__(self, key: object) -> bool:
         return key in self.entries
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[K]:
         return iter(self.entries)
 
-    def get(self, key: bytes) -> bytes | None:
+    def get(self, key: K) -> bytes | None:
         """A trace's packed entry."""
         return self.entries.get(key)
 
@@ -246,13 +251,13 @@ class Queue:
         """Every packed entry."""
         return self.entries.values()
 
-    def put(self, key: bytes, packed: bytes) -> None:
+    def put(self, key: K, packed: bytes) -> None:
         """A new trace goes to the back; one already queued keeps its place."""
         if key not in self.entries:
             self.order.append(key)
         self.entries[key] = packed
 
-    def head(self) -> tuple[bytes, bytes] | None:
+    def head(self) -> tuple[K, bytes] | None:
         """The first trace, or None."""
         order, stale = self.order, self.stale
         while order:
@@ -267,7 +272,7 @@ class Queue:
                 del stale[key]
         return None
 
-    def popleft(self) -> tuple[bytes, bytes]:
+    def popleft(self) -> tuple[K, bytes]:
         """Take the first trace (the queue is not empty)."""
         first = self.head()
         assert first is not None
@@ -275,14 +280,14 @@ class Queue:
         del self.entries[first[0]]
         return first
 
-    def pop(self, key: bytes) -> bytes | None:
+    def pop(self, key: K) -> bytes | None:
         """Take a trace wherever it is."""
         packed = self.entries.pop(key, None)
         if packed is not None:
             self.stale[key] = self.stale.get(key, 0) + 1
         return packed
 
-    def push_front(self, key: bytes, packed: bytes) -> None:
+    def push_front(self, key: K, packed: bytes) -> None:
         """Put a trace first (rare: a decision to be taken again)."""
         if key in self.entries or key in self.stale:
             self.order.remove(key)  # the one place it has (a stale one comes before a live one)
@@ -330,7 +335,7 @@ class TraceBuffer:
         self.limits = _Limits(max_traces, max_trace_bytes, max_buffer_bytes)
         self.segment_room = max_message_bytes - RECORD_MARGIN - _KEY.size
         # Per partition, packed entries (Pending.pack) in arrival order.
-        self.queues: dict[int, Queue] = {}
+        self.queues: dict[int, Queue[bytes]] = {}
         # Per partition, traces past max_trace_bytes (decided before the rest).
         self.oversize: dict[int, dict[bytes, None]] = {}
         # Per partition: each stored segment's fragments not yet decided, and the next number.
@@ -520,7 +525,7 @@ class TraceBuffer:
     def _take_rooted(
         self,
         partition: int,
-        queue: Queue,
+        queue: Queue[bytes],
         mark: float,
         limit: int,
         due: list[tuple[bytes, Pending]],

@@ -33,6 +33,7 @@ from typing import Final
 
 from streams.kafka.state import Store
 from streams.ops.metrics import DECISION_CACHE_BYTES, DECISION_CACHE_DECISIONS
+from streams.pipeline.buffer import Queue
 from streams.pipeline.dropped import DroppedSet, key_hash
 from streams.wire.origin import ENTRY_BYTES, add_origin, covers
 from streams.wire.records import DEFAULT_MAX_MESSAGE_BYTES, RECORD_MARGIN
@@ -158,65 +159,6 @@ def _record_number(key: bytes) -> int | None:
     return int(_RECORD_KEY.unpack(key)[1])
 
 
-class _Fifo:
-    """Kept decisions by key hash, oldest first: a dict and a deque of hashes (a hash taken
-    out of order leaves its place, skipped when the deque reaches it)."""
-
-    __slots__ = ("entries", "order", "stale", "value_bytes")
-
-    def __init__(self) -> None:
-        self.entries: dict[int, bytes] = {}
-        self.order: deque[int] = deque()
-        self.stale: dict[int, int] = {}
-        self.value_bytes = 0
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def put(self, hashed: int, packed: bytes) -> None:
-        old = self.entries.get(hashed)
-        if old is None:
-            self.order.append(hashed)
-        else:
-            self.value_bytes -= sys.getsizeof(old)
-        self.entries[hashed] = packed
-        self.value_bytes += sys.getsizeof(packed)
-
-    def pop(self, hashed: int) -> bytes | None:
-        packed = self.entries.pop(hashed, None)
-        if packed is not None:
-            self.stale[hashed] = self.stale.get(hashed, 0) + 1
-            self.value_bytes -= sys.getsizeof(packed)
-        return packed
-
-    def head(self) -> tuple[int, bytes] | None:
-        order, stale = self.order, self.stale
-        while order:
-            hashed = order[0]
-            left = stale.get(hashed)
-            if not left:
-                return hashed, self.entries[hashed]
-            order.popleft()
-            if left > 1:
-                stale[hashed] = left - 1
-            else:
-                del stale[hashed]
-        return None
-
-    def popleft(self) -> None:
-        first = self.head()
-        assert first is not None
-        self.order.popleft()
-        del self.entries[first[0]]
-        self.value_bytes -= sys.getsizeof(first[1])
-
-    @property
-    def nbytes(self) -> int:
-        """Memory of the entries: the dict, its keys and values, the deque's slots."""
-        keys = 32 * len(self.entries)  # a 64-bit int object each
-        return sys.getsizeof(self.entries) + keys + self.value_bytes + 8 * len(self.order)
-
-
 class DecisionCache:
     """Bounded memory of recent decisions per trace key (tenant and trace ID), kept and
     dropped counted separately (as Refinery), stored as decision records (module docstring).
@@ -238,7 +180,8 @@ class DecisionCache:
         self.ttl = ttl
         self.record_room = max_message_bytes - RECORD_MARGIN - _RECORD_KEY.size
         self.pending: dict[bytes, Remembered] = {}  # decided, not yet stored
-        self.kept = _Fifo()
+        self.kept: Queue[int] = Queue()
+        self.kept_bytes = 0  # of the packed entries held in `kept`
         self.dropped = DroppedSet(dropped)
         # Eviction marks of the dropped: (how many had been added, the latest decision time).
         self.dropped_marks: deque[tuple[int, float]] = deque()
@@ -305,7 +248,7 @@ class DecisionCache:
         had it stored meanwhile, see `advance`, and the partition is still `writable`)."""
         self.pending.pop(key, None)
         hashed = key_hash(key)
-        packed = self.kept.pop(hashed)
+        packed = self._let_go(hashed)
         if packed is not None:
             decision = self._unpack(key, packed)
             if writable(decision.partition):
@@ -360,7 +303,7 @@ class DecisionCache:
                 self.dropped.add(key_hash(key))
                 latest[place] = max(latest.get(place, decision.decided_at), decision.decided_at)
             else:
-                self.kept.put(key_hash(key), self._pack(decision))
+                self._keep(key_hash(key), self._pack(decision))
                 refs[place] = refs.get(place, 0) + 1
         added = self.dropped.inserted
         for partition, seq in latest:
@@ -370,6 +313,19 @@ class DecisionCache:
             self.dropped_marks.append((added, max(latest.values())))
         for (partition, seq), count in refs.items():
             self.records.setdefault(partition, {})[seq] = count
+
+    def _keep(self, hashed: int, packed: bytes) -> None:
+        old = self.kept.get(hashed)
+        if old is not None:
+            self.kept_bytes -= sys.getsizeof(old)
+        self.kept.put(hashed, packed)
+        self.kept_bytes += sys.getsizeof(packed)
+
+    def _let_go(self, hashed: int) -> bytes | None:
+        packed = self.kept.pop(hashed)
+        if packed is not None:
+            self.kept_bytes -= sys.getsizeof(packed)
+        return packed
 
     def _pack(self, decision: Remembered) -> bytes:
         index = self.policy_index.get(decision.policy)
@@ -442,6 +398,7 @@ class DecisionCache:
             if len(kept) <= limit and decided_at > oldest:
                 break
             kept.popleft()
+            self.kept_bytes -= sys.getsizeof(first[1])
             if writable(partition):
                 self._release(partition, None if record == _NOT_STORED else record)
             evicted += 1
@@ -467,7 +424,10 @@ class DecisionCache:
     def _observe(self) -> None:
         DECISION_CACHE_DECISIONS.labels("kept").set(len(self.kept))
         DECISION_CACHE_DECISIONS.labels("dropped").set(len(self.dropped))
-        DECISION_CACHE_BYTES.labels("kept").set(self.kept.nbytes)
+        # The dict, its int keys, the packed values and the deque's slots.
+        kept = self.kept
+        held = sys.getsizeof(kept.entries) + 32 * len(kept) + self.kept_bytes + 8 * len(kept.order)
+        DECISION_CACHE_BYTES.labels("kept").set(held)
         DECISION_CACHE_BYTES.labels("dropped").set(self.dropped.nbytes)
 
     def rebuild(self, partitions: Iterable[int]) -> list[tuple[int, bytes]]:
@@ -553,4 +513,4 @@ class DecisionCache:
         for hashed in [
             h for h, packed in kept.entries.items() if _HELD.unpack_from(packed)[1] in gone
         ]:
-            kept.pop(hashed)
+            self._let_go(hashed)
