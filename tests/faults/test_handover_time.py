@@ -65,7 +65,9 @@ def test_a_partition_of_fifty_thousand_buffered_traces_changes_hands_within_five
         first.wait_ready(90)
         for part in range(PARTS):  # three fragments per trace: 150,000 fragments
             for spans in traces:
-                pipeline.produce(_request(spans[part * per_part : (part + 1) * per_part]))
+                pipeline.produce(
+                    _request([("shop", spans[part * per_part : (part + 1) * per_part])])
+                )
             pipeline.flush()
         wait_for(
             lambda: first.total("caudal_spans_received_total") == TRACES * SPANS,
