@@ -11,6 +11,7 @@ applied to its keep verdicts.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -272,7 +273,7 @@ class PolicyEngine:
             found = chance(trace, now) if chance is not None else NO_CHANCE
         except Exception:
             found = NO_CHANCE
-        if found.probability == decision.probability:
+        if math.isclose(found.probability, decision.probability, rel_tol=1e-9):
             return found
         return Chance(decision.probability, frozenset({self._slots[keeper][1]}))
 

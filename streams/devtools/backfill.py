@@ -49,6 +49,7 @@ __all__ = ["Backfill", "BackfillSummary", "load_policies", "load_exported"]
 
 POLICY_PREFIX = "backfill/"
 _CONFIRM_EVERY = 500  # exported traces between two waits for the broker's acknowledgements
+MARKER_MARGIN = 3600.0  # exported traces remembered from this long around the range
 
 
 def load_policies(path: Path) -> PolicyEngine:
@@ -174,10 +175,17 @@ class Backfill:
             ensure_topics(
                 kafka,
                 [(kafka.sampled_topic, kafka.partitions), (kafka.backfill_topic, kafka.partitions)],
-                configs={kafka.backfill_topic: {"cleanup.policy": "compact"}},
+                # Each record's time is its trace's start (set by the producer), found by it.
+                configs={
+                    kafka.backfill_topic: {
+                        "cleanup.policy": "compact",
+                        "message.timestamp.type": "CreateTime",
+                    }
+                },
             )
-        wait = self.settings.decision.wait
-        done = load_exported(self.settings, self.since - wait, self.until + wait)
+        # Wide: a trace's late spans read in a later range start later than the trace did.
+        margin = max(self.settings.decision.wait, MARKER_MARGIN)
+        done = load_exported(self.settings, self.since - margin, self.until + margin)
         for trace in self.replay.traces():
             self._consider(trace, done)
         self._confirm()
@@ -219,6 +227,7 @@ class Backfill:
             tenant, value, trace.spans, self.settings.kafka.max_message_bytes
         )
         self.summary.bytes += sum(len(part) for part, _ in parts)
+        done.add(key)
         if self.producer is None:
             return
         if too_large is not None:
@@ -246,7 +255,6 @@ class Backfill:
             )
             self.producer.poll(0)
         self.unconfirmed.append((key, int(start * 1000), policy))
-        done.add(key)
         if len(self.unconfirmed) >= _CONFIRM_EVERY:
             self._confirm()
 

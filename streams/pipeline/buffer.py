@@ -190,14 +190,24 @@ def _pack(
     return _PACKED.pack(deadline, size, count, after_root) + origins + refs
 
 
-def _holds_root(key: bytes, fragments: Sequence[Fragment]) -> bool:
-    """Whether one of the trace's `fragments` holds its root span (a span without a parent)."""
-    trace_id = key_trace_id(key)
-    return any(
-        TraceView.from_request(trace_id, fragment).has_root
-        for item_key, fragment, _ in fragments
-        if item_key == key
-    )
+def _rooted_keys(fragments: Sequence[Fragment]) -> set[bytes]:
+    """The trace keys one of whose `fragments` holds the root span (a span without a parent);
+    a fragment that cannot be read holds none (it is dead-lettered when its trace is
+    decided)."""
+    found: set[bytes] = set()
+    for key, fragment, _ in fragments:
+        if key in found:
+            continue
+        try:
+            if TraceView.from_request(key_trace_id(key), fragment).has_root:
+                found.add(key)
+        except Exception:  # noqa: S112 - not OTLP: no root, decided (and dead-lettered) later
+            continue
+    return found
+
+
+def _after_root(packed: bytes) -> bool:
+    return bool(_PACKED.unpack_from(packed)[3])
 
 
 def _deadline(packed: bytes) -> float:
@@ -403,6 +413,8 @@ class TraceBuffer:
             taken.append(item)
         if not taken:
             return 0
+        # Before anything is written: a fragment that cannot be read holds no root.
+        roots = _rooted_keys(taken) if self.wait_after_root is not None else set()
         written = [(self._write(partition, chunk, now), chunk) for chunk in self._chunks(taken)]
         live = self.segments.setdefault(partition, {})
         added: dict[bytes, tuple[int, bytes]] = {}  # per trace: bytes and refs added
@@ -426,7 +438,7 @@ class TraceBuffer:
                 entry = Pending.unpack(partition, packed)
                 size, deadline, held_refs = entry.size + grown, entry.deadline, entry.refs
                 rooted = entry.after_root
-            if early is not None and early < deadline and _holds_root(key, taken):
+            if early is not None and early < deadline and key in roots:
                 deadline, rooted = early, True
                 self.rooted.setdefault(partition, deque()).append((early, key))
             queue.put(key, _pack(deadline, size, applied[key], held_refs + refs, rooted))
@@ -534,9 +546,12 @@ class TraceBuffer:
         rooted = self.rooted.get(partition)
         while rooted and rooted[0][0] <= mark and len(due) < limit:
             _, key = rooted.popleft()
-            packed = queue.pop(key)  # None: decided already (by its window, or a bound)
-            if packed is not None:
-                due.append((key, Pending.unpack(partition, packed)))
+            packed = queue.get(key)
+            # Gone (decided by its window or a bound), or a later trace of the same key.
+            if packed is None or not _after_root(packed) or _deadline(packed) > mark:
+                continue
+            queue.pop(key)
+            due.append((key, Pending.unpack(partition, packed)))
 
     def _take_oversize(
         self, chosen: list[int], limit: int, due: list[tuple[bytes, Pending]]

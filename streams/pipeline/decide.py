@@ -416,7 +416,9 @@ class Decider:
                 on_delivery=self._note_failure,
             )
         self.buffer.drop_unreadable(unreadable)
-        for partition, key in bad_decisions:
+        partitions = list(partitions)
+        # An older release's decisions: stored again as a record, then their keys deleted.
+        for partition, key in [*self.cache.migrate(partitions), *bad_decisions]:
             self.cache.store.delete(partition, key)
         for partition in partitions:
             self.policy_sets.restore(partition, self.cache.policy_states.pop(partition, {}))

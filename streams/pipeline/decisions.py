@@ -441,6 +441,7 @@ class DecisionCache:
         for partition in partitions:
             loaded: dict[bytes, Remembered] = {}
             live: dict[int, int] = {}
+            numbers = [-1]  # every record number stored, readable or not
             # An older release's decisions (one per trace key) first: any record is newer.
             stored = sorted(
                 self.store.items(partition), key=lambda item: _record_number(item[0]) is not None
@@ -450,6 +451,9 @@ class DecisionCache:
                 if key.startswith(_STATE_PREFIX):
                     states[key[len(_STATE_PREFIX) :].decode("utf-8", "replace")] = value
                     continue
+                seq = _record_number(key)
+                if seq is not None:
+                    numbers.append(seq)
                 try:
                     found = self._decode(partition, key, value)
                 except ValueError:
@@ -467,21 +471,34 @@ class DecisionCache:
             for seq, count in live.items():
                 if count == 0:
                     unused.append((partition, _RECORD_KEY.pack(_RECORD_PREFIX, seq)))
-            self.next_record[partition] = max(live, default=-1) + 1
+            # Never reuse the number of a record that could not be read: it is deleted later.
+            self.next_record[partition] = max(numbers) + 1
             self.records[partition] = {}
-            legacy = [(k, d) for k, d in loaded.items() if d.record == LEGACY_RECORD]
-            unused += [(partition, key) for key, _ in legacy]
             recorded = [
                 item
                 for item in sorted(loaded.items(), key=lambda item: item[1].decided_at)
                 if item[1].record is not None and item[1].record >= 0
             ]
             self._hold(recorded)
-            for _, decision in legacy:
-                decision.record = None
-            self.persist_many(legacy)  # a record of this release, before the old keys go
+            for key, decision in loaded.items():
+                if decision.record == LEGACY_RECORD:  # stored again by `migrate`
+                    decision.record = None
+                    self.pending[key] = decision
         self._observe()
         return unused
+
+    def migrate(self, partitions: Iterable[int]) -> list[tuple[int, bytes]]:
+        """Store an older release's per-trace decisions of `partitions` (found by `rebuild`,
+        once the partitions are owned and writable) as a record of this release; the (partition,
+        key) of the old values, to delete now."""
+        chosen = set(partitions)
+        legacy = [
+            (key, decision)
+            for key, decision in self.pending.items()
+            if decision.partition in chosen and decision.record is None
+        ]
+        self.persist_many(legacy)
+        return [(decision.partition, key) for key, decision in legacy]
 
     @staticmethod
     def _decode(partition: int, key: bytes, value: bytes) -> list[tuple[bytes, Remembered]]:

@@ -347,7 +347,9 @@ def test_an_older_releases_decision_is_stored_again_as_a_record_which_wins() -> 
     old = Remembered(1.0, 0, True, "errors", 1.0, "acme")
     store.put(0, trace, old.encode())  # as the previous release stored it
     cache = DecisionCache(store, kept=10, dropped=10, ttl=60.0)  # type: ignore[arg-type]
-    assert cache.rebuild([0]) == [(0, trace)], "stored again as a record; the old key goes"
+    assert cache.rebuild([0]) == [], "nothing is written before the partition is owned"
+    assert store.changelog == [(0, trace, old.encode())]
+    assert cache.migrate([0]) == [(0, trace)], "stored again as a record; the old key goes"
     records = [v for k, v in store.data[0].items() if k.startswith(b"\xffD")]
     assert [t for value in records for t, _ in decode_decisions(0, value)] == [trace]
     cache.advance(trace, cache.get(trace), origin(4, 4))  # type: ignore[arg-type]
@@ -355,6 +357,26 @@ def test_an_older_releases_decision_is_stored_again_as_a_record_which_wins() -> 
     restored = DecisionCache(store, kept=10, dropped=10, ttl=60.0)  # type: ignore[arg-type]
     assert (0, trace) in restored.rebuild([0])
     assert restored.get(trace).already_applied(origin(4, 4))  # type: ignore[union-attr]
+
+
+def test_a_record_number_that_could_not_be_read_is_not_used_again() -> None:
+    store = MemoryStore()
+    store.put(0, b"\xffD" + (7).to_bytes(8, "big"), b"not a record")
+    cache = DecisionCache(store, kept=10, dropped=10, ttl=60.0)  # type: ignore[arg-type]
+    assert cache.rebuild([0]) == [(0, b"\xffD" + (7).to_bytes(8, "big"))]
+    cache.persist(key(b"n" * 16), Remembered(1.0, 0, True, "errors", 1.0, "t"))
+    assert b"\xffD" + (8).to_bytes(8, "big") in store.data[0]
+
+
+def test_a_fragment_that_is_not_otlp_holds_no_root_and_breaks_nothing() -> None:
+    buffer = TraceBuffer(MemoryStore(), wait=10.0, max_traces=100, wait_after_root=1.0)
+    good, junk = b"g" * 16, b"j" * 16
+    added = buffer.append_many(
+        0, [(key(good), fragment(good, root=True), 1), (key(junk), b"\xff\xff\xff", 2)], now=100.0
+    )
+    assert added == 2 and len(buffer) == 2
+    assert [k for k, _ in buffer.pop_due(101.0, limit=10)] == [key(good)]
+    assert [k for k, _ in buffer.pop_due(110.0, limit=10)] == [key(junk)]
 
 
 def fragment(trace_id: bytes, root: bool) -> bytes:
