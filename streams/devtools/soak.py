@@ -30,14 +30,17 @@ __all__ = ["predicted_mib", "run_soak", "slope"]
 
 MIB = 1024 * 1024
 # README's sizing (Running workers, Sizing memory).
-BYTES_PER_BUFFERED_TRACE = 0.43 * MIB / 1000  # heap entry, memtables and read-ahead, measured
+BYTES_PER_BUFFERED_TRACE = 210  # the packed queue entry, its key and slot
 BYTES_PER_KEPT = 155 + 12  # one origin: traces of one input record
+ROCKSDB_MIB = 32 + 32  # worker.rocksdb.write_buffers + block_cache, the defaults
 
 
 def predicted_mib(rest_mib: float, buffered: float, kept: float) -> float:
     """README's formula: the worker at rest (which holds the dropped-decision table, allocated
-    in full at start), plus its buffered traces, plus its kept decisions."""
-    return rest_mib + (BYTES_PER_BUFFERED_TRACE * buffered + BYTES_PER_KEPT * kept) / MIB
+    in full at start), RocksDB's memtables and block cache at their bounds, its buffered traces
+    and its kept decisions."""
+    heap = BYTES_PER_BUFFERED_TRACE * buffered + BYTES_PER_KEPT * kept
+    return rest_mib + ROCKSDB_MIB + heap / MIB
 
 
 def slope(points: list[tuple[float, float]]) -> float:

@@ -13,7 +13,7 @@ def test_slope_is_the_least_squares_one() -> None:
     assert slope([(0, 1.0)]) == 0.0
 
 
-def test_the_formula_adds_buffered_traces_and_kept_decisions_to_the_rest() -> None:
-    assert predicted_mib(90.0, buffered=0, kept=0) == 90.0
+def test_the_formula_adds_rocksdb_buffered_traces_and_kept_decisions_to_the_rest() -> None:
+    assert predicted_mib(90.0, buffered=0, kept=0) == 90.0 + 64
     busy = predicted_mib(90.0, buffered=20_000, kept=100_000)
-    assert busy - 90.0 == pytest.approx((0.43 * 20 * 2**20 + 167 * 100_000) / 2**20)
+    assert busy - 90.0 - 64 == pytest.approx((210 * 20_000 + 167 * 100_000) / 2**20)
