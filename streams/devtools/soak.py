@@ -54,7 +54,7 @@ def slope(points: list[tuple[float, float]]) -> float:
     return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread if spread else 0.0
 
 
-def run_soak(minutes: float, rate: float, spans: int = 10) -> int:
+def run_soak(minutes: float, rate: float, spans: int = 2) -> int:
     """Run the soak; print progress and the figures; 0 if both goals hold."""
     work = Path(tempfile.mkdtemp(prefix="caudal-soak-"))
     broker = LocalBroker(log_path=work / "broker.log").start()
@@ -102,6 +102,9 @@ def run_soak(minutes: float, rate: float, spans: int = 10) -> int:
         began = time.monotonic()
         while time.monotonic() - began < seconds:
             time.sleep(10)
+            if worker.poll() is not None or broker.pid is None:
+                print(f"soak: the worker or the broker stopped; see {work}", file=sys.stderr)
+                return 2
             metrics = read_metrics(port)
             sample = {
                 "minute": (time.monotonic() - began) / 60,
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="soak", description=__doc__)
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--rate", type=float, default=4000.0, help="traces per second offered")
-    parser.add_argument("--spans", type=int, default=10, help="spans per trace")
+    parser.add_argument("--spans", type=int, default=2, help="spans per trace")
     args = parser.parse_args(argv)
     return run_soak(args.minutes, args.rate, args.spans)
 
