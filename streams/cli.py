@@ -1,4 +1,5 @@
-"""The `caudal` command: worker, validate, broker, generate, demo, bench, policies."""
+"""The `caudal` command: worker, ingest, validate, broker, generate, demo, bench, decide,
+backfill, policies."""
 
 from __future__ import annotations
 
