@@ -37,6 +37,7 @@ __all__ = [
     "encode",
     "flatten",
     "flatten_request",
+    "length_delimited",
     "look_alike_classes",
     "request_batches",
     "RequestSummary",
@@ -172,3 +173,14 @@ def request_summary(request: bytes) -> RequestSummary:
     return RequestSummary(
         count, merged.scope_spans.spans.trace_id[:], merged.resource.attributes[:]
     )
+
+
+def length_delimited(field: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field as upb writes it: tag, varint length, payload."""
+    head = bytearray(((field << 3) | 2,))
+    n = len(payload)
+    while n > 0x7F:
+        head.append((n & 0x7F) | 0x80)
+        n >>= 7
+    head.append(n)
+    return bytes(head) + payload

@@ -28,6 +28,7 @@ from policies.flatten import (
     encode,
     flatten,
     flatten_request,
+    length_delimited,
     request_batches,
     request_span_count,
 )
@@ -479,24 +480,11 @@ _parse_key_value: Final = KeyValue.FromString
 
 
 def _key_field(key: str) -> bytes:
-    return _length_delimited(1, key.encode())
+    return length_delimited(1, key.encode())
 
 
 def _encoded_pair(key: str, value: str) -> bytes:
     # KeyValue{key = 1, value = 2} holding AnyValue{string_value = 1}, as upb serializes it;
     # proto3 leaves an empty key out of the encoding altogether.
     key_field = _key_field(key) if key else b""
-    return key_field + _length_delimited(2, _length_delimited(1, value.encode()))
-
-
-def _length_delimited(field: int, payload: bytes) -> bytes:
-    return bytes(((field << 3) | 2,)) + _varint(len(payload)) + payload
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+    return key_field + length_delimited(2, length_delimited(1, value.encode()))

