@@ -7,7 +7,10 @@ consumer batch into one record, because the worker pays ~150 µs of Faust overhe
 
 It runs in a thread with its own confluent-kafka consumer group and commits input offsets only
 after the records it produced were acknowledged: at-least-once, and a re-split is harmless because
-the buffer appends fragments and decisions are taken once per trace ID.
+the buffer appends fragments and decisions are taken once per trace ID. It does not wait for a
+batch's acknowledgements before reading the next one: up to `MAX_IN_FLIGHT` batches are under way,
+and each is vouched for (progress claims) and committed once it and every batch before it were
+acknowledged; a failure reads them all again.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -27,7 +31,6 @@ from streams.kafka.clients import (
     INDEX_HEADER,
     ORIGIN_HEADER,
     TENANT_HEADER,
-    DeliveryReports,
     RecordLike,
     client_config,
     consumer_lags,
@@ -74,8 +77,13 @@ log = logging.getLogger(__name__)
 
 _PER_FRAGMENT = 20 + ENTRY_BYTES  # its index entry and its origin entry
 # How often each caudal-spans partition gets a record with the latest progress claims (data
-# records carry the claims of the batch before theirs).
+# records carry the claims of the batches acknowledged before theirs).
 PROGRESS_INTERVAL = 0.2
+# Batches produced and not yet acknowledged while the next ones are read and split: waiting for
+# each batch's acknowledgements and commit left the split thread idle 40 % of a burst.
+MAX_IN_FLIGHT = 4
+# How long a batch may wait for its acknowledgements before it counts as failed.
+ACK_TIMEOUT = 30.0
 
 
 # (trace ID, fragment, origin: the input record its spans came from, see streams.wire.origin)
@@ -186,6 +194,34 @@ def split_one(
     return out
 
 
+@dataclass
+class InFlight:
+    """One read of the split stage, from its produce to its commit: what it vouches for once
+    it and every read before it were acknowledged."""
+
+    messages: list[Message]
+    stamps: dict[int, float]  # largest input time per input partition
+    idle: set[int]  # input partitions read to their end
+    drained_at: float
+    pending: int = 0  # records not yet acknowledged
+    errors: list[Any] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    def on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+        """The delivery callback of each record of the read."""
+        self.pending -= 1
+        if err is not None:
+            self.errors.append(err)
+
+    def offsets(self) -> list[TopicPartition]:
+        """The offsets to commit once the read is acknowledged: past its last record."""
+        last: dict[tuple[str, int], int] = {}
+        for m in self.messages:
+            topic, partition, offset = where(m)
+            last[(topic, partition)] = max(last.get((topic, partition), offset), offset)
+        return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+
+
 class DeadLetterSink:
     """Send unusable input messages (or the unusable part of one) to the dead-letter topic."""
 
@@ -200,6 +236,7 @@ class DeadLetterSink:
         self.topic = topic
         self.max_bytes = max_bytes
         self.failures = 0  # deliveries that failed: the batch is read again
+        self.sent = 0  # dead letters sent (the split stage waits for them before a commit)
         self.on_failure = on_failure
 
     def _delivered(self, err: KafkaError | None, _msg: Message) -> None:
@@ -229,6 +266,7 @@ class DeadLetterSink:
             max_bytes=self.max_bytes,
             on_delivery=self._delivered,
         )
+        self.sent += 1
 
 
 class SplitStage(Supervised):
@@ -275,13 +313,16 @@ class SplitStage(Supervised):
         )
         self.progress = SplitProgress()
         self.in_hand: list[Message] = []  # the batch being split, read again if it fails
+        self.in_flight: deque[InFlight] = deque()  # produced, in read order
         self.next_lag = 0.0
         self.sent_at: dict[int, float] = {}
 
     def work(self) -> None:
         """Split batches until the worker stops."""
         kafka = self.settings.kafka
-        self.consumer.subscribe([kafka.input_topic], on_assign=self._on_assign)
+        self.consumer.subscribe(
+            [kafka.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
         log.info("split stage started topic=%s", kafka.input_topic)
         try:
             while not self.stop.is_set():
@@ -293,7 +334,7 @@ class SplitStage(Supervised):
                     time.sleep(1.0)
                 self.in_hand = []
         finally:
-            self.producer.flush(10)
+            self._drain()
             self.consumer.close()
             log.info("split stage stopped")
 
@@ -314,7 +355,10 @@ class SplitStage(Supervised):
         # batch size: just after an assignment, an empty read means the fetch has not started.
         idle = set(self.progress.at_end) if len(messages) < size else set()
         if not usable:
-            self.progress.committed({}, idle, drained_at)
+            # Vouches for the partitions read to their end, once what was read before is
+            # acknowledged.
+            self.in_flight.append(InFlight([], {}, idle, drained_at))
+            self._settle()
             self._send_progress()
             return
         stamps = _input_times(usable, polled_at)
@@ -322,24 +366,78 @@ class SplitStage(Supervised):
         meter = self.meter if not degradation or degradation.optional_work() else None
         batch = split_messages(usable, self.settings, self.resolver, self.dead_letter, meter)
         stamp = max(stamps.values())
-        if not self._produce(batch, min(stamp, time.time())):
-            self._rewind()
-            return
-        # Produced and acknowledged: what it vouches for holds whether or not the commit does.
-        self.progress.committed(stamps, idle, drained_at)
+        read = InFlight(usable, stamps, idle, drained_at)
+        self.in_flight.append(read)
+        self._produce(batch, min(stamp, time.time()), read)
+        self._settle(wait=len(self.in_flight) > MAX_IN_FLIGHT)
         self._send_progress()
+
+    def _settle(self, wait: bool = False, sync: bool = False) -> None:
+        """Vouch for and commit the reads acknowledged so far, in read order; with `wait`,
+        until at most MAX_IN_FLIGHT are under way. A failed read has it and every later one
+        read again."""
+        self.producer.poll(0)
+        if self.dead_letter.sent and self.in_flight:
+            # Rare: a dead letter's delivery is not counted per read, so wait for all.
+            self.producer.flush(ACK_TIMEOUT)
+            self.dead_letter.sent = 0
+        while self.in_flight:
+            head = self.in_flight[0]
+            if head.pending > 0:
+                overdue = time.monotonic() - head.started > ACK_TIMEOUT
+                if not overdue and not (wait and len(self.in_flight) > MAX_IN_FLIGHT):
+                    return
+                if not overdue:
+                    self.producer.poll(0.05)
+                    continue
+                head.errors.append("no acknowledgement in time")
+            if head.errors or self.dead_letter.failures:
+                dead, self.dead_letter.failures = self.dead_letter.failures, 0
+                log.error(
+                    "split produce failed errors=%d first=%s dead_letters=%d",
+                    len(head.errors),
+                    head.errors[0] if head.errors else None,
+                    dead,
+                )
+                self._rewind()
+                return
+            self.in_flight.popleft()
+            # Produced and acknowledged: what it vouches for holds whether or not the commit does.
+            self.progress.committed(head.stamps, head.idle, head.drained_at)
+            if head.messages:
+                self._commit(head.offsets(), sync)
+
+    def _commit(self, offsets: list[TopicPartition], sync: bool) -> None:
         try:
-            self.consumer.commit(asynchronous=False)
+            if sync:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+            else:
+                self.consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:
             # A rebalance moved the partitions meanwhile: their next owner splits these records
             # again, and the copies are recognised by their origin (streams.wire.origin).
             log.warning("split commit failed error=%s", exc)
 
+    def _drain(self) -> None:
+        """Wait for every read under way and commit those acknowledged (before a revoke or a
+        stop); what failed is left to whoever reads the partitions next."""
+        self.producer.flush(ACK_TIMEOUT)
+        self._settle(sync=True)
+        if self.in_flight:
+            log.warning("split reads not acknowledged reads=%d", len(self.in_flight))
+            self.in_flight.clear()
+
     def _rewind(self) -> None:
+        """Read again the batch in hand and every read under way (none is vouched for)."""
+        messages = [m for read in self.in_flight for m in read.messages] + self.in_hand
+        self.in_flight.clear()
         try:
-            rewind(self.consumer, self.in_hand)
+            rewind(self.consumer, messages)
         except KafkaException as exc:  # revoked meanwhile: the next owner reads them
             log.warning("split rewind failed error=%s", exc)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._drain()
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         topic = self.settings.kafka.input_topic
@@ -371,13 +469,12 @@ class SplitStage(Supervised):
         if lags is not None:
             set_consumer_lag(self.settings.kafka.input_topic, lags)
 
-    def _produce(self, batch: Batch, stamp: float) -> bool:
-        """Produce a batch and wait for every acknowledgement; False if any failed.
+    def _produce(self, batch: Batch, stamp: float, read: InFlight) -> None:
+        """Produce a batch; `read` counts its acknowledgements.
 
         Every record is stamped with the batch's latest input time (a trace's decision window
         starts there) and carries the progress this split stage vouched for so far.
         """
-        reports = DeliveryReports()
         topic = self.settings.kafka.spans_topic
         timestamp = int(stamp * 1000)
         progress = self.progress.header()
@@ -394,6 +491,7 @@ class SplitStage(Supervised):
                     (ORIGIN_HEADER, pack_origins([source for _, _, source in chunk])),
                     *fixed,
                 ]
+                read.pending += 1
                 produce(
                     self.producer,
                     topic,
@@ -401,15 +499,9 @@ class SplitStage(Supervised):
                     partition=partition,
                     timestamp=timestamp,
                     headers=headers,
-                    on_delivery=reports.on_delivery,
+                    on_delivery=read.on_delivery,
                 )
                 self.producer.poll(0)
-        delivery = reports.wait(self.producer)
-        dead, self.dead_letter.failures = self.dead_letter.failures, 0
-        if not delivery.ok or dead:
-            log.error("split produce failed %s dead_letters=%d", delivery, dead)
-            return False
-        return True
 
 
 def _chunks(fragments: list[SourcedFragment], room: int) -> Iterable[list[SourcedFragment]]:

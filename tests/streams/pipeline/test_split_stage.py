@@ -59,15 +59,17 @@ class Consumer:
         self.batches = batches
         self.commit_error = commit_error
         self.commits = 0
+        self.committed: list[tuple[int, int]] = []
         self.seeks: list[tuple[int, int]] = []
 
     def consume(self, size: int, timeout: float) -> list[Message]:
         return self.batches.pop(0) if self.batches else []
 
-    def commit(self, asynchronous: bool) -> None:
+    def commit(self, offsets: list, asynchronous: bool) -> None:
         if self.commit_error:
             raise KafkaException(KafkaError(KafkaError.REBALANCE_IN_PROGRESS))
         self.commits += 1
+        self.committed += [(tp.partition, tp.offset) for tp in offsets]
 
     def seek(self, tp: object) -> None:
         self.seeks.append((tp.partition, tp.offset))  # type: ignore[attr-defined]
@@ -155,3 +157,67 @@ def test_a_batch_that_was_not_acknowledged_is_read_again_and_not_vouched_for() -
     split._step()
     assert consumer.seeks == [(0, 7)] and consumer.commits == 0
     assert decode_claims(split.progress.header() or b"")[2][0] == 0.0
+
+
+class SlowProducer(Producer):
+    """Acknowledges only when told to (`release`), as a broker under load does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list = []
+        self.outcome: KafkaError | None = None
+
+    def produce(
+        self, topic: str, value=None, partition=0, headers=(), on_delivery=None, timestamp=0
+    ):
+        self.records.append({"partition": partition, "headers": dict(headers), "value": value})
+        if on_delivery is not None:
+            self.waiting.append(on_delivery)
+
+    def release(self) -> None:
+        for callback in self.waiting:
+            callback(self.outcome, None)
+        self.waiting = []
+
+    def flush(self, timeout: float = 0) -> int:
+        self.release()
+        return 0
+
+
+def test_reads_go_on_while_a_batch_waits_for_its_acknowledgement() -> None:
+    first = Message(0, 5, request(b"a" * 16))
+    consumer = Consumer([[first], [Message(1, 9, request(b"b" * 16))], [EndOfPartition(0)]])
+    producer = SlowProducer()
+    split = stage(consumer, producer)
+    split._step()
+    split._step()  # read before the first batch was acknowledged
+    split._step()  # partition 0 read to its end: vouches for nothing before the batches
+    assert consumer.commits == 0
+    assert decode_claims(split.progress.header() or b"")[2] == {0: 0.0, 1: 0.0}
+    producer.release()
+    split._settle()
+    assert consumer.committed == [(0, 6), (1, 10)], "each batch past its own last record"
+    claims = decode_claims(split.progress.header() or b"")[2]
+    assert claims[1] == 1_700_000_000.009 and claims[0] > claims[1]
+
+
+def test_a_failed_batch_is_read_again_with_every_batch_read_after_it() -> None:
+    consumer = Consumer([[Message(0, 5, request(b"a" * 16))], [Message(0, 6, request(b"b" * 16))]])
+    producer = SlowProducer()
+    split = stage(consumer, producer)
+    split._step()
+    split._step()
+    producer.outcome = KafkaError(KafkaError._MSG_TIMED_OUT)
+    producer.release()
+    split._settle()
+    assert consumer.seeks == [(0, 5)] and consumer.commits == 0
+    assert not split.in_flight
+    assert decode_claims(split.progress.header() or b"")[2] == {0: 0.0, 1: 0.0}
+
+
+def test_a_revoke_waits_for_the_batches_under_way_and_commits_them() -> None:
+    consumer = Consumer([[Message(0, 5, request(b"a" * 16))]])
+    split = stage(consumer, SlowProducer())
+    split._step()
+    split._on_revoke(consumer, [])  # type: ignore[arg-type]
+    assert consumer.committed == [(0, 6)] and not split.in_flight
