@@ -92,6 +92,12 @@ class SplitProgress:
         self.claims = {partition: 0.0 for partition in partitions}
         self.at_end = set()
 
+    def revoked(self, partitions: Iterable[int]) -> None:
+        """Partitions no longer read: nothing more is vouched for them."""
+        for partition in partitions:
+            self.claims.pop(partition, None)
+            self.at_end.discard(partition)
+
     def read(self, messages: Iterable[Any]) -> None:
         """Note which partitions the consumer read to their end (librdkafka's end-of-partition
         events, in order with the records) and which have records again."""

@@ -84,6 +84,8 @@ PROGRESS_INTERVAL = 0.2
 MAX_IN_FLIGHT = 4
 # How long a batch may wait for its acknowledgements before it counts as failed.
 ACK_TIMEOUT = 30.0
+# How long a revoke or a stop waits for the batches under way (the worker gives its threads 15 s).
+DRAIN_TIMEOUT = 10.0
 
 
 # (trace ID, fragment, origin: the input record its spans came from, see streams.wire.origin)
@@ -308,6 +310,7 @@ class SplitStage(Supervised):
                     # Bounds how stale "nothing more to read" can be (SplitProgress.IDLE_MARGIN).
                     "fetch.wait.max.ms": 100,
                     "enable.partition.eof": True,
+                    "on_commit": self._on_commit,
                 },
             )
         )
@@ -369,6 +372,7 @@ class SplitStage(Supervised):
         read = InFlight(usable, stamps, idle, drained_at)
         self.in_flight.append(read)
         self._produce(batch, min(stamp, time.time()), read)
+        read.started = time.monotonic()  # a wait for room in the producer's queue is no delay
         self._settle(wait=len(self.in_flight) > MAX_IN_FLIGHT)
         self._send_progress()
 
@@ -378,8 +382,10 @@ class SplitStage(Supervised):
         read again."""
         self.producer.poll(0)
         if self.dead_letter.sent and self.in_flight:
-            # Rare: a dead letter's delivery is not counted per read, so wait for all.
-            self.producer.flush(ACK_TIMEOUT)
+            # Rare: a dead letter's delivery is not counted per read, so wait for all; one not
+            # acknowledged fails the reads under way (read again, dead-lettered again).
+            if self.producer.flush(ACK_TIMEOUT):
+                self.dead_letter.failures += 1
             self.dead_letter.sent = 0
         while self.in_flight:
             head = self.in_flight[0]
@@ -421,7 +427,7 @@ class SplitStage(Supervised):
     def _drain(self) -> None:
         """Wait for every read under way and commit those acknowledged (before a revoke or a
         stop); what failed is left to whoever reads the partitions next."""
-        self.producer.flush(ACK_TIMEOUT)
+        self.producer.flush(DRAIN_TIMEOUT)
         self._settle(sync=True)
         if self.in_flight:
             log.warning("split reads not acknowledged reads=%d", len(self.in_flight))
@@ -431,6 +437,8 @@ class SplitStage(Supervised):
         """Read again the batch in hand and every read under way (none is vouched for)."""
         messages = [m for read in self.in_flight for m in read.messages] + self.in_hand
         self.in_flight.clear()
+        # Their end was reached past what is read again: an empty read must not vouch for it.
+        self.progress.at_end -= {m.partition() for m in messages}
         try:
             rewind(self.consumer, messages)
         except KafkaException as exc:  # revoked meanwhile: the next owner reads them
@@ -438,6 +446,15 @@ class SplitStage(Supervised):
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._drain()
+        # No claim about partitions no longer read: the last one sent stays in force at the
+        # workers until the next owner's claims replace it.
+        self.progress.revoked([tp.partition for tp in partitions])
+
+    def _on_commit(self, err: KafkaError | None, _partitions: list[TopicPartition]) -> None:
+        if err is not None:
+            # Its records are split again by whoever reads the partition next (copies are
+            # recognised by their origin).
+            log.warning("split commit failed error=%s", err)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         topic = self.settings.kafka.input_topic

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
@@ -221,3 +221,29 @@ def test_a_revoke_waits_for_the_batches_under_way_and_commits_them() -> None:
     split._step()
     split._on_revoke(consumer, [])  # type: ignore[arg-type]
     assert consumer.committed == [(0, 6)] and not split.in_flight
+
+
+def test_after_a_rewind_an_empty_read_does_not_vouch_for_what_is_read_again() -> None:
+    # The batch reached the partition's end, then failed: the fetch starts again from its first
+    # record, and the reads that come back empty meanwhile say nothing about the partition.
+    consumer = Consumer([[Message(0, 5, request(b"a" * 16)), EndOfPartition(0)], [], []])
+    producer = SlowProducer()
+    split = stage(consumer, producer)
+    split._step()
+    producer.outcome = KafkaError(KafkaError._MSG_TIMED_OUT)
+    producer.release()
+    split._step()  # finds the failure: read again
+    assert consumer.seeks == [(0, 5)]
+    split._step()  # empty: the fetch has not started again
+    assert decode_claims(split.progress.header() or b"")[2] == {0: 0.0, 1: 0.0}
+
+
+def test_a_revoked_partition_is_no_longer_vouched_for() -> None:
+    consumer = Consumer([[EndOfPartition(0), EndOfPartition(1)], [EndOfPartition(1)]])
+    split = stage(consumer, Producer())
+    split._step()
+    before = decode_claims(split.progress.header() or b"")[2]
+    split._on_revoke(consumer, [TopicPartition("otlp_spans", 0)])  # type: ignore[arg-type]
+    split._step()
+    after = decode_claims(split.progress.header() or b"")[2]
+    assert set(after) == {1} and after[1] >= before[1]
