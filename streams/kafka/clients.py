@@ -30,6 +30,7 @@ __all__ = [
     "headers_of",
     "consumer_lags",
     "make_producer",
+    "offset_bounds",
     "where",
     "produce",
     "produce_all",
@@ -308,11 +309,17 @@ def consumer_lags(consumer: Consumer) -> dict[int, int] | None:
     return lags
 
 
-def rewind(consumer: Consumer, messages: Sequence[Message]) -> None:
-    """Seek back to the first offset of a batch that failed, so it is read again."""
-    first: dict[tuple[str, int], int] = {}
+def offset_bounds(messages: Sequence[RecordLike]) -> dict[tuple[str, int], tuple[int, int]]:
+    """Per (topic, partition) of consumed `messages`, their first and last offsets."""
+    bounds: dict[tuple[str, int], tuple[int, int]] = {}
     for m in messages:
         topic, partition, offset = where(m)
-        first[(topic, partition)] = min(first.get((topic, partition), offset), offset)
-    for (topic, partition), offset in first.items():
-        consumer.seek(TopicPartition(topic, partition, offset))
+        first, last = bounds.get((topic, partition), (offset, offset))
+        bounds[(topic, partition)] = (min(first, offset), max(last, offset))
+    return bounds
+
+
+def rewind(consumer: Consumer, messages: Sequence[Message]) -> None:
+    """Seek back to the first offset of a batch that failed, so it is read again."""
+    for (topic, partition), (first, _) in offset_bounds(messages).items():
+        consumer.seek(TopicPartition(topic, partition, first))

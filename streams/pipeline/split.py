@@ -36,6 +36,7 @@ from streams.kafka.clients import (
     consumer_lags,
     headers_of,
     make_producer,
+    offset_bounds,
     produce,
     rewind,
     where,
@@ -217,11 +218,8 @@ class InFlight:
 
     def offsets(self) -> list[TopicPartition]:
         """The offsets to commit once the read is acknowledged: past its last record."""
-        last: dict[tuple[str, int], int] = {}
-        for m in self.messages:
-            topic, partition, offset = where(m)
-            last[(topic, partition)] = max(last.get((topic, partition), offset), offset)
-        return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+        bounds = offset_bounds(self.messages).items()
+        return [TopicPartition(t, p, last + 1) for (t, p), (_, last) in bounds]
 
 
 class DeadLetterSink:
