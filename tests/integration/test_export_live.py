@@ -172,11 +172,18 @@ def test_isolation_rejection_quota_and_redaction(
 def test_backend_outage_loses_nothing_and_does_not_delay_others(
     broker: LocalBroker, tmp_path: Path, backends
 ) -> None:
+    # The default schedule (5, 10, 20, 30 s, then the breaker's minute) at two fifths: the
+    # same retries, backoff and breaker, 50 s instead of two minutes. The backend is down for
+    # 35 s from the first attempt; the probe comes at 2 + 4 + 8 + 8 + 16 = 38 s.
+    schedule = {
+        "retry": {"initial_interval": "2s", "multiplier": 2, "max_interval": "8s"},
+        "circuit_breaker": {"failure_threshold": 5, "open_duration": "16s"},
+    }
     outage: dict[str, float] = {}
 
     def flaky(now: float) -> tuple[int, dict[str, str]]:
         outage.setdefault("start", now)
-        return (503, {}) if now - outage["start"] < 120 else (200, {})
+        return (503, {}) if now - outage["start"] < 35 else (200, {})
 
     down = backends("down", answer=flaky)
     healthy = backends("healthy")
@@ -184,7 +191,7 @@ def test_backend_outage_loses_nothing_and_does_not_delay_others(
         broker,
         tmp_path,
         policies=KEEP_ALL,
-        exporters={"down": exporter(down), "healthy": exporter(healthy)},
+        exporters={"down": exporter(down, **schedule), "healthy": exporter(healthy)},
         tenants={
             "acme": {"exporters": ["down"]},
             "globex": {"exporters": ["healthy"]},
@@ -203,7 +210,7 @@ def test_backend_outage_loses_nothing_and_does_not_delay_others(
         pipeline.flush()
         wait_for(lambda: len(healthy.spans_by_trace()) == 200, 60, "globex's first traces")
         wait_for(lambda: "start" in outage, 30, "acme's first attempt")
-        time.sleep(20)
+        time.sleep(4)
         # While acme's backend is down, globex's new traces still flow at once.
         produced = time.monotonic()
         for payload in [*second["acme"].values(), *second["globex"].values()]:
@@ -225,13 +232,13 @@ def test_backend_outage_loses_nothing_and_does_not_delay_others(
         )
         assert worker.total("caudal_export_retries_total", exporter="down") >= 4
 
-        # The request log follows the schedule: 5, 10, 20, 30 s apart, then the breaker's
-        # minute, then a probe that succeeds.
+        # The request log follows the schedule: 2, 4, 8, 8 s apart (the longest wait is 8 s),
+        # then the breaker's 16 s, then a probe that succeeds.
         attempts = [r.at for r in down.received]
         gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
-        for expected, gap in zip((5, 10, 20, 30), gaps, strict=False):
+        for expected, gap in zip((2, 4, 8, 8), gaps, strict=False):
             assert expected * 0.9 <= gap <= expected * 1.5 + 2, gaps
-        assert 55 <= gaps[4] <= 75, gaps
+        assert 15 <= gaps[4] <= 22, gaps
         assert down.received[5].status == 200
     finally:
         pipeline.stop()
