@@ -47,7 +47,8 @@ def read_all(bootstrap: str, topics: list[str]) -> dict[str, list[Any]]:
                 if m.error() is not None:
                     continue
                 records[m.topic()].append(m)
-                quiet_until = time.monotonic() + 5
+                if m.value() is not None:  # the split stage's progress records never stop
+                    quiet_until = time.monotonic() + 5
     finally:
         consumer.close()
     return records
