@@ -172,9 +172,10 @@ def test_isolation_rejection_quota_and_redaction(
 def test_backend_outage_loses_nothing_and_does_not_delay_others(
     broker: LocalBroker, tmp_path: Path, backends
 ) -> None:
-    # The default schedule (5, 10, 20, 30 s, then the breaker's minute) at two fifths: the
-    # same retries, backoff and breaker, 50 s instead of two minutes. The backend is down for
-    # 35 s from the first attempt; the probe comes at 2 + 4 + 8 + 8 + 16 = 38 s.
+    # The default schedule's shape (5, 10, 20, 30 s, then the breaker's minute) on a shorter
+    # clock: the same retries, doubling backoff up to a cap, breaker and probe, in under a
+    # minute. The backend is down for 35 s from the first attempt; the probe comes at
+    # 2 + 4 + 8 + 8 + 16 = 38 s.
     schedule = {
         "retry": {"initial_interval": "2s", "multiplier": 2, "max_interval": "8s"},
         "circuit_breaker": {"failure_threshold": 5, "open_duration": "16s"},
