@@ -10,7 +10,14 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Final
 
-__all__ = ["FNV64_OFFSET", "FNV64_PRIME", "MAX_UINT64", "fnv1a_64", "ratio_threshold"]
+__all__ = [
+    "FNV64_OFFSET",
+    "FNV64_PRIME",
+    "MAX_UINT64",
+    "fnv1a_64",
+    "python_fnv1a_64",
+    "ratio_threshold",
+]
 
 # Go's hash/fnv constants (offset64, prime64), which the Collector uses through fnv.New64a.
 FNV64_OFFSET: Final = 14695981039346656037
@@ -20,11 +27,12 @@ MAX_UINT64: Final = (1 << 64) - 1
 _MANTISSA_BITS: Final = 64
 
 
-def fnv1a_64(data: bytes, seed: int = FNV64_OFFSET) -> int:
+def python_fnv1a_64(data: bytes, seed: int = FNV64_OFFSET) -> int:
     """Return the 64-bit FNV-1a hash of ``data``.
 
     ``seed`` is the running hash state: FNV is a stream, so hashing ``salt + data`` equals
     hashing ``data`` from the state left by ``salt``. Callers precompute that state once.
+    :func:`fnv1a_64` is this function, or the same in C when ``policies._wire`` is built.
     """
     if len(data) == 16:
         # Unrolled for the 16-byte trace ID, ~20 % faster than the loop. Reducing mod 2**64
@@ -40,6 +48,12 @@ def fnv1a_64(data: bytes, seed: int = FNV64_OFFSET) -> int:
     for byte in data:
         h = ((h ^ byte) * FNV64_PRIME) & MAX_UINT64
     return h
+
+
+try:
+    from policies._wire import fnv1a_64
+except ImportError:  # built without a C compiler: the same hash in Python
+    fnv1a_64 = python_fnv1a_64
 
 
 def ratio_threshold(ratio: float) -> int:

@@ -12,6 +12,12 @@ searches prove an attribute value or a status absent (the common case), and
 :mod:`policies.flatten` folds every span into one message in a single parse for times, status
 codes, trace states and the encoded attribute entries. Only rare questions (``spans``,
 ``root_span``, spans with zero times) walk the protobuf.
+
+A view of a request (what a worker decides on) goes one step further when the optional C
+module ``policies._wire`` is built: one walk of the bytes answers the span count, the time
+bounds, the status codes, the root and the orphans together (~2 µs for 10 spans against
+~10 µs for the parses and lists), and the parses run only for attribute entries and bytes
+the walk leaves to the parser.
 """
 
 from __future__ import annotations
@@ -33,6 +39,14 @@ from policies.flatten import (
     request_span_count,
 )
 
+try:
+    from policies import _wire
+except ImportError:  # built without a C compiler: the parses and regexes answer alone
+    _wire = None  # type: ignore[assignment]
+contains_any = _wire.contains_any if _wire else None
+has_attribute_entry = _wire.has_attribute_entry if _wire else None
+trace_facts = _wire.trace_facts if _wire else None
+
 __all__ = [
     "SERVICE_NAME",
     "StringValueProbe",
@@ -46,6 +60,10 @@ SERVICE_NAME: Final = "service.name"
 _INT64_LIMIT: Final = 1 << 63
 _UNSET: Final = Status.STATUS_CODE_UNSET
 _ERROR: Final = Status.STATUS_CODE_ERROR
+# Status-code sets by the bit mask policies._wire gives (bit n: code n present).
+_CODE_SETS: Final = tuple(
+    frozenset(code for code in (0, 1, 2) if mask >> code & 1) for mask in range(8)
+)
 # The encoded Status.code field (tag 3, varint) for each non-default code; proto3 always
 # writes it when the code is set, so its absence from the bytes proves no span has that code.
 _CODE_FIELD: Final = {code: re.compile(re.escape(bytes((0x18, code)))) for code in (1, 2)}
@@ -83,6 +101,10 @@ class TraceView:
         "_values",
         "_searched",
         "_services",
+        "_walked",
+        "_states",
+        "_root",
+        "_orphans",
     )
 
     def __init__(
@@ -115,9 +137,11 @@ class TraceView:
         self._root_span: Span | None = None
         self._raw: tuple[list[bytes], list[bytes]] | None = None
         self._entries: frozenset[bytes] | None = None
-        self._values: dict[str, tuple[object, ...]] = {}
+        self._values: dict[str, tuple[object, ...]] | None = None
         self._searched: dict[re.Pattern[bytes], bool] = {}
         self._services: frozenset[str] | None = None
+        # _states, _root and _orphans are set by the walk, and read only after it.
+        self._walked: bool | None = None
 
     @classmethod
     def from_resource_spans(
@@ -173,7 +197,7 @@ class TraceView:
     @property
     def span_count(self) -> int:
         """The number of spans."""
-        if self._span_count < 0:
+        if self._span_count < 0 and not self._walk():
             if not self._has_batches:
                 self._span_count = 0
             elif self._request is not None:
@@ -242,7 +266,7 @@ class TraceView:
         """Whether any span has status ``code``; cheap when the answer is no."""
         if code == _UNSET:
             return _UNSET in self.status_codes
-        if self._flat_span is None:
+        if self._codes is None and self._flat_span is None and not self._walk():
             field = _CODE_FIELD.get(code)
             if field is not None and field.search(self.encoded) is None:
                 return False
@@ -276,6 +300,8 @@ class TraceView:
     @property
     def has_root(self) -> bool:
         """Whether a span without a parent span ID arrived (cheap: no protobuf walk)."""
+        if self._walk():
+            return self._root
         if not self._has_batches:
             return False
         return len(self._span().parent_span_id) < self.span_count
@@ -283,6 +309,8 @@ class TraceView:
     @property
     def orphan_span_count(self) -> int:
         """Spans whose parent span ID names no span of this trace (the parent never arrived)."""
+        if self._walk():
+            return self._orphans
         if not self._has_batches:
             return 0
         span = self._span()
@@ -295,7 +323,9 @@ class TraceView:
     @property
     def trace_states(self) -> tuple[str, ...]:
         """The non-empty W3C ``tracestate`` values of the spans, in trace order."""
-        return tuple(self._span().trace_state) if self._has_batches else ()
+        if not self._has_batches or (self._walk() and not self._states):
+            return ()
+        return tuple(self._span().trace_state)
 
     @property
     def trace_state(self) -> str:
@@ -317,27 +347,48 @@ class TraceView:
         :func:`any_value_to_python`. Event and link attributes do not count. Computed on first
         request per key and kept; a key absent from the encoded trace costs one search.
         """
-        found = self._values.get(key)
+        values = self._values
+        if values is None:
+            values = self._values = {}
+        found = values.get(key)
         if found is None:
-            found = self._values[key] = self._collect(key)
+            found = values[key] = self._collect(key)
         return found
 
-    def may_contain(self, pattern: re.Pattern[bytes]) -> bool:
+    def may_contain(
+        self, pattern: re.Pattern[bytes], literals: tuple[bytes, ...] | None = None
+    ) -> bool:
         """Whether ``pattern`` matches in :attr:`encoded`; False proves its bytes absent.
 
         A compiled regex (an alternation for several byte strings) searches faster than
-        ``bytes in bytes`` for the short needles of encoded fields. Answers are kept per
-        pattern (``re.compile`` returns the same object for the same pattern).
+        ``bytes in bytes`` for the short needles of encoded fields. Given the ``literals``
+        the pattern is an alternation of (see :func:`encoded_pattern`), they are searched
+        with ``memmem`` instead, 4-5x faster again, when ``policies._wire`` is built.
+        Answers are kept per pattern (``re.compile`` returns the same object for the same
+        pattern).
         """
         found = self._searched.get(pattern)
         if found is None:
-            found = self._searched[pattern] = pattern.search(self.encoded) is not None
+            if literals is not None and contains_any is not None:
+                found = contains_any(self.encoded, literals)
+            else:
+                found = pattern.search(self.encoded) is not None
+            self._searched[pattern] = found
         return found
 
-    def has_attribute_entry(self, entries: frozenset[bytes]) -> bool:
+    def has_attribute_entry(
+        self, entries: frozenset[bytes], listed: tuple[bytes, ...] | None = None
+    ) -> bool:
         """Whether a resource or span attribute is encoded exactly as one of ``entries``
-        (encoded ``KeyValue`` messages, see :class:`StringValueProbe`)."""
+        (encoded ``KeyValue`` messages, see :class:`StringValueProbe`). Given the same
+        entries ``listed`` in a tuple, a request not yet decoded is answered by one walk of
+        its bytes (``policies._wire``, ~1 µs) instead of the decoding (~7 µs for 10 spans)."""
         known = self._entries
+        if known is None and listed is not None and self._flat_trace is None:
+            if has_attribute_entry is not None and self._request is not None:
+                found = has_attribute_entry(self._request, listed)
+                if found is not None:
+                    return found
         if known is None:
             resource, span = self._raw_attributes()
             known = self._entries = frozenset(resource).union(span)
@@ -395,13 +446,33 @@ class TraceView:
     def _set_codes(self) -> frozenset[int]:
         # The non-UNSET codes (proto3 omits UNSET), and how many spans have one.
         codes = self._codes
+        if codes is None and self._walk():
+            return self._codes  # type: ignore[return-value]  # set by the walk
         if codes is None:
             listed = self._span().status.code[:] if self._has_batches else []
             self._code_count = len(listed)
             codes = self._codes = frozenset(listed)
         return codes
 
+    def _walk(self) -> bool:
+        """Take the facts of a request from one walk of its bytes (``policies._wire``), once;
+        False when there is none: no C module, no request, or bytes left to the parser."""
+        walked = self._walked
+        if walked is None:
+            facts = None
+            if trace_facts is not None and self._request is not None:
+                facts = trace_facts(self._request)
+            walked = self._walked = facts is not None
+            if facts is not None:
+                count, start, end, complete, mask, code_count, states, root, orphans = facts
+                self._span_count, self._times = count, (start, end, complete)
+                self._codes, self._code_count = _CODE_SETS[mask], code_count
+                self._states, self._root, self._orphans = states, root, orphans
+        return walked
+
     def _compute_times(self) -> tuple[int, int, bool]:
+        if self._walk():
+            return self._times  # type: ignore[return-value]  # set by the walk
         count = self.span_count
         if count == 0:
             return 0, 0, True
@@ -436,7 +507,7 @@ class StringValueProbe:
     version (they would change the encoding).
     """
 
-    __slots__ = ("key", "values", "_pattern", "_entries")
+    __slots__ = ("key", "values", "_pattern", "_entries", "_listed")
 
     def __init__(self, key: str, values: Iterable[str]) -> None:
         """Prepare the encoded form of ``key`` paired with each of ``values``."""
@@ -445,6 +516,7 @@ class StringValueProbe:
         entries = sorted(_encoded_pair(key, value) for value in self.values)
         self._pattern: Final = encoded_pattern(entries) if entries else None
         self._entries: Final = frozenset(entries)
+        self._listed: Final = tuple(entries)
 
     def matches(self, trace: TraceView) -> bool:
         """Return True if a resource or span attribute ``key`` of ``trace`` is in ``values``."""
@@ -452,9 +524,9 @@ class StringValueProbe:
         # (inside an event, a link, another value). One search of the trace's bytes first
         # settles the common case, no such bytes at all, even once the trace is decoded: it
         # costs less than gathering every attribute entry into a set.
-        if self._pattern is None or not trace.may_contain(self._pattern):
+        if self._pattern is None or not trace.may_contain(self._pattern, self._listed):
             return False
-        return trace.has_attribute_entry(self._entries)
+        return trace.has_attribute_entry(self._entries, self._listed)
 
 
 def any_value_to_python(value: AnyValue) -> object:

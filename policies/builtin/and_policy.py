@@ -17,7 +17,8 @@ from policies.trace import TraceView
 
 __all__ = ["And", "AndConfig"]
 
-_FAILS = frozenset({Verdict.NOT_SAMPLED, Verdict.INVERTED_NOT_SAMPLED, Verdict.DROPPED})
+# A tuple: `in` by identity, no Enum.__hash__ call (see policies.model).
+_FAILS = (Verdict.NOT_SAMPLED, Verdict.INVERTED_NOT_SAMPLED, Verdict.DROPPED)
 
 
 class AndConfig(BaseModel):

@@ -12,7 +12,7 @@ from policies.trace import TraceView
 
 __all__ = ["Drop", "DropConfig"]
 
-_NO_MATCH = frozenset({Verdict.NOT_SAMPLED, Verdict.INVERTED_NOT_SAMPLED})
+_NO_MATCH = (Verdict.NOT_SAMPLED, Verdict.INVERTED_NOT_SAMPLED)  # a tuple: see policies.model
 
 
 class DropConfig(BaseModel):

@@ -27,7 +27,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,13 @@ class BenchOptions:
     bootstrap: str | None = None
 
 
+def c_walk_built() -> bool:
+    """Whether policies._wire is built: without it the policies parse every trace."""
+    from policies import trace
+
+    return trace.trace_facts is not None
+
+
 @dataclass
 class BenchResult:
     """The figures of one run (`--json` prints them as one object)."""
@@ -99,6 +106,8 @@ class BenchResult:
     rocksdb_memtables_mib_at_peak: float
     rocksdb_block_cache_mib_at_peak: float
     policy_decisions_per_second: float
+    c_walk: bool = field(default_factory=c_walk_built)
+    """Whether the optional C module policies._wire is built (see README, Troubleshooting)."""
 
 
 def rss_kib(pid: int, name: str = "VmRSS") -> int:
@@ -268,6 +277,7 @@ def run_policies_bench(traces: int, spans: int, as_json: bool) -> int:
                     "policy_decisions_per_second": round(rates["five_rules"]),
                     "policy_decisions_per_second_15_policies": round(rates["15_policies"]),
                     "spans_per_trace": spans,
+                    "c_walk": c_walk_built(),
                 }
             )
         )

@@ -1,0 +1,140 @@
+"""The C walk (policies._wire) against the protobuf parses it stands in for.
+
+A fact it gives must be the fact the parses give, on any request; bytes the parses reject (or
+read in an unusual way) it must leave to them (None).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+from policies import TraceView
+from policies import trace as trace_module
+from policies.flatten import length_delimited
+from policies.hashing import python_fnv1a_64
+from policies.trace import StringValueProbe, encoded_pattern
+from tests.policies.test_properties import STRINGS, TRACES
+
+wire = pytest.importorskip("policies._wire", reason="built without a C compiler")
+
+PROBES = [StringValueProbe(key, ["vip", "payments", "v"]) for key in ("user.tier", "k", "")]
+
+
+def parsed_facts(request: bytes, monkeypatch: pytest.MonkeyPatch) -> tuple[object, ...]:
+    """The facts as the parses give them (the walk switched off)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(trace_module, "trace_facts", None)
+        patch.setattr(trace_module, "has_attribute_entry", None)
+        view = TraceView.from_request(b"\x01" * 16, request)
+        mask = sum(1 << code for code in view._set_codes())
+        return (
+            view.span_count,
+            *view.time_bounds(),
+            mask,
+            view._code_count,
+            len(view.trace_states),
+            view.has_root,
+            view.orphan_span_count,
+        )
+
+
+def entries_found(request: bytes, probe: StringValueProbe) -> bool:
+    view = TraceView.from_request(b"\x01" * 16, request)
+    view._raw_attributes()  # decoded: the set of entries answers
+    return view.has_attribute_entry(probe._entries)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(TRACES)
+def test_the_walk_gives_the_facts_the_parses_give(
+    trace: tuple[bytes, list[ResourceSpans]],
+) -> None:
+    trace_id, batches = trace
+    request = ExportTraceServiceRequest(resource_spans=batches).SerializeToString()
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        expected = parsed_facts(request, monkeypatch)
+    assert wire.trace_facts(request) == expected
+    for probe in PROBES:
+        assert wire.has_attribute_entry(request, probe._listed) == entries_found(request, probe)
+
+
+# Where to cut, how many bytes, and what to put in their place.
+MUTATIONS = st.tuples(st.integers(0, 10_000), st.integers(0, 3), st.binary(max_size=3))
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(TRACES, st.lists(MUTATIONS, min_size=1, max_size=3))
+def test_broken_bytes_are_left_to_the_parser_or_read_as_it_reads_them(
+    trace: tuple[bytes, list[ResourceSpans]], mutations: list[tuple[int, int, bytes]]
+) -> None:
+    trace_id, batches = trace
+    data = bytearray(ExportTraceServiceRequest(resource_spans=batches).SerializeToString())
+    for at, cut, insert in mutations:
+        at = at % (len(data) + 1)
+        data[at : at + cut] = insert  # cut bytes out, put others in
+    request = bytes(data)
+    facts = wire.trace_facts(request)
+    if facts is None:
+        return  # left to the parser, which reads it or raises DecodeError
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        assert parsed_facts(request, monkeypatch) == facts  # the parser reads it, the same
+    for probe in PROBES:
+        assert wire.has_attribute_entry(request, probe._listed) == entries_found(request, probe)
+
+
+def _request_of(span: bytes) -> bytes:
+    """A request holding one span given as its encoded fields."""
+    return length_delimited(1, length_delimited(2, length_delimited(2, span)))
+
+
+def test_unusual_shapes_are_left_to_the_parser() -> None:
+    span = Span(span_id=b"\x01" * 8, start_time_unix_nano=5, end_time_unix_nano=9)
+    span.status.code = 2
+    batch = ResourceSpans(scope_spans=[ScopeSpans(spans=[span])])
+    request = ExportTraceServiceRequest(resource_spans=[batch]).SerializeToString()
+    assert wire.trace_facts(request) == (1, 5, 9, True, 0b100, 1, 0, True, 0)
+    unusual = {
+        "a status code outside the enum": request.replace(b"\x18\x02", b"\x18\x05"),
+        "a start time as a varint": _request_of(b"\x12\x08" + b"\x01" * 8 + b"\x38\x05"),
+        "a truncated request": request[:-1],
+    }
+    for what, data in unusual.items():
+        assert wire.trace_facts(data) is None, what
+    # A tracestate that is not ASCII: the parser checks its UTF-8, not the walk.
+    span.trace_state = "é=1"
+    batch = ResourceSpans(scope_spans=[ScopeSpans(spans=[span])])
+    odd = ExportTraceServiceRequest(resource_spans=[batch]).SerializeToString()
+    assert wire.trace_facts(odd) is None
+    view = TraceView.from_request(b"\x01" * 16, odd)
+    assert view.trace_states == ("é=1",) and view.has_error and view.span_count == 1
+
+
+@given(st.binary(max_size=40), st.integers(0, 2**64 - 1))
+def test_the_hash_is_the_python_hash(data: bytes, seed: int) -> None:
+    assert wire.fnv1a_64(data, seed) == python_fnv1a_64(data, seed)
+    assert wire.fnv1a_64(data) == python_fnv1a_64(data)
+
+
+@given(st.binary(max_size=200), st.lists(STRINGS.map(str.encode), max_size=3))
+def test_the_literal_search_is_the_regex_search(data: bytes, needles: list[bytes]) -> None:
+    needles = [n for n in needles if n]  # an empty alternative matches anywhere: not a probe
+    pattern = encoded_pattern(needles) if needles else re.compile(b"(?!)")
+    assert wire.contains_any(data, tuple(needles)) == (pattern.search(data) is not None)
+
+
+def test_wrong_argument_types_raise_type_errors() -> None:
+    for call in (
+        lambda: wire.trace_facts("text"),
+        lambda: wire.has_attribute_entry(b"", [b"x"]),
+        lambda: wire.has_attribute_entry(b"", (1,)),
+        lambda: wire.contains_any(b"", [b"x"]),
+        lambda: wire.fnv1a_64(b"", -1),
+    ):
+        with pytest.raises((TypeError, OverflowError)):
+            call()
