@@ -209,11 +209,15 @@ static Status walk_span(const uint8_t *data, size_t len, Facts *facts) {
     return 0;
 }
 
-static Status walk_scope_spans(const uint8_t *data, size_t len, Facts *facts) {
+typedef Status (*Walker)(const uint8_t *, size_t, Facts *);
+
+/* Each occurrence of the message field `number` walked by `walk`; other fields skipped. */
+static Status walk_each(const uint8_t *data, size_t len, uint32_t number, Walker walk,
+                        Facts *facts) {
     Field field;
     FOR_EACH_FIELD(data, len, field) {
-        if (field.number != 2) continue;
-        if (field.wire != 2 || walk_span(field.data, field.len, facts)) return -1;
+        if (field.number != number) continue;
+        if (field.wire != 2 || walk(field.data, field.len, facts)) return -1;
     }
     return 0;
 }
@@ -234,17 +238,9 @@ static Status walk_resource_spans(const uint8_t *data, size_t len, Facts *facts)
         if (field.number == 1) {
             if (field.wire != 2 || walk_resource(field.data, field.len, facts)) return -1;
         } else if (field.number == 2) {
-            if (field.wire != 2 || walk_scope_spans(field.data, field.len, facts)) return -1;
+            if (field.wire != 2 || walk_each(field.data, field.len, 2, walk_span, facts))
+                return -1;
         }
-    }
-    return 0;
-}
-
-static Status walk_request(const uint8_t *data, size_t len, Facts *facts) {
-    Field field;
-    FOR_EACH_FIELD(data, len, field) {
-        if (field.number != 1) continue;
-        if (field.wire != 2 || walk_resource_spans(field.data, field.len, facts)) return -1;
     }
     return 0;
 }
@@ -309,7 +305,7 @@ static int walk(PyObject *request, PyObject *entries, Facts *facts) {
     start_slices(&facts->ids);
     start_slices(&facts->parents);
     const uint8_t *data = (const uint8_t *)PyBytes_AS_STRING(request);
-    return walk_request(data, (size_t)PyBytes_GET_SIZE(request), facts);
+    return walk_each(data, (size_t)PyBytes_GET_SIZE(request), 1, walk_resource_spans, facts);
 }
 
 static PyObject *trace_facts(PyObject *Py_UNUSED(module), PyObject *arg) {
