@@ -76,7 +76,7 @@ def c_walk_built() -> bool:
     """Whether policies._wire is built: without it the policies parse every trace."""
     from policies import trace
 
-    return trace.trace_facts is not None
+    return trace.walk_facts is not None
 
 
 @dataclass

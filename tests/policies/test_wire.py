@@ -29,8 +29,8 @@ PROBES = [StringValueProbe(key, ["vip", "payments", "v"]) for key in ("user.tier
 def parsed_facts(request: bytes, monkeypatch: pytest.MonkeyPatch) -> tuple[object, ...]:
     """The facts as the parses give them (the walk switched off)."""
     with monkeypatch.context() as patch:
-        patch.setattr(trace_module, "trace_facts", None)
-        patch.setattr(trace_module, "has_attribute_entry", None)
+        patch.setattr(trace_module, "walk_facts", None)
+        patch.setattr(trace_module, "walk_entries", None)
         view = TraceView.from_request(b"\x01" * 16, request)
         mask = sum(1 << code for code in view._set_codes())
         return (
