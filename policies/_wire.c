@@ -41,7 +41,11 @@ typedef struct {
     unsigned code_mask;
     PyObject *entries; /* a tuple of encoded KeyValues to look for, or NULL */
     int found;         /* one of them is a resource or span attribute */
-    Slices ids, parents;
+    int single;        /* also read the trace IDs and resource attributes (single_trace) */
+    size_t trace_ids;  /* trace ID fields seen */
+    Slice first_id;
+    int mixed;         /* a trace ID differs from the first */
+    Slices ids, parents, attributes; /* attributes: the resources', when `single` */
 } Facts;
 
 typedef struct {
@@ -172,6 +176,17 @@ static Status walk_span(const uint8_t *data, size_t len, Facts *facts) {
     Field field;
     FOR_EACH_FIELD(data, len, field) {
         switch (field.number) {
+        case 1: /* trace_id */
+            if (!facts->single) break;
+            if (field.wire != 2) return -1;
+            if (facts->trace_ids++ == 0) {
+                facts->first_id.data = field.data;
+                facts->first_id.len = field.len;
+            } else if (field.len != facts->first_id.len ||
+                       memcmp(field.data, facts->first_id.data, field.len) != 0) {
+                facts->mixed = 1;
+            }
+            break;
         case 2: /* span_id */
             if (field.wire != 2 || push(&facts->ids, field.data, field.len)) return -1;
             break;
@@ -228,6 +243,7 @@ static Status walk_resource(const uint8_t *data, size_t len, Facts *facts) {
         if (field.number != 1) continue;
         if (field.wire != 2) return -1;
         match_entry(facts, &field);
+        if (facts->single && push(&facts->attributes, field.data, field.len)) return -1;
     }
     return 0;
 }
@@ -277,13 +293,15 @@ static void start_slices(Slices *list) {
     list->cap = INLINE_SLICES;
 }
 
-static void free_slices(Slices *list) {
-    if (list->items != list->inline_items) PyMem_Free(list->items);
+static void free_slices(Facts *facts) {
+    Slices *lists[] = {&facts->ids, &facts->parents, &facts->attributes};
+    for (int i = 0; i < 3; i++)
+        if (lists[i]->items != lists[i]->inline_items) PyMem_Free(lists[i]->items);
 }
 
 /* Walk `request` (bytes) into `facts`, looking for `entries` (a tuple of bytes, or NULL);
  * -1 with an exception set for wrong types, else the walk's status. */
-static int walk(PyObject *request, PyObject *entries, Facts *facts) {
+static int walk(PyObject *request, PyObject *entries, int single, Facts *facts) {
     if (!PyBytes_Check(request)) {
         PyErr_SetString(PyExc_TypeError, "the request must be bytes");
         return -2;
@@ -302,19 +320,20 @@ static int walk(PyObject *request, PyObject *entries, Facts *facts) {
     }
     memset(facts, 0, offsetof(Facts, ids));
     facts->entries = entries;
+    facts->single = single;
     start_slices(&facts->ids);
     start_slices(&facts->parents);
+    start_slices(&facts->attributes);
     const uint8_t *data = (const uint8_t *)PyBytes_AS_STRING(request);
     return walk_each(data, (size_t)PyBytes_GET_SIZE(request), 1, walk_resource_spans, facts);
 }
 
 static PyObject *trace_facts(PyObject *Py_UNUSED(module), PyObject *arg) {
     Facts facts;
-    int walked = walk(arg, NULL, &facts);
+    int walked = walk(arg, NULL, 0, &facts);
     if (walked == -2) return NULL;
     Py_ssize_t missing = walked ? 0 : orphans(&facts);
-    free_slices(&facts.ids);
-    free_slices(&facts.parents);
+    free_slices(&facts);
     if (walked) Py_RETURN_NONE;
 
     uint64_t start = 0, end = facts.ends ? facts.max_end : 0;
@@ -385,12 +404,46 @@ static PyObject *has_attribute_entry(PyObject *Py_UNUSED(module), PyObject *cons
         return NULL;
     }
     Facts facts;
-    int walked = walk(args[0], args[1], &facts);
+    int walked = walk(args[0], args[1], 0, &facts);
     if (walked == -2) return NULL;
-    free_slices(&facts.ids);
-    free_slices(&facts.parents);
+    free_slices(&facts);
     if (walked) Py_RETURN_NONE;
     return PyBool_FromLong(facts.found);
+}
+
+PyDoc_STRVAR(single_trace_doc,
+"single_trace(request: bytes) -> tuple[bytes, int, list[bytes]] | bool | None\n\n"
+"(trace_id, span_count, resource_attributes) of an encoded ExportTraceServiceRequest whose\n"
+"spans all carry one valid trace ID (16 bytes, not all zero), False when they do not (or\n"
+"there are none), None when it is not the common shape (see trace_facts).");
+
+static PyObject *single_trace(PyObject *Py_UNUSED(module), PyObject *arg) {
+    Facts facts;
+    int walked = walk(arg, NULL, 1, &facts);
+    if (walked == -2) return NULL;
+    PyObject *result;
+    static const uint8_t zero[16];
+    if (walked) {
+        result = Py_NewRef(Py_None);
+    } else if (facts.spans == 0 || facts.trace_ids != facts.spans || facts.mixed ||
+               facts.first_id.len != 16 || memcmp(facts.first_id.data, zero, 16) == 0) {
+        result = Py_NewRef(Py_False);
+    } else {
+        PyObject *attributes = PyList_New((Py_ssize_t)facts.attributes.n);
+        for (size_t i = 0; attributes != NULL && i < facts.attributes.n; i++) {
+            Slice *item = &facts.attributes.items[i];
+            PyObject *entry =
+                PyBytes_FromStringAndSize((const char *)item->data, (Py_ssize_t)item->len);
+            if (entry == NULL) Py_CLEAR(attributes);
+            else PyList_SET_ITEM(attributes, (Py_ssize_t)i, entry);
+        }
+        result = attributes == NULL ? NULL
+                                    : Py_BuildValue("(y#nN)", (const char *)facts.first_id.data,
+                                                    (Py_ssize_t)16, (Py_ssize_t)facts.spans,
+                                                    attributes);
+    }
+    free_slices(&facts);
+    return result;
 }
 
 PyDoc_STRVAR(contains_any_doc,
@@ -425,6 +478,7 @@ static PyMethodDef methods[] = {
      contains_any_doc},
     {"has_attribute_entry", (PyCFunction)(void (*)(void))has_attribute_entry, METH_FASTCALL,
      has_attribute_entry_doc},
+    {"single_trace", single_trace, METH_O, single_trace_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -32,7 +32,15 @@ from typing import Any, Final, NamedTuple
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
+try:
+    from policies import _wire as c_walk
+except ImportError:  # built without a C compiler: the parses answer alone
+    c_walk = None  # type: ignore[assignment]
+"""The optional C module ``policies._wire`` (one walk of the bytes instead of parses), or
+None where it was not built (no C compiler at install time)."""
+
 __all__ = [
+    "c_walk",
     "count_spans",
     "encode",
     "flatten",
@@ -43,6 +51,8 @@ __all__ = [
     "RequestSummary",
     "request_span_count",
     "request_summary",
+    "SingleTrace",
+    "single_trace",
 ]
 
 _F = descriptor_pb2.FieldDescriptorProto
@@ -173,6 +183,44 @@ def request_summary(request: bytes) -> RequestSummary:
     return RequestSummary(
         count, merged.scope_spans.spans.trace_id[:], merged.resource.attributes[:]
     )
+
+
+class SingleTrace(NamedTuple):
+    """What :func:`single_trace` reads of a request holding one trace."""
+
+    trace_id: bytes
+    spans: int
+    resource_attributes: list[bytes]
+    """Every resource attribute (an encoded ``KeyValue``), batch after batch."""
+
+
+_ZERO_TRACE_ID: Final = bytes(16)
+
+
+def single_trace(request: bytes) -> SingleTrace | None:
+    """The trace ID, span count and resource attributes of an encoded
+    ``ExportTraceServiceRequest`` whose spans all carry one valid trace ID (16 bytes, not all
+    zero); None when they do not, when there are none or when it does not parse.
+
+    One walk of the bytes with ``policies._wire``; else :func:`request_summary`'s two parses.
+    """
+    if c_walk is not None:
+        found = c_walk.single_trace(request)
+        if isinstance(found, tuple):
+            return SingleTrace(*found)
+        if found is not None:  # False: not one valid trace (None: left to the parses)
+            return None
+    try:
+        summary = request_summary(request)
+    except Exception:
+        return None
+    count, ids = summary.spans, summary.trace_ids
+    if not count or len(ids) != count:
+        return None  # no spans, or a span without a trace ID
+    first = ids[0]
+    if len(first) != len(_ZERO_TRACE_ID) or first == _ZERO_TRACE_ID or ids.count(first) != count:
+        return None
+    return SingleTrace(first, count, summary.resource_attributes)
 
 
 def length_delimited(field: int, payload: bytes) -> bytes:

@@ -30,6 +30,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status, TracesData
 
 from policies.flatten import (
+    c_walk,
     count_spans,
     encode,
     flatten,
@@ -39,15 +40,11 @@ from policies.flatten import (
     request_span_count,
 )
 
-try:
-    from policies import _wire
-except ImportError:  # built without a C compiler: the parses and regexes answer alone
-    _wire = None  # type: ignore[assignment]
-# The C functions, or None: walk_facts (the facts of a request), walk_entries (an attribute
-# entry of a request) and find_any (literals in bytes).
-walk_facts = _wire.trace_facts if _wire else None
-walk_entries = _wire.has_attribute_entry if _wire else None
-find_any = _wire.contains_any if _wire else None
+# The C functions, or None where policies._wire is not built: walk_facts (the facts of a
+# request), walk_entries (an attribute entry of a request) and find_any (literals in bytes).
+walk_facts = c_walk.trace_facts if c_walk else None
+walk_entries = c_walk.has_attribute_entry if c_walk else None
+find_any = c_walk.contains_any if c_walk else None
 
 __all__ = [
     "SERVICE_NAME",

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from policies.flatten import single_trace
 from streams.config import Settings
 from streams.kafka.clients import (
     INDEX_HEADER,
@@ -53,7 +54,6 @@ from streams.wire.otlp import (
     BadInput,
     decode_request,
     pack_index,
-    single_trace,
     span_count,
     split_by_trace,
 )
@@ -158,19 +158,19 @@ def split_one(
     source = origin(partition, offset)
     # The common shape, one trace per message, is forwarded as the bytes that arrived: no
     # regrouping, no serializing again, no protobuf object touched.
-    single = single_trace(value) if settings.kafka.input_encoding == "otlp_proto" else None
+    single = single_trace(value or b"") if settings.kafka.input_encoding == "otlp_proto" else None
     if single is not None and value is not None and len(value) <= budget:
-        tid, summary = single
+        tid = single.trace_id
         spans = span_attributes_of(value)
-        tenant = resolver.resolve_encoded(hints, summary.resource_attributes, spans)
+        tenant = resolver.resolve_encoded(hints, single.resource_attributes, spans)
         problem = tenant_problem(tenant)
         if problem is not None:
             dead_letter(msg, "invalid_tenant", problem)
             return []
         target = (partition_for(tid, settings.kafka.partitions), tenant)
-        return [(target, tenant, summary.spans, [(tid, value, source)])]
+        return [(target, tenant, single.spans, [(tid, value, source)])]
     if single is not None:
-        groups, invalid = {single[0]: list(request.resource_spans)}, None
+        groups, invalid = {single.trace_id: list(request.resource_spans)}, None
     else:
         groups, invalid = split_by_trace(request)
     if invalid is not None:

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-from policies import TraceView
+from policies import TraceView, flatten
 from policies import trace as trace_module
-from policies.flatten import length_delimited
+from policies.flatten import SingleTrace, length_delimited, single_trace
 from policies.hashing import python_fnv1a_64
 from policies.trace import StringValueProbe, encoded_pattern
 from tests.policies.test_properties import STRINGS, TRACES
@@ -138,3 +138,36 @@ def test_wrong_argument_types_raise_type_errors() -> None:
     ):
         with pytest.raises((TypeError, OverflowError)):
             call()
+
+
+def parsed_single_trace(request: bytes) -> SingleTrace | None:
+    """single_trace as the parses read it (the walk switched off)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(flatten, "c_walk", None)
+        return single_trace(request)
+
+
+ONE_TRACE_ID = st.sampled_from([b"\x07" * 16, bytes(16), b"\x07" * 15, b""])
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(TRACES, ONE_TRACE_ID, st.lists(MUTATIONS, max_size=2))
+def test_the_walk_reads_a_single_trace_as_the_parses_do(
+    trace: tuple[bytes, list[ResourceSpans]],
+    trace_id: bytes,
+    mutations: list[tuple[int, int, bytes]],
+) -> None:
+    _, batches = trace
+    request = ExportTraceServiceRequest(resource_spans=batches)
+    spans = [s for b in request.resource_spans for sc in b.scope_spans for s in sc.spans]
+    for span in spans[1:] if spans and trace_id == b"" else spans:
+        span.trace_id = trace_id  # one ID for all, or for all but the first
+    data = bytearray(request.SerializeToString())
+    for at, cut, insert in mutations:
+        at = at % (len(data) + 1)
+        data[at : at + cut] = insert
+    found = wire.single_trace(bytes(data))
+    if found is not None:
+        expected = parsed_single_trace(bytes(data))
+        assert (SingleTrace(*found) if found else None) == expected
+    assert single_trace(bytes(data)) == parsed_single_trace(bytes(data))

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
+from policies.flatten import single_trace
 from policies.tracestate import compose
 from streams.devtools.generate import build_trace
 from streams.wire.otlp import (
@@ -20,7 +21,6 @@ from streams.wire.otlp import (
     fragments_of,
     pack_index,
     request_to_json,
-    single_trace,
     split_by_trace,
     unpack_index,
 )
@@ -114,7 +114,7 @@ def test_single_trace_agrees_with_the_split(seed: int, traces: int) -> None:
     spans = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
     expected = (next(iter(groups)), spans) if len(groups) == 1 and invalid is None else None
     single = single_trace(request.SerializeToString())
-    assert (single and (single[0], single[1].spans)) == expected
+    assert (single and (single.trace_id, single.spans)) == expected
 
 
 def test_single_trace_refuses_missing_zero_and_mixed_trace_ids() -> None:
