@@ -299,13 +299,10 @@ static void free_slices(Facts *facts) {
         if (lists[i]->items != lists[i]->inline_items) PyMem_Free(lists[i]->items);
 }
 
-/* Walk `request` (bytes) into `facts`, looking for `entries` (a tuple of bytes, or NULL);
- * -1 with an exception set for wrong types, else the walk's status. */
+/* Walk `request` into `facts`, looking for `entries` (a tuple of bytes, or NULL): the walk's
+ * status (-1 also for a request that is not bytes: the parser reads any bytes-like object),
+ * or -2 with a TypeError for entries that are not a tuple of bytes. */
 static int walk(PyObject *request, PyObject *entries, int single, Facts *facts) {
-    if (!PyBytes_Check(request)) {
-        PyErr_SetString(PyExc_TypeError, "the request must be bytes");
-        return -2;
-    }
     if (entries != NULL) {
         if (!PyTuple_Check(entries)) {
             PyErr_SetString(PyExc_TypeError, "the entries must be a tuple of bytes");
@@ -324,6 +321,7 @@ static int walk(PyObject *request, PyObject *entries, int single, Facts *facts) 
     start_slices(&facts->ids);
     start_slices(&facts->parents);
     start_slices(&facts->attributes);
+    if (!PyBytes_Check(request)) return -1;
     const uint8_t *data = (const uint8_t *)PyBytes_AS_STRING(request);
     return walk_each(data, (size_t)PyBytes_GET_SIZE(request), 1, walk_resource_spans, facts);
 }
@@ -447,28 +445,31 @@ static PyObject *single_trace(PyObject *Py_UNUSED(module), PyObject *arg) {
 }
 
 PyDoc_STRVAR(contains_any_doc,
-"contains_any(data: bytes, needles: tuple[bytes, ...]) -> bool\n\n"
+"contains_any(data: bytes-like, needles: tuple[bytes, ...]) -> bool\n\n"
 "Whether any of needles occurs in data (memmem: several times faster than a regex\n"
 "alternation of literals, which tries every position).");
 
 static PyObject *contains_any(PyObject *Py_UNUSED(module), PyObject *const *args,
                               Py_ssize_t nargs) {
-    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyTuple_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "contains_any takes bytes and a tuple of bytes");
+    if (nargs != 2 || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "contains_any takes data and a tuple of bytes");
         return NULL;
     }
-    const char *data = PyBytes_AS_STRING(args[0]);
-    size_t len = (size_t)PyBytes_GET_SIZE(args[0]);
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(args[1]); i++) {
+    Py_buffer data;
+    if (PyObject_GetBuffer(args[0], &data, PyBUF_SIMPLE) < 0) return NULL;
+    int found = 0;
+    for (Py_ssize_t i = 0; !found && i < PyTuple_GET_SIZE(args[1]); i++) {
         PyObject *needle = PyTuple_GET_ITEM(args[1], i);
         if (!PyBytes_Check(needle)) {
-            PyErr_SetString(PyExc_TypeError, "contains_any takes bytes and a tuple of bytes");
+            PyBuffer_Release(&data);
+            PyErr_SetString(PyExc_TypeError, "contains_any takes data and a tuple of bytes");
             return NULL;
         }
-        if (memmem(data, len, PyBytes_AS_STRING(needle), (size_t)PyBytes_GET_SIZE(needle)))
-            Py_RETURN_TRUE;
+        found = memmem(data.buf, (size_t)data.len, PyBytes_AS_STRING(needle),
+                       (size_t)PyBytes_GET_SIZE(needle)) != NULL;
     }
-    Py_RETURN_FALSE;
+    PyBuffer_Release(&data);
+    return PyBool_FromLong(found);
 }
 
 static PyMethodDef methods[] = {

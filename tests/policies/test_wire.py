@@ -130,7 +130,6 @@ def test_the_literal_search_is_the_regex_search(data: bytes, needles: list[bytes
 
 def test_wrong_argument_types_raise_type_errors() -> None:
     for call in (
-        lambda: wire.trace_facts("text"),
         lambda: wire.has_attribute_entry(b"", [b"x"]),
         lambda: wire.has_attribute_entry(b"", (1,)),
         lambda: wire.contains_any(b"", [b"x"]),
@@ -171,3 +170,17 @@ def test_the_walk_reads_a_single_trace_as_the_parses_do(
         expected = parsed_single_trace(bytes(data))
         assert (SingleTrace(*found) if found else None) == expected
     assert single_trace(bytes(data)) == parsed_single_trace(bytes(data))
+
+
+def test_a_request_that_is_not_bytes_is_left_to_the_parser() -> None:
+    span = Span(trace_id=b"\x07" * 16, span_id=b"\x01" * 8, start_time_unix_nano=5)
+    batch = ResourceSpans(scope_spans=[ScopeSpans(spans=[span])])
+    request = ExportTraceServiceRequest(resource_spans=[batch]).SerializeToString()
+    for other in (bytearray(request), memoryview(request)):
+        assert wire.trace_facts(other) is None
+        assert wire.single_trace(other) is None
+        assert wire.has_attribute_entry(other, (b"x",)) is None
+        assert wire.contains_any(other, (b"\x01" * 8,))
+        view = TraceView.from_request(b"\x07" * 16, other)  # type: ignore[arg-type]
+        assert view.span_count == 1 and view.has_root and view.start_unix_nano == 5
+    assert single_trace(bytearray(request)) == (b"\x07" * 16, 1, [])  # type: ignore[arg-type]
