@@ -45,6 +45,7 @@ __all__ = [
     "encode",
     "flatten",
     "flatten_request",
+    "INVALID_TRACE_ID",
     "length_delimited",
     "look_alike_classes",
     "request_batches",
@@ -53,6 +54,7 @@ __all__ = [
     "request_summary",
     "SingleTrace",
     "single_trace",
+    "TRACE_ID_BYTES",
 ]
 
 _F = descriptor_pb2.FieldDescriptorProto
@@ -194,7 +196,9 @@ class SingleTrace(NamedTuple):
     """Every resource attribute (an encoded ``KeyValue``), batch after batch."""
 
 
-_ZERO_TRACE_ID: Final = bytes(16)
+TRACE_ID_BYTES: Final = 16
+INVALID_TRACE_ID: Final = bytes(TRACE_ID_BYTES)
+"""All zeros: OTLP's invalid trace ID."""
 
 
 def single_trace(request: bytes) -> SingleTrace | None:
@@ -218,7 +222,7 @@ def single_trace(request: bytes) -> SingleTrace | None:
     if not count or len(ids) != count:
         return None  # no spans, or a span without a trace ID
     first = ids[0]
-    if len(first) != len(_ZERO_TRACE_ID) or first == _ZERO_TRACE_ID or ids.count(first) != count:
+    if len(first) != TRACE_ID_BYTES or first == INVALID_TRACE_ID or ids.count(first) != count:
         return None
     return SingleTrace(first, count, summary.resource_attributes)
 

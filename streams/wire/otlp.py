@@ -22,7 +22,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
-from policies.flatten import length_delimited, look_alike_classes
+from policies.flatten import (
+    INVALID_TRACE_ID,
+    TRACE_ID_BYTES,
+    length_delimited,
+    look_alike_classes,
+)
 from policies.tracestate import compose
 
 __all__ = [
@@ -38,9 +43,7 @@ __all__ = [
     "unpack_index",
 ]
 
-TRACE_ID_BYTES = 16
 _INDEX_ENTRY = struct.Struct(">16sI")
-_ZERO_TRACE_ID = bytes(TRACE_ID_BYTES)
 
 Fragment = tuple[bytes, bytes]
 """(trace ID, serialized ExportTraceServiceRequest holding only that trace's spans)."""
@@ -164,7 +167,7 @@ def split_by_trace(
             per_scope: dict[bytes, object] = {}
             for span in ss.spans:
                 tid = span.trace_id
-                if len(tid) != TRACE_ID_BYTES or tid == _ZERO_TRACE_ID:
+                if len(tid) != TRACE_ID_BYTES or tid == INVALID_TRACE_ID:
                     if invalid is None:
                         invalid = ExportTraceServiceRequest()
                     bad = invalid.resource_spans.add(resource=rs.resource, schema_url=rs.schema_url)
@@ -193,7 +196,7 @@ def _single_trace_id(rs: ResourceSpans) -> bytes | None:
         for span in ss.spans:
             tid = span.trace_id
             if first is None:
-                if len(tid) != TRACE_ID_BYTES or tid == _ZERO_TRACE_ID:
+                if len(tid) != TRACE_ID_BYTES or tid == INVALID_TRACE_ID:
                     return None
                 first = tid
             elif tid != first:
