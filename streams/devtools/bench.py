@@ -35,6 +35,7 @@ import yaml
 from confluent_kafka import Consumer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from policies import flatten
 from streams.config import DEFAULT_POLICIES, KafkaConfig
 from streams.devtools.broker import LocalBroker, free_port
 from streams.devtools.demo import read_metrics, start_worker, stop_process
@@ -74,9 +75,7 @@ class BenchOptions:
 
 def c_walk_built() -> bool:
     """Whether policies._wire is built: without it the policies parse every trace."""
-    from policies import trace
-
-    return trace.walk_facts is not None
+    return flatten.c_walk is not None
 
 
 @dataclass
