@@ -472,6 +472,305 @@ static PyObject *contains_any(PyObject *Py_UNUSED(module), PyObject *const *args
     return PyBool_FromLong(found);
 }
 
+/* ---- check_request: every byte of a request read as the parser reads it ----
+ *
+ * The message types come from the protobuf descriptors (set_schema, called by
+ * policies.flatten), so a field the installed opentelemetry-proto knows is checked as the
+ * parser checks it: a message field's inside, a string's UTF-8. The answer is one-sided: the
+ * span count when the bytes certainly parse, None whenever anything is not the plain shape
+ * (a varint not in its shortest form, a known field with another wire type, packed values,
+ * a group, nesting deeper than MAX_DEPTH, invalid UTF-8, broken framing): the caller then
+ * parses, and the parser decides. */
+
+enum { K_NONE, K_VARINT, K_FIXED64, K_BYTES, K_STRING, K_MESSAGE, K_FIXED32, K_NEVER };
+static const uint32_t WIRE_OF_KIND[] = {8, 0, 1, 2, 2, 2, 5, 8}; /* 8: no wire type matches */
+
+#define MAX_DEPTH 32
+
+typedef struct {
+    uint8_t kind;
+    uint32_t child; /* K_MESSAGE: the message type's index */
+} Known;
+
+typedef struct {
+    uint32_t max_number;
+    Known *fields; /* by field number, 0..max_number */
+} MessageType;
+
+static MessageType *types;
+static Py_ssize_t type_count;
+static Py_ssize_t span_type = -1;
+
+/* A varint of at most `max_bytes` bytes, in its shortest form. */
+static Status strict_varint(const uint8_t **at, const uint8_t *end, int max_bytes,
+                            uint64_t *out) {
+    const uint8_t *p = *at;
+    uint64_t value = 0;
+    for (int i = 0; i < max_bytes && p < end; i++) {
+        uint8_t byte = *p++;
+        value |= (uint64_t)(byte & 0x7F) << (7 * i);
+        if (!(byte & 0x80)) {
+            if ((i > 0 && byte == 0) || (i == 9 && byte > 1)) return -1;
+            *at = p;
+            *out = value;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* Well-formed UTF-8 (Unicode's table 3-7: no overlong forms, no surrogates, at most U+10FFFF). */
+static int utf8_valid(const uint8_t *s, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        uint8_t c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t more;
+        uint8_t low = 0x80, high = 0xBF; /* the range of the byte after the first */
+        if (c >= 0xC2 && c <= 0xDF) {
+            more = 1;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            more = 2;
+            if (c == 0xE0) low = 0xA0;
+            if (c == 0xED) high = 0x9F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            more = 3;
+            if (c == 0xF0) low = 0x90;
+            if (c == 0xF4) high = 0x8F;
+        } else {
+            return 0;
+        }
+        if (n - i <= more || s[i + 1] < low || s[i + 1] > high) return 0;
+        for (size_t k = 2; k <= more; k++)
+            if ((s[i + k] & 0xC0) != 0x80) return 0;
+        i += more + 1;
+    }
+    return 1;
+}
+
+static Status check_message(const uint8_t *p, const uint8_t *end, Py_ssize_t type, int depth,
+                            size_t *spans) {
+    if (depth > MAX_DEPTH) return -1;
+    const MessageType *message = &types[type];
+    if (type == span_type) (*spans)++;
+    while (p < end) {
+        uint64_t tag, value;
+        if (strict_varint(&p, end, 5, &tag) || tag > UINT32_MAX) return -1;
+        uint32_t number = (uint32_t)(tag >> 3), wire = (uint32_t)(tag & 7);
+        if (number == 0) return -1;
+        const Known *known = number <= message->max_number ? &message->fields[number] : NULL;
+        if (known != NULL && known->kind == K_NONE) known = NULL;
+        if (known != NULL && WIRE_OF_KIND[known->kind] != wire) return -1;
+        switch (wire) {
+        case 0:
+            if (strict_varint(&p, end, 10, &value)) return -1;
+            break;
+        case 1:
+            if (end - p < 8) return -1;
+            p += 8;
+            break;
+        case 5:
+            if (end - p < 4) return -1;
+            p += 4;
+            break;
+        case 2: {
+            if (strict_varint(&p, end, 5, &value) || value > INT32_MAX ||
+                value > (uint64_t)(end - p))
+                return -1;
+            const uint8_t *inside = p;
+            p += value;
+            if (known == NULL) break;
+            if (known->kind == K_STRING && !utf8_valid(inside, (size_t)value)) return -1;
+            if (known->kind == K_MESSAGE &&
+                check_message(inside, p, (Py_ssize_t)known->child, depth + 1, spans))
+                return -1;
+            break;
+        }
+        default: /* groups, and wire types that do not exist */
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void free_types(void) {
+    for (Py_ssize_t i = 0; i < type_count; i++) PyMem_Free(types[i].fields);
+    PyMem_Free(types);
+    types = NULL;
+    type_count = 0;
+    span_type = -1;
+}
+
+PyDoc_STRVAR(set_schema_doc,
+"set_schema(types: list[tuple[tuple[int, int, int], ...]], span_type: int) -> None\n\n"
+"The message types check_request reads, the request's first: for each, its fields as\n"
+"(number, kind, child type); kinds: 1 varint, 2 fixed64, 3 bytes, 4 string, 5 message,\n"
+"6 fixed32, 7 never plain (groups). span_type: the index of Span, whose occurrences are\n"
+"counted (see policies.flatten).");
+
+static PyObject *set_schema(PyObject *Py_UNUSED(module), PyObject *const *args,
+                            Py_ssize_t nargs) {
+    const char *usage = "set_schema takes a list of tuples of (number, kind, child) and an index";
+    if (nargs != 2 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(args[0]);
+    Py_ssize_t span = PyLong_AsSsize_t(args[1]);
+    if (span == -1 && PyErr_Occurred()) return NULL;
+    free_types();
+    MessageType *built = PyMem_Calloc((size_t)(count ? count : 1), sizeof(MessageType));
+    if (built == NULL) return PyErr_NoMemory();
+    types = built;
+    type_count = count;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *fields = PyList_GET_ITEM(args[0], i);
+        if (!PyTuple_Check(fields)) goto bad;
+        uint32_t max_number = 0;
+        for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(fields); j++) {
+            unsigned int number, kind, child;
+            if (!PyArg_ParseTuple(PyTuple_GET_ITEM(fields, j), "III", &number, &kind, &child))
+                goto fail;
+            if (number == 0 || number >= (1u << 29) || kind == K_NONE || kind > K_NEVER ||
+                (kind == K_MESSAGE && child >= (unsigned int)count))
+                goto bad;
+            if (number > max_number) max_number = number;
+        }
+        if (max_number > 4096) goto bad; /* a lookup table by number: OTLP's are below 20 */
+        Known *known = PyMem_Calloc((size_t)max_number + 1, sizeof(Known));
+        if (known == NULL) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        built[i].fields = known;
+        built[i].max_number = max_number;
+        for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(fields); j++) {
+            unsigned int number, kind, child;
+            PyArg_ParseTuple(PyTuple_GET_ITEM(fields, j), "III", &number, &kind, &child);
+            known[number].kind = (uint8_t)kind;
+            known[number].child = child;
+        }
+    }
+    if (span < 0 || span >= count) goto bad;
+    span_type = span;
+    Py_RETURN_NONE;
+bad:
+    PyErr_SetString(PyExc_ValueError, usage);
+fail:
+    free_types();
+    return NULL;
+}
+
+PyDoc_STRVAR(check_request_doc,
+"check_request(request: bytes) -> int | None\n\n"
+"The span count of an encoded message of set_schema's first type when every byte of it\n"
+"certainly parses (in C, ~1 µs for 10 spans); None when that cannot be vouched for\n"
+"here: the bytes are then to be parsed (see policies.flatten.checked_span_count).");
+
+static PyObject *check_request(PyObject *Py_UNUSED(module), PyObject *arg) {
+    if (type_count == 0 || !PyBytes_Check(arg)) Py_RETURN_NONE;
+    const uint8_t *data = (const uint8_t *)PyBytes_AS_STRING(arg);
+    size_t spans = 0;
+    if (check_message(data, data + PyBytes_GET_SIZE(arg), 0, 0, &spans)) Py_RETURN_NONE;
+    return PyLong_FromSize_t(spans);
+}
+
+/* ---- append_to_spans: the same bytes appended to every span of a request ----
+ * Levels: request (field 1) → ResourceSpans (field 2) → ScopeSpans (field 2) → Span. The
+ * other fields of each level are copied as they are; a span's encoding is extended, and the
+ * lengths of what holds it written again. */
+
+#define SPAN_LEVEL 3
+
+static size_t varint_size(uint64_t value) {
+    size_t size = 1;
+    for (; value >= 0x80; value >>= 7) size++;
+    return size;
+}
+
+static uint8_t *put_varint(uint8_t *out, uint64_t value) {
+    for (; value >= 0x80; value >>= 7) *out++ = (uint8_t)(value | 0x80);
+    *out++ = (uint8_t)value;
+    return out;
+}
+
+/* The size of a message of `level` once rewritten, or -1 for bytes not of the plain shape. */
+static Py_ssize_t rewritten_size(const uint8_t *p, const uint8_t *end, int level,
+                                 size_t suffix) {
+    if (level == SPAN_LEVEL) return (Py_ssize_t)((size_t)(end - p) + suffix);
+    uint32_t nested = level == 0 ? 1 : 2;
+    size_t size = 0;
+    while (p < end) {
+        const uint8_t *start = p;
+        Field field;
+        if (next_field(&p, end, &field)) return -1;
+        if (field.number != nested) {
+            size += (size_t)(p - start);
+            continue;
+        }
+        if (field.wire != 2) return -1;
+        Py_ssize_t inner = rewritten_size(field.data, field.data + field.len, level + 1, suffix);
+        if (inner < 0) return -1;
+        size += varint_size(((uint64_t)nested << 3) | 2) + varint_size((uint64_t)inner) +
+                (size_t)inner;
+    }
+    return (Py_ssize_t)size;
+}
+
+/* Write a message of `level` rewritten (rewritten_size said it is of the plain shape). */
+static uint8_t *rewrite(const uint8_t *p, const uint8_t *end, int level, const uint8_t *suffix,
+                        size_t suffix_len, uint8_t *out) {
+    if (level == SPAN_LEVEL) {
+        memcpy(out, p, (size_t)(end - p));
+        memcpy(out + (end - p), suffix, suffix_len);
+        return out + (end - p) + suffix_len;
+    }
+    uint32_t nested = level == 0 ? 1 : 2;
+    while (p < end) {
+        const uint8_t *start = p;
+        Field field;
+        next_field(&p, end, &field);
+        if (field.number != nested) {
+            memcpy(out, start, (size_t)(p - start));
+            out += p - start;
+            continue;
+        }
+        const uint8_t *inside = field.data, *inside_end = field.data + field.len;
+        Py_ssize_t inner = rewritten_size(inside, inside_end, level + 1, suffix_len);
+        out = put_varint(out, ((uint64_t)nested << 3) | 2);
+        out = put_varint(out, (uint64_t)inner);
+        out = rewrite(inside, inside_end, level + 1, suffix, suffix_len, out);
+    }
+    return out;
+}
+
+PyDoc_STRVAR(append_to_spans_doc,
+"append_to_spans(request: bytes, suffix: bytes) -> bytes | None\n\n"
+"The encoded ExportTraceServiceRequest with suffix (encoded fields) appended to every span,\n"
+"everything else as it was; None when the request is not the plain shape (see trace_facts).");
+
+static PyObject *append_to_spans(PyObject *Py_UNUSED(module), PyObject *const *args,
+                                 Py_ssize_t nargs) {
+    if (nargs != 2 || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "append_to_spans takes a request and bytes");
+        return NULL;
+    }
+    if (!PyBytes_Check(args[0])) Py_RETURN_NONE;
+    const uint8_t *data = (const uint8_t *)PyBytes_AS_STRING(args[0]);
+    const uint8_t *end = data + PyBytes_GET_SIZE(args[0]);
+    const uint8_t *suffix = (const uint8_t *)PyBytes_AS_STRING(args[1]);
+    size_t suffix_len = (size_t)PyBytes_GET_SIZE(args[1]);
+    Py_ssize_t size = rewritten_size(data, end, 0, suffix_len);
+    if (size < 0) Py_RETURN_NONE;
+    PyObject *result = PyBytes_FromStringAndSize(NULL, size);
+    if (result == NULL) return NULL;
+    rewrite(data, end, 0, suffix, suffix_len, (uint8_t *)PyBytes_AS_STRING(result));
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"trace_facts", trace_facts, METH_O, trace_facts_doc},
     {"fnv1a_64", (PyCFunction)(void (*)(void))fnv1a_64, METH_FASTCALL, fnv1a_64_doc},
@@ -480,6 +779,10 @@ static PyMethodDef methods[] = {
     {"has_attribute_entry", (PyCFunction)(void (*)(void))has_attribute_entry, METH_FASTCALL,
      has_attribute_entry_doc},
     {"single_trace", single_trace, METH_O, single_trace_doc},
+    {"set_schema", (PyCFunction)(void (*)(void))set_schema, METH_FASTCALL, set_schema_doc},
+    {"check_request", check_request, METH_O, check_request_doc},
+    {"append_to_spans", (PyCFunction)(void (*)(void))append_to_spans, METH_FASTCALL,
+     append_to_spans_doc},
     {NULL, NULL, 0, NULL},
 };
 

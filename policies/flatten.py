@@ -29,8 +29,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Final, NamedTuple
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
+from google.protobuf import descriptor, descriptor_pb2, descriptor_pool, message_factory
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span
 
 try:
     from policies import _wire as c_walk
@@ -41,6 +42,8 @@ None where it was not built (no C compiler at install time)."""
 
 __all__ = [
     "c_walk",
+    "checked_span_count",
+    "vouched",
     "count_spans",
     "encode",
     "flatten",
@@ -225,6 +228,80 @@ def single_trace(request: bytes) -> SingleTrace | None:
     if len(first) != TRACE_ID_BYTES or first == INVALID_TRACE_ID or ids.count(first) != count:
         return None
     return SingleTrace(first, count, summary.resource_attributes)
+
+
+# The kinds of policies._wire's check by a field's type: what wire type it must come in, and
+# what its inside must be (a message of its type, UTF-8).
+_FD = descriptor.FieldDescriptor
+_VARINT, _FIXED64, _BYTES, _STRING, _MESSAGE, _FIXED32, _NEVER = range(1, 8)
+_KINDS: Final = {
+    **dict.fromkeys(
+        (
+            _FD.TYPE_INT32,
+            _FD.TYPE_INT64,
+            _FD.TYPE_UINT32,
+            _FD.TYPE_UINT64,
+            _FD.TYPE_SINT32,
+            _FD.TYPE_SINT64,
+            _FD.TYPE_BOOL,
+            _FD.TYPE_ENUM,
+        ),
+        _VARINT,
+    ),
+    **dict.fromkeys((_FD.TYPE_FIXED64, _FD.TYPE_SFIXED64, _FD.TYPE_DOUBLE), _FIXED64),
+    **dict.fromkeys((_FD.TYPE_FIXED32, _FD.TYPE_SFIXED32, _FD.TYPE_FLOAT), _FIXED32),
+    _FD.TYPE_BYTES: _BYTES,
+    _FD.TYPE_STRING: _STRING,
+    _FD.TYPE_MESSAGE: _MESSAGE,
+}
+
+
+def wire_schema(
+    root: descriptor.Descriptor, counted: descriptor.Descriptor
+) -> tuple[list[tuple[tuple[int, int, int], ...]], int]:
+    """The message types reachable from `root` (first) as policies._wire's check reads them:
+    each one's fields (number, kind, index of the field's message type), and the index of
+    `counted` (whose occurrences it counts). A type without a kind (a group) is never vouched
+    for."""
+    order, index = [root], {root.full_name: 0}
+    types = []
+    for message in order:  # grows while it is read: breadth first
+        fields = []
+        for field in message.fields:
+            child = 0
+            if field.type == _FD.TYPE_MESSAGE:
+                name = field.message_type.full_name
+                if name not in index:
+                    index[name] = len(order)
+                    order.append(field.message_type)
+                child = index[name]
+            fields.append((field.number, _KINDS.get(field.type, _NEVER), child))
+        types.append(tuple(fields))
+    return types, index.get(counted.full_name, 0)
+
+
+if c_walk is not None:
+    c_walk.set_schema(*wire_schema(ExportTraceServiceRequest.DESCRIPTOR, Span.DESCRIPTOR))
+
+
+def vouched(request: bytes) -> bool:
+    """Whether ``policies._wire`` has read every byte of an encoded request and found that it
+    parses as an ``ExportTraceServiceRequest`` (~1 µs for 10 spans). False says only that it
+    cannot vouch (no C module, or not the plain shape): parse the bytes to know."""
+    return c_walk is not None and c_walk.check_request(request) is not None
+
+
+def checked_span_count(request: bytes) -> int:
+    """The span count of an encoded ``ExportTraceServiceRequest``, every byte of it read.
+
+    Raises ``google.protobuf.message.DecodeError`` if it is not one. ``policies._wire``'s
+    check (~1 µs for 10 spans) where it can vouch for the bytes; else a full parse (~8 µs)."""
+    if c_walk is not None:
+        count = c_walk.check_request(request)
+        if count is not None:
+            return count
+    ExportTraceServiceRequest.FromString(request)
+    return request_span_count(request)
 
 
 def length_delimited(field: int, payload: bytes) -> bytes:

@@ -19,9 +19,8 @@ import time
 from collections import defaultdict
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from policies.flatten import request_span_count
+from policies.flatten import checked_span_count
 from streams.config import Settings
 from streams.export.backends import PermanentError, RetryableError, build_backend
 from streams.export.breaker import CircuitBreaker
@@ -259,8 +258,7 @@ class ExportLoop(Supervised):
         """Spans in a record of caudal-sampled; 0 (and dead-lettered) if it is not OTLP, so
         one bad record never fails the batch it came in."""
         try:
-            ExportTraceServiceRequest.FromString(value)  # every byte read: raises if not OTLP
-            count = request_span_count(value)
+            count = checked_span_count(value)  # every byte read: raises if not OTLP
         except Exception as exc:
             reason, detail = "invalid_protobuf", f"{type(exc).__name__}: {exc}"
         else:

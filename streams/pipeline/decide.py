@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from policies import Decision, PolicyEngine, TraceView
-from policies.flatten import request_span_count
+from policies.flatten import checked_span_count
 from streams.config import Settings
 from streams.kafka.clients import SPAN_COUNT_HEADER, DeliveryFailures, ProducerLike, produce
 from streams.kafka.dead_letters import send_dead_letter
@@ -260,8 +260,8 @@ class Decider:
             has_root, orphans = view.has_root, view.orphan_span_count
             decision = engine.decide(view, now)
             if decision.kept:
-                # Every byte read (in C): a fragment broken deep inside shows here.
-                ExportTraceServiceRequest.FromString(encoded)
+                # Every byte read: a fragment broken deep inside shows here.
+                checked_span_count(encoded)
         except DecodeError:
             request, usable = self._parse(key, usable, batch)
             view = TraceView.from_resource_spans(trace_id, request.resource_spans)
@@ -439,8 +439,7 @@ class Decider:
         if decision.policy == DEAD_LETTER_POLICY:
             self._dead_letter(key, fragment, "undecidable_trace", "a late span", None)
             return
-        ExportTraceServiceRequest.FromString(fragment)  # every byte read: raises if not OTLP
-        spans = request_span_count(fragment)
+        spans = checked_span_count(fragment)  # every byte read: raises if not OTLP
         if decision.kept:
             engine = self.policy_sets.for_tenant(decision.tenant)
             known = engine.probability_known(decision.policy)

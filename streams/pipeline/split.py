@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from policies.flatten import single_trace
+from policies.flatten import single_trace, vouched
 from streams.config import Settings
 from streams.kafka.clients import (
     INDEX_HEADER,
@@ -144,22 +144,25 @@ def split_one(
 ) -> list[tuple[tuple[int, str], str, int, list[SourcedFragment]]]:
     """One input message's traces: (target, tenant, spans, fragments) each; what cannot be
     used goes to `dead_letter`. The worker reading the input directly uses it too."""
-    value = msg.value()
-    try:
-        request = decode_request(value, settings.kafka.input_encoding)
-    except BadInput as exc:
-        dead_letter(msg, exc.reason, exc.detail)
-        return []
-    if meter is not None and meter.may_apply(value or b""):
-        meter.observe(request.resource_spans)
+    value = msg.value() or b""
+    encoding = settings.kafka.input_encoding
+    single = single_trace(value) if value and encoding == "otlp_proto" else None
+    request = None
+    if single is None or not vouched(value):  # every byte read (in C, where it can vouch)
+        try:
+            request = decode_request(value, encoding)
+        except BadInput as exc:
+            dead_letter(msg, exc.reason, exc.detail)
+            return []
+    if meter is not None and meter.may_apply(value):
+        meter.observe((request or ExportTraceServiceRequest.FromString(value)).resource_spans)
     headers = headers_of(msg)
     hints = resolver.hints(dict(headers)) if headers else resolver.no_hints
     _, partition, offset = where(msg)
     source = origin(partition, offset)
     # The common shape, one trace per message, is forwarded as the bytes that arrived: no
-    # regrouping, no serializing again, no protobuf object touched.
-    single = single_trace(value or b"") if settings.kafka.input_encoding == "otlp_proto" else None
-    if single is not None and value is not None and len(value) <= budget:
+    # regrouping, no serializing again, no protobuf object built.
+    if single is not None and len(value) <= budget:
         tid = single.trace_id
         spans = span_attributes_of(value)
         tenant = resolver.resolve_encoded(hints, single.resource_attributes, spans)
@@ -169,6 +172,7 @@ def split_one(
             return []
         target = (partition_for(tid, settings.kafka.partitions), tenant)
         return [(target, tenant, single.spans, [(tid, value, source)])]
+    request = request or ExportTraceServiceRequest.FromString(value)
     if single is not None:
         groups, invalid = {single.trace_id: list(request.resource_spans)}, None
     else:

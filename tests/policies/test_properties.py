@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
@@ -58,6 +58,91 @@ def resource_spans(draw: st.DrawFn) -> ResourceSpans:
 
 
 TRACES = st.tuples(st.binary(min_size=16, max_size=16), st.lists(resource_spans(), max_size=3))
+
+
+# Every kind of field the check reads: strings beyond ASCII, events, links, nested values,
+# the scope, schema URLs, flags and dropped counts.
+TEXT = st.sampled_from(["", "v", "é", "日本", "😀", "\x00", "x" * 200])
+
+
+@st.composite
+def nested_values(draw: st.DrawFn, depth: int = 0) -> AnyValue:
+    kinds = ["string", "bool", "int", "double", "bytes"] + (
+        ["array", "kvlist"] if depth < 3 else []
+    )
+    kind = draw(st.sampled_from(kinds))
+    value = AnyValue()
+    if kind == "string":
+        value.string_value = draw(TEXT)
+    elif kind == "bool":
+        value.bool_value = draw(st.booleans())
+    elif kind == "int":
+        value.int_value = draw(st.integers(-(2**63), 2**63 - 1))
+    elif kind == "double":
+        value.double_value = draw(st.floats())
+    elif kind == "bytes":
+        value.bytes_value = draw(st.binary(max_size=4))
+    elif kind == "array":
+        value.array_value.values.extend(draw(st.lists(nested_values(depth + 1), max_size=2)))
+    else:
+        for _ in range(draw(st.integers(0, 2))):
+            value.kvlist_value.values.add(key=draw(TEXT), value=draw(nested_values(depth + 1)))
+    return value
+
+
+RICH_ATTRIBUTES = st.lists(
+    st.builds(lambda k, v: KeyValue(key=k, value=v), TEXT, nested_values()), max_size=3
+)
+
+
+@st.composite
+def rich_spans(draw: st.DrawFn) -> Span:
+    span = Span(
+        trace_id=draw(st.binary(min_size=16, max_size=16)),
+        span_id=draw(st.binary(min_size=8, max_size=8)),
+        name=draw(TEXT),
+        trace_state=draw(TEXT),
+        kind=draw(st.integers(0, 5)),
+        flags=draw(st.integers(0, 2**32 - 1)),
+        start_time_unix_nano=draw(st.integers(0, 2**64 - 1)),
+        end_time_unix_nano=draw(st.integers(0, 2**64 - 1)),
+        attributes=draw(RICH_ATTRIBUTES),
+        dropped_attributes_count=draw(st.integers(0, 2**32 - 1)),
+    )
+    for _ in range(draw(st.integers(0, 2))):
+        span.events.add(name=draw(TEXT), time_unix_nano=7, attributes=draw(RICH_ATTRIBUTES))
+    for _ in range(draw(st.integers(0, 1))):
+        span.links.add(trace_id=b"\x02" * 16, trace_state=draw(TEXT))
+    span.status.code = draw(st.integers(0, 2))
+    span.status.message = draw(TEXT)
+    return span
+
+
+@st.composite
+def rich_requests(draw: st.DrawFn) -> ExportTraceServiceRequest:
+    request = ExportTraceServiceRequest()
+    for _ in range(draw(st.integers(0, 2))):
+        batch = request.resource_spans.add(schema_url=draw(TEXT))
+        batch.resource.attributes.extend(draw(RICH_ATTRIBUTES))
+        for _ in range(draw(st.integers(0, 2))):
+            scope = batch.scope_spans.add(schema_url=draw(TEXT))
+            scope.scope.name = draw(TEXT)
+            scope.spans.extend(draw(st.lists(rich_spans(), max_size=3)))
+    return request
+
+
+# Where to cut, how many bytes, and what to put in their place.
+MUTATIONS = st.tuples(st.integers(0, 10_000), st.integers(0, 3), st.binary(max_size=3))
+
+
+def mutated(data: bytes, mutations: list[tuple[int, int, bytes]]) -> bytes:
+    """`data` with each mutation's bytes cut out and others put in their place."""
+    out = bytearray(data)
+    for at, cut, insert in mutations:
+        at = at % (len(out) + 1)
+        out[at : at + cut] = insert
+    return bytes(out)
+
 
 ENGINE = build_engine(
     [

@@ -9,9 +9,11 @@ from __future__ import annotations
 import re
 
 import pytest
+from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from policies import TraceView, flatten
@@ -19,7 +21,7 @@ from policies import trace as trace_module
 from policies.flatten import SingleTrace, length_delimited, single_trace
 from policies.hashing import python_fnv1a_64
 from policies.trace import StringValueProbe, encoded_pattern
-from tests.policies.test_properties import STRINGS, TRACES
+from tests.policies.test_properties import MUTATIONS, STRINGS, TRACES, mutated, rich_requests
 
 wire = pytest.importorskip("policies._wire", reason="built without a C compiler")
 
@@ -64,21 +66,15 @@ def test_the_walk_gives_the_facts_the_parses_give(
         assert wire.has_attribute_entry(request, probe._listed) == entries_found(request, probe)
 
 
-# Where to cut, how many bytes, and what to put in their place.
-MUTATIONS = st.tuples(st.integers(0, 10_000), st.integers(0, 3), st.binary(max_size=3))
-
-
 @settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
 @given(TRACES, st.lists(MUTATIONS, min_size=1, max_size=3))
 def test_broken_bytes_are_left_to_the_parser_or_read_as_it_reads_them(
     trace: tuple[bytes, list[ResourceSpans]], mutations: list[tuple[int, int, bytes]]
 ) -> None:
     trace_id, batches = trace
-    data = bytearray(ExportTraceServiceRequest(resource_spans=batches).SerializeToString())
-    for at, cut, insert in mutations:
-        at = at % (len(data) + 1)
-        data[at : at + cut] = insert  # cut bytes out, put others in
-    request = bytes(data)
+    request = mutated(
+        ExportTraceServiceRequest(resource_spans=batches).SerializeToString(), mutations
+    )
     facts = wire.trace_facts(request)
     if facts is None:
         return  # left to the parser, which reads it or raises DecodeError
@@ -161,15 +157,12 @@ def test_the_walk_reads_a_single_trace_as_the_parses_do(
     spans = [s for b in request.resource_spans for sc in b.scope_spans for s in sc.spans]
     for span in spans[1:] if spans and trace_id == b"" else spans:
         span.trace_id = trace_id  # one ID for all, or for all but the first
-    data = bytearray(request.SerializeToString())
-    for at, cut, insert in mutations:
-        at = at % (len(data) + 1)
-        data[at : at + cut] = insert
-    found = wire.single_trace(bytes(data))
+    data = mutated(request.SerializeToString(), mutations)
+    found = wire.single_trace(data)
     if found is not None:
-        expected = parsed_single_trace(bytes(data))
+        expected = parsed_single_trace(data)
         assert (SingleTrace(*found) if found else None) == expected
-    assert single_trace(bytes(data)) == parsed_single_trace(bytes(data))
+    assert single_trace(data) == parsed_single_trace(data)
 
 
 def test_a_request_that_is_not_bytes_is_left_to_the_parser() -> None:
@@ -184,3 +177,54 @@ def test_a_request_that_is_not_bytes_is_left_to_the_parser() -> None:
         view = TraceView.from_request(b"\x07" * 16, other)  # type: ignore[arg-type]
         assert view.span_count == 1 and view.has_root and view.start_unix_nano == 5
     assert single_trace(bytearray(request)) == (b"\x07" * 16, 1, [])  # type: ignore[arg-type]
+
+
+# As MUTATIONS, and bytes that break UTF-8 (a lone continuation byte, an overlong or surrogate
+# lead, a byte that never occurs) written over one byte.
+UTF8_BREAKERS = st.tuples(
+    st.integers(0, 10_000),
+    st.just(1),
+    st.sampled_from([b"\x80", b"\xc0", b"\xe0", b"\xed", b"\xff"]),
+)
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(rich_requests(), st.lists(st.one_of(MUTATIONS, UTF8_BREAKERS), max_size=3))
+def test_the_check_vouches_only_for_bytes_the_parser_reads(
+    request: ExportTraceServiceRequest, mutations: list[tuple[int, int, bytes]]
+) -> None:
+    data = mutated(request.SerializeToString(), mutations)
+    count = wire.check_request(data)
+    if not mutations:
+        assert count == flatten.request_span_count(data)  # the plain shape: vouched
+    if count is None:
+        return  # left to the parser, which reads it or raises DecodeError
+    assert count == flatten.request_span_count(data)
+    ExportTraceServiceRequest.FromString(data)  # raises if the check was wrong
+
+
+def test_the_check_leaves_unusual_shapes_to_the_parser() -> None:
+    span = Span(span_id=b"\x01" * 8, name="n", dropped_attributes_count=3)
+    request = _request_of(span.SerializeToString())
+    assert wire.check_request(request) == 1
+    deep = AnyValue(string_value="x")
+    for _ in range(40):
+        deep = AnyValue(array_value=ArrayValue(values=[deep]))
+    unusual = {
+        "a length not in its shortest form": _request_of(b"\x2a\x81\x00n"),
+        "a varint not in its shortest form": _request_of(b"\x50\x83\x00"),
+        "a known field with another wire type": _request_of(b"\x2d\x00\x00\x00\x00"),
+        "an unknown group": _request_of(b"\xfb\x01\xfc\x01"),
+        "a name that is not UTF-8": _request_of(b"\x2a\x01\xff"),
+        "values nested deeper than the check reads": _request_of(
+            Span(attributes=[KeyValue(key="k", value=deep)]).SerializeToString()
+        ),
+        "a truncated request": request[:-1],
+    }
+    for what, data in unusual.items():
+        assert wire.check_request(data) is None, what
+    assert wire.check_request(bytearray(request)) is None  # type: ignore[arg-type]
+    # What the parser reads of them is its own affair; what it rejects raises.
+    with pytest.raises(DecodeError):
+        flatten.checked_span_count(unusual["a name that is not UTF-8"])
+    assert flatten.checked_span_count(unusual["an unknown group"]) == 1

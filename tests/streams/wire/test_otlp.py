@@ -6,14 +6,17 @@ import json
 import random
 
 import pytest
-from hypothesis import given, settings
+from google.protobuf.message import DecodeError
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
+from policies import flatten
 from policies.flatten import single_trace
 from policies.tracestate import compose
 from streams.devtools.generate import build_trace
+from streams.wire import otlp
 from streams.wire.otlp import (
     BadInput,
     annotate_kept,
@@ -24,6 +27,7 @@ from streams.wire.otlp import (
     split_by_trace,
     unpack_index,
 )
+from tests.policies.test_properties import MUTATIONS, mutated, rich_requests
 
 
 def _spans(request: ExportTraceServiceRequest) -> list[tuple[str, bytes, bytes]]:
@@ -170,3 +174,24 @@ def test_spans_without_a_tracestate_are_annotated_alike_without_being_parsed(
         s.trace_state for rs in result.resource_spans for ss in rs.scope_spans for s in ss.spans
     }
     assert states == ({compose("", 0.5)} if known else {""})
+
+
+@pytest.mark.skipif(flatten.c_walk is None, reason="built without a C compiler")
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rich_requests(), st.lists(MUTATIONS, max_size=2), st.booleans())
+def test_annotating_in_c_gives_what_annotating_the_parsed_spans_gives(
+    request: ExportTraceServiceRequest, mutations: list[tuple[int, int, bytes]], known: bool
+) -> None:
+    data = mutated(request.SerializeToString(), mutations)
+
+    def annotated(in_c: bool) -> ExportTraceServiceRequest | str:
+        with pytest.MonkeyPatch.context() as patch:
+            if not in_c:
+                patch.setattr(otlp, "c_walk", None)
+            try:
+                encoded = annotate_kept(data, "slow", 0.25, known, no_trace_state=True)
+                return ExportTraceServiceRequest.FromString(encoded)
+            except DecodeError:
+                return "not OTLP"
+
+    assert annotated(in_c=True) == annotated(in_c=False)
