@@ -1,8 +1,8 @@
 /* policies._wire: the trace facts every decision reads, from one walk of the encoded bytes.
  *
- * Optional: built when a C compiler is present, and policies.native falls back to the
- * protobuf (upb) parses of policies.flatten without it. Both give the same answers; the walk
- * only saves the Python objects a parse builds (see policies/native.py).
+ * Optional: built when a C compiler is present; without it policies.trace and policies.flatten
+ * fall back to the protobuf (upb) parses. Both give the same answers; the walk only saves the
+ * Python objects a parse builds (see policies/trace.py).
  *
  * The walk reads an ExportTraceServiceRequest down to each span's status, exactly the levels
  * policies.flatten's look-alike types parse (request, ResourceSpans, Resource, ScopeSpans,
@@ -10,6 +10,10 @@
  * is not the common shape (a known field with another wire type, a group, a status code
  * outside the enum, a non-ASCII tracestate, broken bytes) makes it answer None: the caller
  * then parses, and the parser decides what the bytes mean or raises.
+ *
+ * Two more functions serve the streams: check_request reads every byte of a request as the
+ * parser does and vouches for it (or answers None), and append_to_spans adds the same encoded
+ * fields to every span of a request (the `sampling.*` attributes of a kept trace).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -285,7 +289,7 @@ PyDoc_STRVAR(trace_facts_doc,
 "trace_facts(request: bytes) -> tuple | None\n\n"
 "(span_count, start, end, times_complete, code_mask, code_count, trace_states, has_root,\n"
 "orphan_spans) of an encoded ExportTraceServiceRequest, or None when it is not the common\n"
-"shape (see policies.native).");
+"shape (see policies.trace).");
 
 static void start_slices(Slices *list) {
     list->items = list->inline_items;
