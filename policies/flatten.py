@@ -43,7 +43,6 @@ None where it was not built (no C compiler at install time)."""
 __all__ = [
     "c_walk",
     "checked_span_count",
-    "vouched",
     "count_spans",
     "encode",
     "flatten",
@@ -58,6 +57,8 @@ __all__ = [
     "SingleTrace",
     "single_trace",
     "TRACE_ID_BYTES",
+    "vouched",
+    "wire_schema",
 ]
 
 _F = descriptor_pb2.FieldDescriptorProto
