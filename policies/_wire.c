@@ -176,6 +176,16 @@ static Status walk_status(const uint8_t *data, size_t len, Facts *facts) {
     return 0;
 }
 
+/* One occurrence of a span's trace_id (single_trace). */
+static void note_trace_id(Facts *facts, const uint8_t *data, size_t len) {
+    if (facts->trace_ids++ == 0) {
+        facts->first_id.data = data;
+        facts->first_id.len = len;
+    } else if (len != facts->first_id.len || memcmp(data, facts->first_id.data, len) != 0) {
+        facts->mixed = 1;
+    }
+}
+
 static Status walk_span(const uint8_t *data, size_t len, Facts *facts) {
     Field field;
     FOR_EACH_FIELD(data, len, field) {
@@ -183,13 +193,7 @@ static Status walk_span(const uint8_t *data, size_t len, Facts *facts) {
         case 1: /* trace_id */
             if (!facts->single) break;
             if (field.wire != 2) return -1;
-            if (facts->trace_ids++ == 0) {
-                facts->first_id.data = field.data;
-                facts->first_id.len = field.len;
-            } else if (field.len != facts->first_id.len ||
-                       memcmp(field.data, facts->first_id.data, field.len) != 0) {
-                facts->mixed = 1;
-            }
+            note_trace_id(facts, field.data, field.len);
             break;
         case 2: /* span_id */
             if (field.wire != 2 || push(&facts->ids, field.data, field.len)) return -1;
@@ -297,6 +301,15 @@ static void start_slices(Slices *list) {
     list->cap = INLINE_SLICES;
 }
 
+static void start_facts(Facts *facts, PyObject *entries, int single) {
+    memset(facts, 0, offsetof(Facts, ids));
+    facts->entries = entries;
+    facts->single = single;
+    start_slices(&facts->ids);
+    start_slices(&facts->parents);
+    start_slices(&facts->attributes);
+}
+
 static void free_slices(Facts *facts) {
     Slices *lists[] = {&facts->ids, &facts->parents, &facts->attributes};
     for (int i = 0; i < 3; i++)
@@ -319,12 +332,7 @@ static int walk(PyObject *request, PyObject *entries, int single, Facts *facts) 
             }
         }
     }
-    memset(facts, 0, offsetof(Facts, ids));
-    facts->entries = entries;
-    facts->single = single;
-    start_slices(&facts->ids);
-    start_slices(&facts->parents);
-    start_slices(&facts->attributes);
+    start_facts(facts, entries, single);
     if (!PyBytes_Check(request)) return -1;
     const uint8_t *data = (const uint8_t *)PyBytes_AS_STRING(request);
     return walk_each(data, (size_t)PyBytes_GET_SIZE(request), 1, walk_resource_spans, facts);
@@ -419,33 +427,40 @@ PyDoc_STRVAR(single_trace_doc,
 "spans all carry one valid trace ID (16 bytes, not all zero), False when they do not (or\n"
 "there are none), None when it is not the common shape (see trace_facts).");
 
-static PyObject *single_trace(PyObject *Py_UNUSED(module), PyObject *arg) {
-    Facts facts;
-    int walked = walk(arg, NULL, 1, &facts);
-    if (walked == -2) return NULL;
+/* single_trace's answer from the facts of a request read with `single` set; frees them. */
+static PyObject *single_answer(Facts *facts) {
     PyObject *result;
     static const uint8_t zero[16];
-    if (walked) {
-        result = Py_NewRef(Py_None);
-    } else if (facts.spans == 0 || facts.trace_ids != facts.spans || facts.mixed ||
-               facts.first_id.len != 16 || memcmp(facts.first_id.data, zero, 16) == 0) {
+    if (facts->spans == 0 || facts->trace_ids != facts->spans || facts->mixed ||
+        facts->first_id.len != 16 || memcmp(facts->first_id.data, zero, 16) == 0) {
         result = Py_NewRef(Py_False);
     } else {
-        PyObject *attributes = PyList_New((Py_ssize_t)facts.attributes.n);
-        for (size_t i = 0; attributes != NULL && i < facts.attributes.n; i++) {
-            Slice *item = &facts.attributes.items[i];
+        PyObject *attributes = PyList_New((Py_ssize_t)facts->attributes.n);
+        for (size_t i = 0; attributes != NULL && i < facts->attributes.n; i++) {
+            Slice *item = &facts->attributes.items[i];
             PyObject *entry =
                 PyBytes_FromStringAndSize((const char *)item->data, (Py_ssize_t)item->len);
             if (entry == NULL) Py_CLEAR(attributes);
             else PyList_SET_ITEM(attributes, (Py_ssize_t)i, entry);
         }
         result = attributes == NULL ? NULL
-                                    : Py_BuildValue("(y#nN)", (const char *)facts.first_id.data,
-                                                    (Py_ssize_t)16, (Py_ssize_t)facts.spans,
+                                    : Py_BuildValue("(y#nN)", (const char *)facts->first_id.data,
+                                                    (Py_ssize_t)16, (Py_ssize_t)facts->spans,
                                                     attributes);
     }
-    free_slices(&facts);
+    free_slices(facts);
     return result;
+}
+
+static PyObject *single_trace(PyObject *Py_UNUSED(module), PyObject *arg) {
+    Facts facts;
+    int walked = walk(arg, NULL, 1, &facts);
+    if (walked == -2) return NULL;
+    if (walked) {
+        free_slices(&facts);
+        Py_RETURN_NONE;
+    }
+    return single_answer(&facts);
 }
 
 PyDoc_STRVAR(contains_any_doc,
@@ -503,7 +518,7 @@ typedef struct {
 
 static MessageType *types;
 static Py_ssize_t type_count;
-static Py_ssize_t span_type = -1;
+static Py_ssize_t span_type = -1, resource_type = -1;
 
 /* A varint of at most `max_bytes` bytes, in its shortest form. */
 static Status strict_varint(const uint8_t **at, const uint8_t *end, int max_bytes,
@@ -555,11 +570,13 @@ static int utf8_valid(const uint8_t *s, size_t n) {
     return 1;
 }
 
+/* Check a message of `type`, counting spans into `facts`; with `facts->single`, also note
+ * each span's trace_id and each resource attribute, as the walk does for single_trace. */
 static Status check_message(const uint8_t *p, const uint8_t *end, Py_ssize_t type, int depth,
-                            size_t *spans) {
+                            Facts *facts) {
     if (depth > MAX_DEPTH) return -1;
     const MessageType *message = &types[type];
-    if (type == span_type) (*spans)++;
+    if (type == span_type) facts->spans++;
     while (p < end) {
         uint64_t tag, value;
         if (strict_varint(&p, end, 5, &tag) || tag > UINT32_MAX) return -1;
@@ -589,8 +606,13 @@ static Status check_message(const uint8_t *p, const uint8_t *end, Py_ssize_t typ
             if (known == NULL) break;
             if (known->kind == K_STRING && !utf8_valid(inside, (size_t)value)) return -1;
             if (known->kind == K_MESSAGE &&
-                check_message(inside, p, (Py_ssize_t)known->child, depth + 1, spans))
+                check_message(inside, p, (Py_ssize_t)known->child, depth + 1, facts))
                 return -1;
+            if (facts->single && number == 1) {
+                if (type == span_type) note_trace_id(facts, inside, (size_t)value);
+                else if (type == resource_type && push(&facts->attributes, inside, (size_t)value))
+                    return -1;
+            }
             break;
         }
         default: /* groups, and wire types that do not exist */
@@ -605,26 +627,27 @@ static void free_types(void) {
     PyMem_Free(types);
     types = NULL;
     type_count = 0;
-    span_type = -1;
+    span_type = resource_type = -1;
 }
 
 PyDoc_STRVAR(set_schema_doc,
-"set_schema(types: list[tuple[tuple[int, int, int], ...]], span_type: int) -> None\n\n"
+"set_schema(types: list[tuple[tuple[int, int, int], ...]], span_type: int,\n"
+"           resource_type: int) -> None\n\n"
 "The message types check_request reads, the request's first: for each, its fields as\n"
 "(number, kind, child type); kinds: 1 varint, 2 fixed64, 3 bytes, 4 string, 5 message,\n"
 "6 fixed32, 7 never plain (groups). span_type: the index of Span, whose occurrences are\n"
-"counted (see policies.flatten).");
+"counted; resource_type: the index of Resource (see checked_single_trace).");
 
 static PyObject *set_schema(PyObject *Py_UNUSED(module), PyObject *const *args,
                             Py_ssize_t nargs) {
-    const char *usage = "set_schema takes a list of tuples of (number, kind, child) and an index";
-    if (nargs != 2 || !PyList_Check(args[0])) {
+    const char *usage = "set_schema takes a list of tuples of (number, kind, child) and two indexes";
+    if (nargs != 3 || !PyList_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError, usage);
         return NULL;
     }
     Py_ssize_t count = PyList_GET_SIZE(args[0]);
-    Py_ssize_t span = PyLong_AsSsize_t(args[1]);
-    if (span == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t span = PyLong_AsSsize_t(args[1]), resource = PyLong_AsSsize_t(args[2]);
+    if ((span == -1 || resource == -1) && PyErr_Occurred()) return NULL;
     free_types();
     MessageType *built = PyMem_Calloc((size_t)(count ? count : 1), sizeof(MessageType));
     if (built == NULL) return PyErr_NoMemory();
@@ -658,8 +681,9 @@ static PyObject *set_schema(PyObject *Py_UNUSED(module), PyObject *const *args,
             known[number].child = child;
         }
     }
-    if (span < 0 || span >= count) goto bad;
+    if (span < 0 || span >= count || resource < 0 || resource >= count) goto bad;
     span_type = span;
+    resource_type = resource;
     Py_RETURN_NONE;
 bad:
     PyErr_SetString(PyExc_ValueError, usage);
@@ -677,9 +701,30 @@ PyDoc_STRVAR(check_request_doc,
 static PyObject *check_request(PyObject *Py_UNUSED(module), PyObject *arg) {
     if (type_count == 0 || !PyBytes_Check(arg)) Py_RETURN_NONE;
     const uint8_t *data = (const uint8_t *)PyBytes_AS_STRING(arg);
-    size_t spans = 0;
-    if (check_message(data, data + PyBytes_GET_SIZE(arg), 0, 0, &spans)) Py_RETURN_NONE;
-    return PyLong_FromSize_t(spans);
+    Facts facts;
+    start_facts(&facts, NULL, 0);
+    Status checked = check_message(data, data + PyBytes_GET_SIZE(arg), 0, 0, &facts);
+    free_slices(&facts);
+    if (checked) Py_RETURN_NONE;
+    return PyLong_FromSize_t(facts.spans);
+}
+
+PyDoc_STRVAR(checked_single_trace_doc,
+"checked_single_trace(request: bytes) -> tuple[bytes, int, list[bytes]] | bool | None\n\n"
+"single_trace's answer (a tuple or False) when, in the same pass, every byte of the request\n"
+"was checked as check_request checks it; None when it cannot be vouched for (then ask\n"
+"single_trace, and parse the bytes).");
+
+static PyObject *checked_single_trace(PyObject *Py_UNUSED(module), PyObject *arg) {
+    if (type_count == 0 || !PyBytes_Check(arg)) Py_RETURN_NONE;
+    const uint8_t *data = (const uint8_t *)PyBytes_AS_STRING(arg);
+    Facts facts;
+    start_facts(&facts, NULL, 1);
+    if (check_message(data, data + PyBytes_GET_SIZE(arg), 0, 0, &facts)) {
+        free_slices(&facts);
+        Py_RETURN_NONE;
+    }
+    return single_answer(&facts);
 }
 
 /* ---- append_to_spans: the same bytes appended to every span of a request ----
@@ -785,6 +830,7 @@ static PyMethodDef methods[] = {
     {"single_trace", single_trace, METH_O, single_trace_doc},
     {"set_schema", (PyCFunction)(void (*)(void))set_schema, METH_FASTCALL, set_schema_doc},
     {"check_request", check_request, METH_O, check_request_doc},
+    {"checked_single_trace", checked_single_trace, METH_O, checked_single_trace_doc},
     {"append_to_spans", (PyCFunction)(void (*)(void))append_to_spans, METH_FASTCALL,
      append_to_spans_doc},
     {NULL, NULL, 0, NULL},

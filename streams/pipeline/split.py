@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from policies.flatten import single_trace, vouched
+from policies.flatten import checked_single_trace
 from streams.config import Settings
 from streams.kafka.clients import (
     INDEX_HEADER,
@@ -146,9 +146,12 @@ def split_one(
     used goes to `dead_letter`. The worker reading the input directly uses it too."""
     value = msg.value() or b""
     encoding = settings.kafka.input_encoding
-    single = single_trace(value) if value and encoding == "otlp_proto" else None
+    # The trace ID and every byte read in one pass (in C), where the module can vouch.
+    single, checked = (
+        checked_single_trace(value) if value and encoding == "otlp_proto" else (None, False)
+    )
     request = None
-    if single is None or not vouched(value):  # every byte read (in C, where it can vouch)
+    if single is None or not checked:
         try:
             request = decode_request(value, encoding)
         except BadInput as exc:

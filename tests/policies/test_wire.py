@@ -163,6 +163,13 @@ def test_the_walk_reads_a_single_trace_as_the_parses_do(
         expected = parsed_single_trace(data)
         assert (SingleTrace(*found) if found else None) == expected
     assert single_trace(data) == parsed_single_trace(data)
+    # The same answer from the pass that checks every byte, where it vouches for them.
+    checked = wire.checked_single_trace(data)
+    if not mutations:
+        assert checked is not None
+    if checked is not None:
+        assert (SingleTrace(*checked) if checked else None) == parsed_single_trace(data)
+        ExportTraceServiceRequest.FromString(data)  # vouched: the parser reads it
 
 
 def test_a_request_that_is_not_bytes_is_left_to_the_parser() -> None:
@@ -195,6 +202,7 @@ def test_the_check_vouches_only_for_bytes_the_parser_reads(
 ) -> None:
     data = mutated(request.SerializeToString(), mutations)
     count = wire.check_request(data)
+    assert (wire.checked_single_trace(data) is None) == (count is None)  # the same check
     if not mutations:
         assert count == flatten.request_span_count(data)  # the plain shape: vouched
     if count is None:
