@@ -9,6 +9,7 @@ Tenant sources (`tenant_from`), in order, the first present wins:
 
 from __future__ import annotations
 
+import functools
 import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -40,12 +41,40 @@ def parse_baggage(header: bytes | str) -> dict[str, str]:
 def _string_attribute(entries: Sequence[bytes], key: str) -> str | None:
     """The first non-empty string value of attribute `key` among encoded `KeyValue`s."""
     needle = key.encode()
+    head = _plain_head(needle)
     for entry in entries:
         if needle in entry:  # most entries are ruled out without being parsed
-            kv = KeyValue.FromString(entry)
-            if kv.key == key and kv.value.string_value:
-                return str(kv.value.string_value)
+            value = None
+            if head is not None and entry.startswith(head):
+                value = _plain_string(entry, len(head))
+            if value is None:
+                kv = KeyValue.FromString(entry)
+                if kv.key != key:
+                    continue
+                value = str(kv.value.string_value)
+            if value:
+                return value
     return None
+
+
+@functools.lru_cache(maxsize=64)
+def _plain_head(key: bytes) -> bytes | None:
+    """How upb begins a `KeyValue` of `key`: the key field, then the tag of the value field
+    (None for a key of 128 bytes or more, always left to the parser)."""
+    return b"\n" + bytes((len(key),)) + key + b"\x12" if len(key) < 0x80 else None
+
+
+def _plain_string(entry: bytes, at: int) -> str | None:
+    """The value of a `KeyValue` whose value field starts at `at` and is an `AnyValue` holding
+    a string alone, shorter than 126 bytes (a tenant name), read without the parser; None for
+    any other shape, which the parser reads."""
+    size = len(entry) - at - 1  # the AnyValue's length, then its string's
+    if not 2 <= size < 0x80 or entry[at : at + 3] != bytes((size, 0x0A, size - 2)):
+        return None
+    try:
+        return entry[at + 3 :].decode()
+    except UnicodeDecodeError:
+        return None
 
 
 def span_attributes_of(request: bytes) -> Callable[[], Sequence[bytes]]:

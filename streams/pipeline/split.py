@@ -161,8 +161,7 @@ def split_one(
         meter.observe((request or ExportTraceServiceRequest.FromString(value)).resource_spans)
     headers = headers_of(msg)
     hints = resolver.hints(dict(headers)) if headers else resolver.no_hints
-    _, partition, offset = where(msg)
-    source = origin(partition, offset)
+    source = origin(msg.partition(), msg.offset())
     # The common shape, one trace per message, is forwarded as the bytes that arrived: no
     # regrouping, no serializing again, no protobuf object built.
     if single is not None and len(value) <= budget:
@@ -549,8 +548,9 @@ def _input_times(messages: list[Message], read_at: float) -> dict[int, float]:
     for m in messages:
         _, ms = m.timestamp()
         stamp = ms / 1000 if ms > 0 else read_at
-        _, partition, _ = where(m)
-        stamps[partition] = max(stamps.get(partition, 0.0), stamp)
+        partition: int = m.partition()  # type: ignore[assignment]  # a record read has one
+        if stamp > stamps.get(partition, 0.0):
+            stamps[partition] = stamp
     return stamps
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
+from google.protobuf.message import DecodeError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
@@ -11,7 +15,14 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span
 
 from streams.config import RedactionConfig, validate_mapping
 from streams.pipeline.redact import MASK, Redactor
-from streams.pipeline.route import TenantResolver, TenantRoutes, TokenBucket, parse_baggage
+from streams.pipeline.route import (
+    TenantResolver,
+    TenantRoutes,
+    TokenBucket,
+    _string_attribute,
+    parse_baggage,
+)
+from tests.policies.test_properties import MUTATIONS, mutated
 
 
 def kv(key: str, value: str) -> KeyValue:
@@ -140,3 +151,47 @@ def test_untrusted_headers_name_no_tenant() -> None:
     hints = resolver.hints({"x-tenant-id": b"forged"})
     assert resolver.resolve(hints, [block({"tenant.id": "r"})]) == "r"
     assert resolver.resolve(hints, [block({})]) == "d"
+
+
+def parsed_string_attribute(entries: list[bytes], key: str) -> str | None:
+    """What the parser says: the first non-empty string value of `key` among the entries that
+    hold its bytes (an entry that does not parse raises, as it does for the resolver)."""
+    for entry in entries:
+        if key.encode() in entry:
+            kv = KeyValue.FromString(entry)
+            if kv.key == key and kv.value.string_value:
+                return str(kv.value.string_value)
+    return None
+
+
+KEYS = st.sampled_from(["tenant.id", "tenant", "t", "tenant.idx", "ténant", "k" * 130])
+VALUES = st.one_of(
+    st.text(max_size=140).map(lambda text: AnyValue(string_value=text)),
+    st.integers(-(2**63), 2**63 - 1).map(lambda number: AnyValue(int_value=number)),
+    st.just(AnyValue()),
+)
+
+
+# Valid fields after an entry's own: an unknown one, a second value (merged into the first),
+# a second key (which wins).
+TAILS = st.sampled_from([b"", b"\x18\x01", b"\x12\x00", b"\x12\x02\x0a\x00", b"\x0a\x01t"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.tuples(KEYS, VALUES, TAILS), min_size=1, max_size=4),
+    KEYS,
+    st.lists(MUTATIONS, max_size=2),
+)
+def test_tenant_attribute_read_without_the_parser_agrees_with_it(
+    pairs: list[tuple[str, AnyValue, bytes]], key: str, mutations: list[tuple[int, int, bytes]]
+) -> None:
+    entries = [KeyValue(key=k, value=v).SerializeToString() + tail for k, v, tail in pairs]
+    entries[0] = mutated(entries[0], mutations)
+    try:
+        expected = parsed_string_attribute(entries, key)
+    except DecodeError:
+        with pytest.raises(DecodeError):
+            _string_attribute(entries, key)
+        return
+    assert _string_attribute(entries, key) == expected
