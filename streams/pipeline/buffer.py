@@ -78,6 +78,7 @@ _READ_BUDGET = 32 * 1024 * 1024
 
 # (trace key, fragment, origin)
 Fragment = tuple[bytes, bytes, int]
+_NOTHING_ADDED = (0, b"")
 
 
 def segment_key(seq: int) -> bytes:
@@ -399,15 +400,16 @@ class TraceBuffer:
         queue = self.queues.get(partition)
         if queue is None:
             queue = self.queues[partition] = Queue()
+        held_entries = queue.entries
         applied: dict[bytes, bytes] = {}
         taken: list[Fragment] = []
         for item in fragments:
             key, _, source = item
             held = applied.get(key)
             if held is None:
-                packed = queue.get(key)
+                packed = held_entries.get(key)
                 held = _origins(packed) if packed is not None else b""
-            if covers(held, source):
+            if held and covers(held, source):
                 continue
             applied[key] = add_origin(held, source)
             taken.append(item)
@@ -418,21 +420,26 @@ class TraceBuffer:
         written = [(self._write(partition, chunk, now), chunk) for chunk in self._chunks(taken)]
         live = self.segments.setdefault(partition, {})
         added: dict[bytes, tuple[int, bytes]] = {}  # per trace: bytes and refs added
+        pack_ref = _REF.pack
         for seq, chunk in written:
             live[seq] = len(chunk)
-            at = _HEAD.size + sum(_ENTRY_FIXED + len(key) for key, _, _ in chunk)
+            at = _HEAD.size + sum([_ENTRY_FIXED + len(item[0]) for item in chunk])
             for key, fragment, _ in chunk:
-                size, refs = added.get(key, (0, b""))
-                ref = _REF.pack(seq, at, len(fragment))
-                added[key] = (size + len(fragment) + _ENTRY_FIXED + len(key), refs + ref)
-                at += len(fragment)
+                length = len(fragment)
+                size, refs = added.get(key, _NOTHING_ADDED)
+                added[key] = (
+                    size + length + _ENTRY_FIXED + len(key),
+                    refs + pack_ref(seq, at, length),
+                )
+                at += length
         limit = self.limits.max_trace_bytes
         after_root = self.wait_after_root
         early = now + after_root if after_root is not None else None
+        fresh = now + self.wait
         for key, (grown, refs) in added.items():
-            packed = queue.get(key)
+            packed = held_entries.get(key)
             if packed is None:
-                size, deadline, held_refs, rooted = grown, now + self.wait, b"", False
+                size, deadline, held_refs, rooted = grown, fresh, b"", False
                 self.count += 1
             else:
                 entry = Pending.unpack(partition, packed)

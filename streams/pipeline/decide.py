@@ -475,25 +475,30 @@ class Decider:
         """After the flush: persist decisions and free the buffer; retry what failed."""
         retry = []
         done = []
+        allowed = {p: writable(p) for p in {entry.partition for _, entry, _ in batch.items}}
         for item in batch.items:
             key, entry, _ = item
             # Not acknowledged, or this worker's lease lapsed meanwhile (streams.pipeline.handover):
             # the trace stays in the table and is decided again by whoever owns it.
-            if key in batch.failed or not writable(entry.partition):
+            if key in batch.failed or not allowed[entry.partition]:
                 self.cache.forget(key, writable)
                 retry.append((key, entry))
             else:
                 done.append(item)
         # A late span may have replaced the decision meanwhile (and stored it: `advance`).
-        current = [(key, self.cache.latest(key) or remembered) for key, _, remembered in done]
+        pending = self.cache.pending
+        current = [
+            (key, pending.get(key) or self.cache.latest(key) or remembered)
+            for key, _, remembered in done
+        ]
         self.cache.persist_many([item for item in current if item[1].record is None])
         for key, entry, _ in done:
             self.buffer.remove(key, entry)
         if retry:
             self.buffer.requeue(retry, now)
         self.cache.evict(now, writable)
-        for partition in {entry.partition for _, entry, _ in batch.items}:
-            if writable(partition):
+        for partition, owned in allowed.items():
+            if owned and writable(partition):
                 for name, value in self.policy_sets.states(partition).items():
                     self.cache.put_policy_state(partition, name, value)
 
