@@ -1,7 +1,7 @@
 """The worker: a Faust app with the buffer agent, the decision timer and their two tables.
 
-Data flow inside one worker process:
-  split thread (input → caudal-spans) ─► buffer agent (caudal-spans → `traces` table)
+Data flow inside one worker:
+  split process, or thread (input → caudal-spans) ─► buffer agent (caudal-spans → `traces` table)
   decision timer (`traces` → policies → caudal-sampled, `decisions` table)
   export threads (caudal-sampled → backends, one consumer group per exporter)
 """
@@ -9,7 +9,6 @@ Data flow inside one worker process:
 from __future__ import annotations
 
 import functools
-import gc
 import logging
 import os
 import signal
@@ -32,7 +31,7 @@ from streams.kafka.clients import (
 )
 from streams.kafka.state import RocksMemory, TableStore, bind_to_commits, recover_to_true_end
 from streams.ops.experiments import ExperimentMeter
-from streams.ops.health import ExportOutcomes, Health, Supervised, serve_health
+from streams.ops.health import ExportOutcomes, Health, Supervised, quiet_collector, serve_health
 from streams.ops.logs import logging_dict_config
 from streams.ops.metrics import (
     BUFFER_MAX_BYTES,
@@ -52,6 +51,7 @@ from streams.pipeline.intake import BufferAgent, Intake
 from streams.pipeline.progress import DirectClock, PartitionClock
 from streams.pipeline.route import TenantResolver, TenantRoutes
 from streams.pipeline.split import SplitStage
+from streams.pipeline.split_process import SplitProcess
 
 __all__ = ["Drain", "Worker", "build_worker", "run_worker"]
 
@@ -315,11 +315,17 @@ def _wire_timers(
 def _add_threads(worker: Worker, outcomes: ExportOutcomes, direct: bool) -> None:
     """The split stage (unless the input is keyed by trace ID) and one thread per exporter."""
     settings = worker.settings
-    if not direct:
-        split = SplitStage(
-            settings, worker.stop_input, worker.lag, worker.degradation, worker.meter
+    if not direct and settings.worker.split_process:
+        worker.threads.append(
+            SplitProcess(settings, worker.stop_input, worker.lag, worker.degradation)
         )
-        worker.threads.append(split)
+    elif not direct:
+        degradation = worker.degradation
+        worker.threads.append(
+            SplitStage(
+                settings, worker.stop_input, worker.lag, lambda: degradation.level, worker.meter
+            )
+        )
     routed = {name for tenant in settings.tenants.values() for name in tenant.exporters}
     exporters = [
         ExportLoop(name, settings, worker.stop, worker.producer, outcomes)
@@ -405,19 +411,3 @@ def run_worker(settings: Settings, source: ConfigSource | None = None) -> int:
     quiet_collector()
     serve_health(worker.health, settings.metrics.host, settings.metrics.port)
     return worker.run()
-
-
-def quiet_collector() -> None:
-    """Keep the cycle collector out of the hot path.
-
-    Nearly everything a worker allocates per span is bytes (never tracked) or freed by reference
-    counting; the collector still scanned every long-lived object each time young ones piled
-    up: 8.7 % of the worker's CPU at 8,770 traces/s, in pauses of up to 190 ms (full scans of
-    the modules, the clients and the remembered decisions). What exists once the worker is
-    built is parked for good (`gc.freeze`), and the young generation is collected every 10,000
-    allocations, not every 700: 2.7 % of the CPU at the same rate (the full scans left walk the
-    remembered decisions).
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 10, 10)

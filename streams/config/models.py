@@ -521,6 +521,11 @@ class WorkerConfig(_Model):
         default=6.0,
         description="how fast the group notices a dead worker and hands its partitions on",
     )
+    split_process: bool = Field(
+        default=True,
+        description="run the split stage in a process of its own (its own interpreter lock "
+        "and core); `false`: a thread of the worker, for a worker limited to one core",
+    )
     rocksdb: RocksDBConfig = RocksDBConfig()
 
 

@@ -41,6 +41,7 @@ from streams.devtools.broker import LocalBroker, free_port
 from streams.devtools.demo import read_metrics, start_worker, stop_process
 from streams.devtools.generate import DEFAULT_MIX, build_trace
 from streams.kafka.clients import ensure_topics, make_producer
+from streams.ops.health import process_tree
 
 __all__ = [
     "BenchOptions",
@@ -110,18 +111,28 @@ class BenchResult:
 
 
 def rss_kib(pid: int, name: str = "VmRSS") -> int:
-    """A process's RSS (or `VmHWM`, its peak) in KiB, from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(name + ":"):
-            return int(line.split()[1])
-    return 0
+    """A process's RSS (or `VmHWM`, its peak) in KiB with its descendants', from /proc."""
+    kib = 0
+    for member in process_tree(pid):
+        try:
+            lines = Path(f"/proc/{member}/status").read_text().splitlines()
+        except OSError:
+            continue
+        kib += next((int(line.split()[1]) for line in lines if line.startswith(name + ":")), 0)
+    return kib
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU a process has used so far, from /proc/PID/stat."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU a process and its descendants have used so far, from /proc/PID/stat."""
+    ticks = 0
+    for member in process_tree(pid):
+        try:
+            stat = Path(f"/proc/{member}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after the command name (may hold spaces)
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def quantile(buckets: list[tuple[float, float]], q: float) -> float:

@@ -13,20 +13,29 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import json
 import logging
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.config import Settings
-from streams.ops.metrics import HEALTH_STATE, PIPELINE_STATE, THREAD_FAILURES, set_one_hot
+from streams.ops.metrics import (
+    EXPOSITION,
+    HEALTH_STATE,
+    PIPELINE_STATE,
+    THREAD_FAILURES,
+    set_one_hot,
+)
 from streams.pipeline.degrade import Degradation
 
 __all__ = [
@@ -35,6 +44,8 @@ __all__ = [
     "ExportOutcomes",
     "Health",
     "Supervised",
+    "process_tree",
+    "quiet_collector",
     "rss_bytes",
     "serve_endpoints",
     "serve_health",
@@ -120,13 +131,50 @@ def release_free_memory() -> None:
         _MALLOC_TRIM(0)
 
 
+def quiet_collector() -> None:
+    """Keep the cycle collector out of the hot path.
+
+    Nearly everything a worker allocates per span is bytes (never tracked) or freed by reference
+    counting; the collector still scanned every long-lived object each time young ones piled
+    up: 8.7 % of the worker's CPU at 8,770 traces/s, in pauses of up to 190 ms (full scans of
+    the modules, the clients and the remembered decisions). What exists once the worker is
+    built is parked for good (`gc.freeze`), and the young generation is collected every 10,000
+    allocations, not every 700: 2.7 % of the CPU at the same rate (the full scans left walk the
+    remembered decisions).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+
+
+def process_tree(pid: int) -> list[int]:
+    """A process and its descendants (a worker and its split process), from Linux's /proc."""
+    tree, i = [pid], 0
+    while i < len(tree):
+        try:
+            tasks = list(Path(f"/proc/{tree[i]}/task").iterdir())
+        except OSError:  # ended meanwhile, or not Linux
+            tasks = []
+        for task in tasks:
+            try:
+                tree.extend(int(child) for child in (task / "children").read_text().split())
+            except OSError:
+                pass
+        i += 1
+    return tree
+
+
 def rss_bytes() -> int:
-    """This process's resident memory (Linux), 0 where it cannot be read."""
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * 4096
-    except OSError:
-        return 0
+    """The resident memory of this process and of the processes it started (its split
+    process), which the container's memory limit counts together (Linux; 0 elsewhere)."""
+    total = 0
+    for pid in process_tree(os.getpid()):
+        try:
+            with open(f"/proc/{pid}/statm") as statm:
+                total += int(statm.read().split()[1]) * 4096
+        except OSError:
+            pass
+    return total
 
 
 @dataclass
@@ -256,7 +304,7 @@ def serve_endpoints(
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+                self._send(200, generate_latest(EXPOSITION), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
                 ok = alive()
                 self._send(200 if ok else 503, b"ok\n" if ok else b"not alive: see /status\n")

@@ -6,13 +6,18 @@ generated from this module (`metric_rows`), so the two cannot drift.
 
 from __future__ import annotations
 
+import threading
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import Metric
 
 __all__ = [
+    "EXPOSITION",
+    "Exposition",
+    "caudal_families",
     "metric_rows",
     "EXPERIMENT_REQUESTS",
     "EXPERIMENT_ERRORS",
@@ -361,3 +366,65 @@ def metric_rows() -> Iterator[tuple[str, tuple[str, ...], str]]:
             name = described.name + ("_total" if described.type == "counter" else "")
             kind = " (histogram)" if described.type == "histogram" else ""
             yield name, tuple(value._labelnames), described.documentation + kind
+
+
+def caudal_families() -> list[Metric]:
+    """This process's `caudal_*` metric families as they stand (what a process of the worker
+    reports to it), without the `_created` samples."""
+    families = []
+    for family in REGISTRY.collect():
+        if family.name.startswith("caudal_"):
+            family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            families.append(family)
+    return families
+
+
+class Exposition:
+    """What /metrics serves: this process's registry, plus the `caudal_*` families that the
+    worker's other processes (the split process) reported. A series that both have is their
+    sum: counters and histograms add up, and a gauge's series is set in one process only (the
+    input topic's consumer lag in the split process, the other topics' in the worker)."""
+
+    def __init__(self) -> None:
+        self._reported: dict[str, list[Metric]] = {}
+        self._lock = threading.Lock()
+
+    def report(self, source: str, families: list[Metric]) -> None:
+        """The latest families of one other process (cumulative: they replace its last)."""
+        with self._lock:
+            self._reported[source] = families
+
+    def collect(self) -> Iterator[Metric]:
+        """prometheus_client's registry interface (generate_latest)."""
+        with self._lock:
+            reports = list(self._reported.values())
+        if not reports:
+            yield from REGISTRY.collect()
+            return
+        theirs: dict[str, list[Metric]] = {}
+        for families in reports:
+            for family in families:
+                theirs.setdefault(family.name, []).append(family)
+        for family in REGISTRY.collect():
+            yield _summed(family, theirs.pop(family.name, []))
+        for others in theirs.values():
+            yield _summed(others[0], others[1:])
+
+
+def _summed(family: Metric, others: list[Metric]) -> Metric:
+    """`family` with the samples of `others` (same name) added in, series by series."""
+    if not others:
+        return family
+    values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    labels: dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, str]] = {}
+    for sample in [s for f in (family, *others) for s in f.samples]:
+        key = (sample.name, tuple(sorted(sample.labels.items())))
+        values[key] = values.get(key, 0.0) + sample.value
+        labels.setdefault(key, sample.labels)
+    summed = Metric(family.name, family.documentation, family.type, family.unit)
+    for key, value in values.items():
+        summed.add_sample(key[0], labels[key], value)
+    return summed
+
+
+EXPOSITION = Exposition()

@@ -37,6 +37,8 @@ __all__ = [
     "LagClock",
     "Pressure",
     "ShedDecision",
+    "batch_factor",
+    "optional_work",
     "shed_fragment",
 ]
 
@@ -47,6 +49,16 @@ FIRST_SHEDDING_LEVEL = 2
 
 
 _SEED = fnv1a_64(DEFAULT_HASH_SALT.encode())
+
+
+def batch_factor(level: int) -> int:
+    """How many times larger batches are at `level` (1 and up: four times)."""
+    return 4 if level else 1
+
+
+def optional_work(level: int) -> bool:
+    """Whether optional work (experiment metrics) runs at `level`: at level 0 only."""
+    return level == 0
 
 
 class LagClock:
@@ -92,11 +104,11 @@ class Degradation:
 
     def batch_factor(self) -> int:
         """How many times larger batches are (level 1 and up)."""
-        return 4 if self.level else 1
+        return batch_factor(self.level)
 
     def optional_work(self) -> bool:
         """Whether optional work (experiment metrics) runs: at level 0 only."""
-        return self.level == 0
+        return optional_work(self.level)
 
     def percentage(self) -> float | None:
         """Trace-ID sampling percentage of the current level, None below level 2."""

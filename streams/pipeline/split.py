@@ -16,7 +16,6 @@ acknowledged; a failure reads them all again.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
@@ -46,7 +45,7 @@ from streams.kafka.dead_letters import send_dead_letter
 from streams.ops.experiments import ExperimentMeter
 from streams.ops.health import Supervised
 from streams.ops.metrics import SPANS_RECEIVED, set_consumer_lag
-from streams.pipeline.degrade import Degradation, LagClock
+from streams.pipeline.degrade import LagClock, batch_factor, optional_work
 from streams.pipeline.progress import PROGRESS_HEADER, SplitProgress
 from streams.pipeline.route import TenantResolver, span_attributes_of
 from streams.wire.origin import ENTRY_BYTES, origin, pack_origins
@@ -92,6 +91,12 @@ DRAIN_TIMEOUT = 10.0
 # (trace ID, fragment, origin: the input record its spans came from, see streams.wire.origin)
 SourcedFragment = tuple[bytes, bytes, int]
 Batch = dict[tuple[int, str], list[SourcedFragment]]
+
+
+class StopFlag(Protocol):
+    """What tells the split stage to stop (a threading.Event, or the split process's orders)."""
+
+    def is_set(self) -> bool: ...
 
 
 class DeadLetter(Protocol):
@@ -281,9 +286,9 @@ class SplitStage(Supervised):
     def __init__(
         self,
         settings: Settings,
-        stop: threading.Event,
+        stop: StopFlag,
         lag: LagClock | None = None,
-        degradation: Degradation | None = None,
+        level: Callable[[], int] = lambda: 0,
         meter: ExperimentMeter | None = None,
         batch_size: int = 1000,
     ) -> None:
@@ -291,7 +296,7 @@ class SplitStage(Supervised):
         self.settings = settings
         self.stop = stop
         self.lag = lag or LagClock()
-        self.degradation = degradation
+        self.level = level  # the worker's degradation level
         self.meter = meter
         self.batch_size = batch_size
         kafka = settings.kafka
@@ -350,8 +355,8 @@ class SplitStage(Supervised):
         if time.monotonic() >= self.next_lag:
             self.next_lag = time.monotonic() + 5.0
             self._export_lag()
-        degradation = self.degradation
-        size = self.batch_size * (degradation.batch_factor() if degradation else 1)
+        level = self.level()
+        size = self.batch_size * batch_factor(level)
         polled_at = time.time()
         messages = self.consumer.consume(size, timeout=0.2)
         drained_at = time.time()
@@ -370,7 +375,7 @@ class SplitStage(Supervised):
             return
         stamps = _input_times(usable, polled_at)
         self.lag.note(time.time() - min(stamps.values()))
-        meter = self.meter if not degradation or degradation.optional_work() else None
+        meter = self.meter if optional_work(level) else None
         batch = split_messages(usable, self.settings, self.resolver, self.dead_letter, meter)
         stamp = max(stamps.values())
         read = InFlight(usable, stamps, idle, drained_at)

@@ -97,7 +97,10 @@ class Pipeline:
     def start_worker(self, name: str = "w1") -> WorkerProcess:
         port = free_port()
         config = dict(self.config)
-        config["worker"] = {"state_dir": str(self.root / f"state-{name}")}
+        config["worker"] = {
+            **config.get("worker", {}),
+            "state_dir": str(self.root / f"state-{name}"),
+        }
         config["metrics"] = {"port": port}
         path = self.root / f"caudal-{name}.yaml"
         path.write_text(yaml.safe_dump(config))

@@ -3,16 +3,42 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from streams.devtools.bench import BenchOptions, _messages, cpu_seconds, lag_buckets, quantile
+from streams.devtools.bench import (
+    BenchOptions,
+    _messages,
+    cpu_seconds,
+    lag_buckets,
+    quantile,
+    rss_kib,
+)
 
 
 def test_cpu_seconds_counts_this_process() -> None:
     before = cpu_seconds(os.getpid())
     sum(i * i for i in range(2_000_000))
     assert cpu_seconds(os.getpid()) > before
+
+
+def test_cpu_and_rss_count_the_processes_a_worker_started() -> None:
+    # A worker's split stage runs in a child process: its CPU and memory are the worker's.
+    child = subprocess.Popen(
+        [sys.executable, "-c", "sum(i * i for i in range(3_000_000)); input()"],
+        stdin=subprocess.PIPE,
+    )
+    try:
+        while cpu_seconds(child.pid) < 0.1:
+            time.sleep(0.05)
+        mine = os.times()
+        assert cpu_seconds(os.getpid()) >= mine.user + mine.system + cpu_seconds(child.pid) - 0.02
+        assert rss_kib(os.getpid()) >= rss_kib(child.pid) + 1000
+    finally:
+        child.communicate(b"\n")
 
 
 def test_lag_quantiles_of_several_workers_sum_their_buckets() -> None:
