@@ -361,7 +361,8 @@ class HealthConfig(_Model):
     )
     memory_limit: ByteSize = Field(
         default=0,
-        description="RSS over which the worker is unhealthy (`2GiB`, or bytes); 0: no limit",
+        description="RSS (the worker's and its split process's) over which the worker is "
+        "unhealthy (`2GiB`, or bytes); 0: no limit",
     )
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -63,36 +65,37 @@ def test_spans_are_split_and_counted_once_and_sigterm_ends_both(
         pipeline.stop()
 
 
-def test_a_split_process_that_dies_stops_its_worker_with_the_reason(
+@contextmanager
+def split_of_a_ready_worker(
     broker: LocalBroker, tmp_path: Path
-) -> None:
+) -> Iterator[tuple[WorkerProcess, int]]:
     pipeline = Pipeline(broker, tmp_path)
     try:
         worker = pipeline.start_worker()
         worker.wait_ready()
         [split] = split_processes(worker)
+        yield worker, split
+    finally:
+        pipeline.stop()
+
+
+def test_a_split_process_that_dies_stops_its_worker_with_the_reason(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    with split_of_a_ready_worker(broker, tmp_path) as (worker, split):
         os.kill(split, signal.SIGKILL)
         wait_for(lambda: worker.proc.poll() is not None, 60, "the worker to stop")
         assert worker.proc.returncode == 1
-        log = worker.log.read_text()
-        assert "split process exited with code -9" in log
-    finally:
-        pipeline.stop()
+        assert "split process exited with code -9" in worker.log.read_text()
 
 
 def test_kill_9_of_a_worker_takes_its_split_process_with_it(
     broker: LocalBroker, tmp_path: Path
 ) -> None:
-    pipeline = Pipeline(broker, tmp_path)
-    try:
-        worker = pipeline.start_worker()
-        worker.wait_ready()
-        [split] = split_processes(worker)
+    with split_of_a_ready_worker(broker, tmp_path) as (worker, split):
         worker.proc.kill()
         worker.proc.wait()
         deadline = time.monotonic() + 5
         while alive(split) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not alive(split), "the split process outlived its worker"
-    finally:
-        pipeline.stop()
