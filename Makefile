@@ -31,7 +31,7 @@ readme: $(BIN)/caudal
 test: lint
 	$(BIN)/pytest -q -m "not faults" $(ARGS)
 
-# The fault suite: workers joining, leaving, killed -9 and restarted under traffic (~19 min).
+# The fault suite: workers joining, leaving, killed -9 and restarted under traffic (~21 min).
 faults: $(BIN)/caudal
 	$(BIN)/pytest -q -s -m faults tests/faults $(ARGS)
 

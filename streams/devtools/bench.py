@@ -41,7 +41,6 @@ from streams.devtools.broker import LocalBroker, free_port
 from streams.devtools.demo import read_metrics, start_worker, stop_process
 from streams.devtools.generate import DEFAULT_MIX, build_trace
 from streams.kafka.clients import ensure_topics, make_producer
-from streams.ops.health import process_tree
 
 __all__ = [
     "BenchOptions",
@@ -108,6 +107,23 @@ class BenchResult:
     policy_decisions_per_second: float
     c_walk: bool = field(default_factory=c_walk_built)
     """Whether the optional C module policies._wire is built (see README, Troubleshooting)."""
+
+
+def process_tree(pid: int) -> list[int]:
+    """A process and its descendants (a worker and its split process), from /proc."""
+    tree, i = [pid], 0
+    while i < len(tree):
+        try:
+            tasks = list(Path(f"/proc/{tree[i]}/task").iterdir())
+        except OSError:  # ended meanwhile, or not Linux
+            tasks = []
+        for task in tasks:
+            try:
+                tree.extend(int(child) for child in (task / "children").read_text().split())
+            except OSError:
+                pass
+        i += 1
+    return tree
 
 
 def rss_kib(pid: int, name: str = "VmRSS") -> int:

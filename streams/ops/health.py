@@ -16,14 +16,12 @@ import ctypes.util
 import gc
 import json
 import logging
-import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -44,8 +42,9 @@ __all__ = [
     "ExportOutcomes",
     "Health",
     "Supervised",
-    "process_tree",
+    "add_part",
     "quiet_collector",
+    "remove_part",
     "rss_bytes",
     "serve_endpoints",
     "serve_health",
@@ -147,28 +146,26 @@ def quiet_collector() -> None:
     gc.set_threshold(10_000, 10, 10)
 
 
-def process_tree(pid: int) -> list[int]:
-    """A process and its descendants (a worker and its split process), from Linux's /proc."""
-    tree, i = [pid], 0
-    while i < len(tree):
-        try:
-            tasks = list(Path(f"/proc/{tree[i]}/task").iterdir())
-        except OSError:  # ended meanwhile, or not Linux
-            tasks = []
-        for task in tasks:
-            try:
-                tree.extend(int(child) for child in (task / "children").read_text().split())
-            except OSError:
-                pass
-        i += 1
-    return tree
+# Processes that are part of this worker besides itself (its split process): their memory is
+# the worker's, as the container's memory limit counts it.
+_PARTS: set[int] = set()
+
+
+def add_part(pid: int) -> None:
+    """Count a process the worker started as part of it (rss_bytes)."""
+    _PARTS.add(pid)
+
+
+def remove_part(pid: int) -> None:
+    """The process ended."""
+    _PARTS.discard(pid)
 
 
 def rss_bytes() -> int:
-    """The resident memory of this process and of the processes it started (its split
-    process), which the container's memory limit counts together (Linux; 0 elsewhere)."""
+    """The resident memory of this process and of its parts (add_part), which the container's
+    memory limit counts together (Linux; 0 elsewhere)."""
     total = 0
-    for pid in process_tree(os.getpid()):
+    for pid in ["self", *_PARTS]:
         try:
             with open(f"/proc/{pid}/statm") as statm:
                 total += int(statm.read().split()[1]) * 4096

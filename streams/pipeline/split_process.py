@@ -41,7 +41,13 @@ from typing import Any
 
 from streams.config import Settings
 from streams.ops.experiments import ExperimentMeter
-from streams.ops.health import Supervised, quiet_collector, release_free_memory
+from streams.ops.health import (
+    Supervised,
+    add_part,
+    quiet_collector,
+    release_free_memory,
+    remove_part,
+)
 from streams.ops.logs import configure_logging
 from streams.ops.metrics import EXPOSITION, caudal_families
 from streams.pipeline.degrade import Degradation, LagClock
@@ -92,6 +98,7 @@ class SplitProcess(Supervised):
             [sys.executable, "-m", __name__, str(theirs.fileno())], pass_fds=[theirs.fileno()]
         )
         theirs.close()  # the process holds the only other end: EOF when it ends
+        add_part(self.process.pid)
         failure: str | None = None
         try:
             channel.send((self.settings, os.getpid()))
@@ -141,6 +148,7 @@ class SplitProcess(Supervised):
             log.error("split process did not stop, killing it pid=%s", process.pid)
             process.kill()
             process.wait()
+        remove_part(process.pid)
         channel.close()
 
 

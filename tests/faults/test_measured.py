@@ -9,7 +9,7 @@ import pytest
 from streams.devtools.broker import LocalBroker
 from tests.faults.scenario import Scenario, Step
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 
 def test_membership_changes_under_traffic(broker: LocalBroker, tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from streams.devtools.bench import process_tree
 from streams.devtools.broker import LocalBroker
-from streams.ops.health import process_tree
 from tests.integration.harness import Pipeline, WorkerProcess, wait_for
 from tests.integration.sdk_traces import SdkTraces, encode
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from streams.config import validate_mapping
 from streams.devtools.broker import free_port
 from streams.ops import health as health_module
-from streams.ops.health import ExportOutcomes, Health, Supervised, serve_health
+from streams.ops.health import ExportOutcomes, Health, Supervised, rss_bytes, serve_health
 from tests.endpoints import get
 
 SETTINGS = validate_mapping({"decision": {"max_traces": 100}, "health": {"memory_limit": "1GiB"}})
@@ -110,3 +112,24 @@ def test_endpoints_answer_readiness_liveness_and_status() -> None:
     finally:
         server.shutdown()
     assert serve_health(health, "127.0.0.1", 0) is None
+
+
+def test_memory_counts_the_worker_and_its_split_process_not_other_children() -> None:
+    # The split process's memory is the worker's (the container's limit counts both); other
+    # processes this one started are not (here: a test's broker).
+    touch = "b = bytearray(80 * 2**20); b[::4096] = bytes(len(b[::4096])); print('ok', flush=True)"
+    child = subprocess.Popen(
+        [sys.executable, "-c", touch + "; input()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"ok\n"
+        alone = rss_bytes()
+        health_module.add_part(child.pid)
+        with_part = rss_bytes()
+        health_module.remove_part(child.pid)
+        assert with_part - alone > 80 * 2**20
+        assert rss_bytes() - alone < 20 * 2**20
+    finally:
+        child.communicate(b"\n")
