@@ -415,15 +415,14 @@ def _summed(family: Metric, others: list[Metric]) -> Metric:
     """`family` with the samples of `others` (same name) added in, series by series."""
     if not others:
         return family
-    values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    labels: dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, str]] = {}
+    series: dict[tuple[str, frozenset[tuple[str, str]]], tuple[str, dict[str, str], float]] = {}
     for sample in [s for f in (family, *others) for s in f.samples]:
-        key = (sample.name, tuple(sorted(sample.labels.items())))
-        values[key] = values.get(key, 0.0) + sample.value
-        labels.setdefault(key, sample.labels)
+        key = (sample.name, frozenset(sample.labels.items()))
+        _, _, value = series.get(key, (None, None, 0.0))
+        series[key] = (sample.name, sample.labels, value + sample.value)
     summed = Metric(family.name, family.documentation, family.type, family.unit)
-    for key, value in values.items():
-        summed.add_sample(key[0], labels[key], value)
+    for name, labels, value in series.values():
+        summed.add_sample(name, labels, value)
     return summed
 
 
