@@ -201,8 +201,17 @@ def test_sigterm_under_traffic_drains_commits_and_loses_nothing(
         wait_for(lambda: first.total("caudal_decisions_total") > 300, 60, "traffic decided")
         assert first.total("caudal_traces_buffered") > 100, "traces are buffered at the stop"
         first_decided = first.total("caudal_decisions_total")
-        before = committed(pipeline)
-        read = status(first.metrics_port)["read_offsets"]
+
+        # Stop once the worker has read a record not yet committed, so the drain has something
+        # to commit (the periodic commit may just have caught up).
+        deadline = time.monotonic() + 30
+        while True:
+            before = committed(pipeline)
+            read = status(first.metrics_port)["read_offsets"]
+            if any(offset >= before[int(p)] for p, offset in read.items()):
+                break
+            assert time.monotonic() < deadline, "no record read past the committed offsets"
+            time.sleep(0.05)
         stopping = time.monotonic()
         code = first.stop()
         took = time.monotonic() - stopping
@@ -213,8 +222,7 @@ def test_sigterm_under_traffic_drains_commits_and_loses_nothing(
         # next record to read).
         after = committed(pipeline)
         assert len(read) == len(after)
-        assert all(after[int(p)] > offset for p, offset in read.items()), (before, read, after)
-        assert sum(after) > sum(before)
+        assert all(after[int(p)] > offset for p, offset in read.items()), (read, after)
 
         second = pipeline.start_worker("w2")
         second.wait_ready()
