@@ -12,7 +12,7 @@ setup(
             "policies._wire",
             ["policies/_wire.c"],
             optional=True,
-            extra_compile_args=["-O2"],
+            extra_compile_args=["-O3"],
         )
     ]
 )

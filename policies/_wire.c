@@ -45,6 +45,8 @@ typedef struct {
     unsigned code_mask;
     PyObject *entries; /* a tuple of encoded KeyValues to look for, or NULL */
     int found;         /* one of them is a resource or span attribute */
+    int every;         /* look for each of them (trace_facts), not only for one */
+    uint64_t matched;  /* with `every`: bit i, entries[i] is a resource or span attribute */
     int single;        /* also read the trace IDs and resource attributes (single_trace) */
     size_t trace_ids;  /* trace ID fields seen */
     Slice first_id;
@@ -62,7 +64,7 @@ typedef struct {
 /* 0, or -1 when the bytes are not the common shape (the caller then parses them). */
 typedef int Status;
 
-static Status varint(const uint8_t **at, const uint8_t *end, uint64_t *out) {
+static inline Status varint(const uint8_t **at, const uint8_t *end, uint64_t *out) {
     const uint8_t *p = *at;
     if (p < end && *p < 0x80) { /* tags and lengths are mostly one byte */
         *out = *p;
@@ -89,7 +91,7 @@ static uint64_t little_endian(const uint8_t *p, int bytes) {
 }
 
 /* The next field of a message ending at `end`; its value read (or located) and skipped. */
-static Status next_field(const uint8_t **at, const uint8_t *end, Field *field) {
+static inline Status next_field(const uint8_t **at, const uint8_t *end, Field *field) {
     uint64_t tag;
     if (varint(at, end, &tag) || tag > UINT32_MAX) return -1;
     field->number = (uint32_t)(tag >> 3);
@@ -146,13 +148,14 @@ static Status push(Slices *list, const uint8_t *data, size_t len) {
 }
 
 static void match_entry(Facts *facts, const Field *field) {
-    if (facts->entries == NULL || facts->found) return;
+    if (facts->entries == NULL || (facts->found && !facts->every)) return;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(facts->entries); i++) {
         PyObject *entry = PyTuple_GET_ITEM(facts->entries, i);
         if ((size_t)PyBytes_GET_SIZE(entry) == field->len &&
             memcmp(PyBytes_AS_STRING(entry), field->data, field->len) == 0) {
             facts->found = 1;
-            return;
+            if (!facts->every) return;
+            facts->matched |= 1ULL << i;
         }
     }
 }
@@ -275,10 +278,35 @@ static int compare_slices(const void *a, const void *b) {
     return x->len ? memcmp(x->data, y->data, x->len) : 0;
 }
 
+/* Whether every slice of `list` is `len` bytes long. */
+static int all_of_length(const Slices *list, size_t len) {
+    for (size_t i = 0; i < list->n; i++)
+        if (list->items[i].len != len) return 0;
+    return 1;
+}
+
+/* orphans() for a trace of few spans, all IDs 8 bytes (the valid length): compared as words,
+ * which beats sorting them (glibc's qsort allocates, and calls back per comparison). */
+static Py_ssize_t few_orphans(const Slices *ids, const Slices *parents) {
+    uint64_t words[INLINE_SLICES];
+    for (size_t i = 0; i < ids->n; i++) memcpy(&words[i], ids->items[i].data, 8);
+    Py_ssize_t missing = 0;
+    for (size_t i = 0; i < parents->n; i++) {
+        uint64_t parent;
+        memcpy(&parent, parents->items[i].data, 8);
+        size_t j = 0;
+        while (j < ids->n && words[j] != parent) j++;
+        missing += j == ids->n;
+    }
+    return missing;
+}
+
 /* Parents that name no span of the trace (each occurrence counted, as the Python path does). */
 static Py_ssize_t orphans(Facts *facts) {
     Slices *ids = &facts->ids, *parents = &facts->parents;
     if (parents->n == 0) return 0;
+    if (ids->n <= INLINE_SLICES && all_of_length(ids, 8) && all_of_length(parents, 8))
+        return few_orphans(ids, parents);
     if (ids->n > 1) qsort(ids->items, ids->n, sizeof(Slice), compare_slices);
     Py_ssize_t missing = 0;
     for (size_t i = 0; i < parents->n; i++) {
@@ -290,10 +318,15 @@ static Py_ssize_t orphans(Facts *facts) {
 }
 
 PyDoc_STRVAR(trace_facts_doc,
-"trace_facts(request: bytes) -> tuple | None\n\n"
+"trace_facts(request: bytes, entries: tuple[bytes, ...] = ()) -> tuple | None\n\n"
 "(span_count, start, end, times_complete, code_mask, code_count, trace_states, has_root,\n"
-"orphan_spans) of an encoded ExportTraceServiceRequest, or None when it is not the common\n"
-"shape (see policies.trace).");
+"orphan_spans, matched) of an encoded ExportTraceServiceRequest, or None when it is not the\n"
+"common shape (see policies.trace). matched: bit i is set when entries[i] (an encoded\n"
+"KeyValue; at most 64 entries) is a resource or span attribute, as has_attribute_entry\n"
+"finds them.");
+
+/* A flag beside `single` (walk, start_facts): note every entry found (trace_facts). */
+#define EVERY_ENTRY 2
 
 static void start_slices(Slices *list) {
     list->items = list->inline_items;
@@ -304,7 +337,8 @@ static void start_slices(Slices *list) {
 static void start_facts(Facts *facts, PyObject *entries, int single) {
     memset(facts, 0, offsetof(Facts, ids));
     facts->entries = entries;
-    facts->single = single;
+    facts->single = single & 1;
+    facts->every = (single & EVERY_ENTRY) != 0;
     start_slices(&facts->ids);
     start_slices(&facts->parents);
     start_slices(&facts->attributes);
@@ -316,7 +350,8 @@ static void free_slices(Facts *facts) {
         if (lists[i]->items != lists[i]->inline_items) PyMem_Free(lists[i]->items);
 }
 
-/* Walk `request` into `facts`, looking for `entries` (a tuple of bytes, or NULL): the walk's
+/* Walk `request` into `facts`, looking for `entries` (a tuple of bytes, or NULL); `single`: 1
+ * also reads the trace IDs and resource attributes, EVERY_ENTRY notes each entry found. The walk's
  * status (-1 also for a request that is not bytes: the parser reads any bytes-like object),
  * or -2 with a TypeError for entries that are not a tuple of bytes. */
 static int walk(PyObject *request, PyObject *entries, int single, Facts *facts) {
@@ -338,9 +373,21 @@ static int walk(PyObject *request, PyObject *entries, int single, Facts *facts) 
     return walk_each(data, (size_t)PyBytes_GET_SIZE(request), 1, walk_resource_spans, facts);
 }
 
-static PyObject *trace_facts(PyObject *Py_UNUSED(module), PyObject *arg) {
+#define MAX_ENTRIES 64
+
+static PyObject *trace_facts(PyObject *Py_UNUSED(module), PyObject *const *args,
+                             Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "trace_facts takes a request and optional entries");
+        return NULL;
+    }
+    PyObject *entries = nargs == 2 ? args[1] : NULL;
+    if (entries != NULL && PyTuple_Check(entries) && PyTuple_GET_SIZE(entries) > MAX_ENTRIES) {
+        PyErr_SetString(PyExc_ValueError, "trace_facts looks for at most 64 entries");
+        return NULL;
+    }
     Facts facts;
-    int walked = walk(arg, NULL, 0, &facts);
+    int walked = walk(args[0], entries, EVERY_ENTRY, &facts);
     if (walked == -2) return NULL;
     Py_ssize_t missing = walked ? 0 : orphans(&facts);
     free_slices(&facts);
@@ -356,7 +403,7 @@ static PyObject *trace_facts(PyObject *Py_UNUSED(module), PyObject *arg) {
     } else if (facts.starts == facts.spans) {
         start = facts.min_start;
     }
-    PyObject *items[9] = {
+    PyObject *items[10] = {
         PyLong_FromSsize_t((Py_ssize_t)facts.spans),
         PyLong_FromUnsignedLongLong(start),
         PyLong_FromUnsignedLongLong(end),
@@ -366,11 +413,12 @@ static PyObject *trace_facts(PyObject *Py_UNUSED(module), PyObject *arg) {
         PyLong_FromSsize_t((Py_ssize_t)facts.states),
         PyBool_FromLong(facts.parents.n < facts.spans),
         PyLong_FromSsize_t(missing),
+        PyLong_FromUnsignedLongLong(facts.matched),
     };
-    PyObject *tuple = PyTuple_New(9);
-    for (int i = 0; i < 9; i++) {
+    PyObject *tuple = PyTuple_New(10);
+    for (int i = 0; i < 10; i++) {
         if (items[i] == NULL || tuple == NULL) {
-            for (int j = i; j < 9; j++) Py_XDECREF(items[j]);
+            for (int j = i; j < 10; j++) Py_XDECREF(items[j]);
             Py_XDECREF(tuple);
             return NULL;
         }
@@ -821,7 +869,7 @@ static PyObject *append_to_spans(PyObject *Py_UNUSED(module), PyObject *const *a
 }
 
 static PyMethodDef methods[] = {
-    {"trace_facts", trace_facts, METH_O, trace_facts_doc},
+    {"trace_facts", (PyCFunction)(void (*)(void))trace_facts, METH_FASTCALL, trace_facts_doc},
     {"fnv1a_64", (PyCFunction)(void (*)(void))fnv1a_64, METH_FASTCALL, fnv1a_64_doc},
     {"contains_any", (PyCFunction)(void (*)(void))contains_any, METH_FASTCALL,
      contains_any_doc},

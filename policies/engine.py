@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from policies.errors import ErrorLocation, PolicyConfigError
 from policies.hashing import fnv1a_64, ratio_threshold
-from policies.model import NO_CHANCE, Chance, Decision, Match, Policy, Verdict
+from policies.model import NO_CHANCE, Chance, Decision, Match, Policy, Verdict, keep_chance
 from policies.registry import load_policy_class
 from policies.trace import TraceView
 
@@ -153,6 +153,7 @@ class PolicyEngine:
         "evaluation_errors",
         "_slots",
         "_chancers",
+        "_kept_chances",
         "_known",
         "_stateful",
     )
@@ -194,6 +195,9 @@ class PolicyEngine:
             chancers.append((chance, policy.draws_at_random() or threshold is not None))
         self._slots: Final = tuple(slots)
         self._chancers: Final = tuple(chancers)
+        self._kept_chances: Final = tuple(
+            _kept_chance(policy, self.sample_percentages[policy.name]) for policy in ordered
+        )
         self._known: Final = {p.name: p.probability_known() for p in policies}
         # The policies (nested ones too, by path) that keep learned state per partition.
         self._stateful: Final = tuple(
@@ -269,8 +273,12 @@ class PolicyEngine:
         """The keeping policy's chance: its own account of its draws, or, for a policy that
         gives none (a plugin), the decision's probability drawn by its name's hash."""
         chance = self._chancers[keeper][0]
+        kept = self._kept_chances[keeper]
         try:
-            found = chance(trace, now) if chance is not None else NO_CHANCE
+            if kept is not None:
+                found = kept
+            else:
+                found = chance(trace, now) if chance is not None else NO_CHANCE
         except Exception:
             found = NO_CHANCE
         if math.isclose(found.probability, decision.probability, rel_tol=1e-9):
@@ -362,6 +370,13 @@ def build_sub_policies(raw: Sequence[Mapping[str, object]]) -> tuple[SubPolicy, 
     return tuple(subs)
 
 
+def _thin(base: Chance, share: float, seed: frozenset[int]) -> Chance:
+    # sample_percentage: one more draw, by the hash of the policy's name.
+    if base.probability <= 0:
+        return NO_CHANCE
+    return Chance(base.probability * share, base.draws | seed)
+
+
 def _chanced(policy: Policy, percentage: float) -> ChanceOf:
     chance = policy.chance
     if percentage >= 100:
@@ -370,12 +385,22 @@ def _chanced(policy: Policy, percentage: float) -> ChanceOf:
     seed = frozenset({fnv1a_64(policy.name.encode())})
 
     def thinned(trace: TraceView, now: float) -> Chance:
-        base = chance(trace, now)
-        if base.probability <= 0:
-            return NO_CHANCE
-        return Chance(base.probability * share, base.draws | seed)
+        return _thin(chance(trace, now), share, seed)
 
     return thinned
+
+
+def _kept_chance(policy: Policy, percentage: float) -> Chance | None:
+    """The chance of a trace `policy` keeps, when it is the same for every such trace: the
+    policy answers with the default ``Policy.chance``, keeps no state and explains no match
+    (so its keep, asked again, would give ``keep_chance``). None otherwise."""
+    stateless = not policy.keeps_state() and not policy.explains_match()
+    if type(policy).chance is not Policy.chance or not stateless:
+        return None
+    chance = keep_chance(policy)
+    if percentage >= 100:
+        return chance
+    return _thin(chance, percentage / 100, frozenset({fnv1a_64(policy.name.encode())}))
 
 
 def _matched(policy: Policy, percentage: float, thinned: Evaluate) -> EvaluateMatch:

@@ -14,6 +14,7 @@ from policies.hashing import fnv1a_64
 from policies.trace import TraceView
 
 __all__ = [
+    "CERTAIN",
     "NO_CHANCE",
     "Chance",
     "Decision",
@@ -22,6 +23,7 @@ __all__ = [
     "Policy",
     "StatelessPolicy",
     "Verdict",
+    "keep_chance",
     "match_verdict",
 ]
 
@@ -86,6 +88,7 @@ class Chance:
 
 
 NO_CHANCE: Final = Chance(0.0)
+CERTAIN: Final = Chance(1.0)
 
 
 class Policy(abc.ABC):
@@ -155,10 +158,7 @@ class Policy(abc.ABC):
             return NO_CHANCE
         if self.evaluate(trace, now) not in _KEEPS:
             return NO_CHANCE
-        probability = self.probability()
-        if probability >= 1:
-            return Chance(1.0)
-        return Chance(probability, frozenset({fnv1a_64(self.name.encode())}))
+        return keep_chance(self)
 
     def explains_match(self) -> bool:
         """Whether the engine must ask :meth:`evaluate_match` rather than :meth:`evaluate`:
@@ -223,6 +223,15 @@ class StatelessPolicy(Policy):
     def keeps_state(self) -> bool:
         """No state."""
         return False
+
+
+def keep_chance(policy: Policy) -> Chance:
+    """The default :meth:`Policy.chance` of a trace that `policy` keeps: its probability,
+    drawn by the hash of its name."""
+    probability = policy.probability()
+    if probability >= 1:
+        return CERTAIN
+    return Chance(probability, frozenset({fnv1a_64(policy.name.encode())}))
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,8 @@ class And(Policy):
         super().__init__(name, config)
         self.sub_policies = build_sub_policies(config.and_sub_policy)
         self._subs = tuple(sub.evaluate for sub in self.sub_policies)
+        self._chances = tuple(sub.chance for sub in self.sub_policies)
+        self._combined: dict[tuple[int, ...], tuple[list[Chance], Chance]] = {}
         self._probability = 1.0
         for sub in self.sub_policies:
             self._probability *= sub.probability
@@ -78,17 +80,24 @@ class And(Policy):
     def chance(self, trace: TraceView, now: float) -> Chance:
         """The product of the sub-policies' chances on this trace; of sub-policies drawing
         the same hash, only the smallest counts (their keeps are nested)."""
-        smallest: dict[frozenset[int], float] = {}
-        for sub in self.sub_policies:
-            chance = sub.chance(trace, now)
+        chances = []
+        for chance_of in self._chances:
+            chance = chance_of(trace, now)
             if chance.probability <= 0:
                 return NO_CHANCE
-            known = smallest.get(chance.draws, 1.0)
-            smallest[chance.draws] = min(known, chance.probability)
-        probability = 1.0
-        for value in smallest.values():
-            probability *= value
-        return Chance(probability, frozenset().union(*smallest))
+            chances.append(chance)
+        # Sub-policies mostly answer with the same Chance objects trace after trace (a
+        # constant draw, a certain match): their combination is kept, by identity. The kept
+        # entry holds the chances, so the identities it is filed under stay theirs.
+        key = tuple(map(id, chances))
+        known = self._combined.get(key)
+        if known is not None:
+            return known[1]
+        combined = _combined(chances)
+        if len(self._combined) >= _COMBINED_KEPT:
+            self._combined.clear()
+        self._combined[key] = (chances, combined)
+        return combined
 
     def probability(self) -> float:
         """The product of the sub-policies' probabilities (independent draws)."""
@@ -101,3 +110,20 @@ class And(Policy):
     def keeps_state(self) -> bool:
         """Whether a sub-policy keeps state (it is evaluated until one fails)."""
         return any(sub.policy.keeps_state() for sub in self.sub_policies)
+
+
+# How many combinations of sub-policy chances an ``and`` keeps (see ``And.chance``).
+_COMBINED_KEPT = 256
+
+
+def _combined(chances: list[Chance]) -> Chance:
+    """The chance that every one of `chances` keeps the trace: of chances drawing the same
+    hashes, only the smallest counts (their keeps are nested)."""
+    smallest: dict[frozenset[int], float] = {}
+    for chance in chances:
+        known = smallest.get(chance.draws, 1.0)
+        smallest[chance.draws] = min(known, chance.probability)
+    probability = 1.0
+    for value in smallest.values():
+        probability *= value
+    return Chance(probability, frozenset().union(*smallest))

@@ -42,6 +42,7 @@ class Probabilistic(StatelessPolicy):
         # Go computes samplingPercentage / 100 in float64 first; so does Python's `/`.
         self._threshold = ratio_threshold(config.sampling_percentage / 100)
         self._probability = config.sampling_percentage / 100
+        self._chance = Chance(self._probability, frozenset({self._seed}))
 
     def evaluate(self, trace: TraceView, now: float) -> Verdict:
         """Hash the trace ID and compare it with the precomputed threshold."""
@@ -56,4 +57,4 @@ class Probabilistic(StatelessPolicy):
     def chance(self, trace: TraceView, now: float) -> Chance:
         """Every trace has the same chance, drawn by the salt's hash: two ``probabilistic``
         policies with the same salt keep nested sets of traces."""
-        return Chance(self._probability, frozenset({self._seed}))
+        return self._chance

@@ -26,6 +26,8 @@ from tests.policies.test_properties import MUTATIONS, STRINGS, TRACES, mutated, 
 wire = pytest.importorskip("policies._wire", reason="built without a C compiler")
 
 PROBES = [StringValueProbe(key, ["vip", "payments", "v"]) for key in ("user.tier", "k", "")]
+# Every probe's entries, as a walk looks for them all at once.
+ENTRIES = tuple(entry for probe in PROBES for entry in probe._listed)
 
 
 def parsed_facts(request: bytes, monkeypatch: pytest.MonkeyPatch) -> tuple[object, ...]:
@@ -43,7 +45,17 @@ def parsed_facts(request: bytes, monkeypatch: pytest.MonkeyPatch) -> tuple[objec
             len(view.trace_states),
             view.has_root,
             view.orphan_span_count,
+            found_bits(request, ENTRIES),
         )
+
+
+def found_bits(request: bytes, entries: tuple[bytes, ...]) -> int:
+    """Bit i set when `entries[i]` is a resource or span attribute, as the parses find it."""
+    view = TraceView.from_request(b"\x01" * 16, request)
+    view._raw_attributes()  # decoded: the set of entries answers
+    return sum(
+        1 << i for i, entry in enumerate(entries) if view.has_attribute_entry(frozenset({entry}))
+    )
 
 
 def entries_found(request: bytes, probe: StringValueProbe) -> bool:
@@ -61,7 +73,7 @@ def test_the_walk_gives_the_facts_the_parses_give(
     request = ExportTraceServiceRequest(resource_spans=batches).SerializeToString()
     with pytest.MonkeyPatch.context() as monkeypatch:
         expected = parsed_facts(request, monkeypatch)
-    assert wire.trace_facts(request) == expected
+    assert wire.trace_facts(request, ENTRIES) == expected
     for probe in PROBES:
         assert wire.has_attribute_entry(request, probe._listed) == entries_found(request, probe)
 
@@ -75,13 +87,37 @@ def test_broken_bytes_are_left_to_the_parser_or_read_as_it_reads_them(
     request = mutated(
         ExportTraceServiceRequest(resource_spans=batches).SerializeToString(), mutations
     )
-    facts = wire.trace_facts(request)
+    facts = wire.trace_facts(request, ENTRIES)
     if facts is None:
         return  # left to the parser, which reads it or raises DecodeError
     with pytest.MonkeyPatch.context() as monkeypatch:
         assert parsed_facts(request, monkeypatch) == facts  # the parser reads it, the same
     for probe in PROBES:
         assert wire.has_attribute_entry(request, probe._listed) == entries_found(request, probe)
+
+
+@st.composite
+def family_trees(draw: st.DrawFn) -> bytes:
+    """A request whose spans name each other as parents, or IDs not in the trace; few spans or
+    many, IDs of 8 bytes or (rarely) of other lengths."""
+    length = draw(st.sampled_from([8, 8, 8, 4, 16]))
+    ids = draw(st.lists(st.binary(min_size=length, max_size=length), min_size=1, max_size=40))
+    spans = []
+    for span_id in ids:
+        parent = draw(
+            st.one_of(st.just(b""), st.sampled_from(ids), st.binary(min_size=1, max_size=9))
+        )
+        spans.append(Span(span_id=span_id, parent_span_id=parent, start_time_unix_nano=1))
+    batch = ResourceSpans(scope_spans=[ScopeSpans(spans=spans)])
+    return ExportTraceServiceRequest(resource_spans=[batch]).SerializeToString()
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(family_trees())
+def test_the_walk_counts_the_orphans_the_parses_count(request: bytes) -> None:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        expected = parsed_facts(request, monkeypatch)
+    assert wire.trace_facts(request, ENTRIES) == expected
 
 
 def _request_of(span: bytes) -> bytes:
@@ -94,7 +130,7 @@ def test_unusual_shapes_are_left_to_the_parser() -> None:
     span.status.code = 2
     batch = ResourceSpans(scope_spans=[ScopeSpans(spans=[span])])
     request = ExportTraceServiceRequest(resource_spans=[batch]).SerializeToString()
-    assert wire.trace_facts(request) == (1, 5, 9, True, 0b100, 1, 0, True, 0)
+    assert wire.trace_facts(request) == (1, 5, 9, True, 0b100, 1, 0, True, 0, 0)
     unusual = {
         "a status code outside the enum": request.replace(b"\x18\x02", b"\x18\x05"),
         "a start time as a varint": _request_of(b"\x12\x08" + b"\x01" * 8 + b"\x38\x05"),
@@ -236,3 +272,33 @@ def test_the_check_leaves_unusual_shapes_to_the_parser() -> None:
     with pytest.raises(DecodeError):
         flatten.checked_span_count(unusual["a name that is not UTF-8"])
     assert flatten.checked_span_count(unusual["an unknown group"]) == 1
+
+
+def _tiered(tier: str) -> bytes:
+    span = Span(span_id=b"\x01" * 8, start_time_unix_nano=5, end_time_unix_nano=9)
+    span.attributes.add(key="user.tier", value=AnyValue(string_value=tier))
+    batch = ResourceSpans(scope_spans=[ScopeSpans(spans=[span])])
+    return ExportTraceServiceRequest(resource_spans=[batch]).SerializeToString()
+
+
+def test_the_walk_answers_the_probes_and_a_probe_it_did_not_look_for_asks_the_trace() -> None:
+    gold = StringValueProbe("user.tier", ["gold"])
+    view = TraceView.from_request(b"\x01" * 16, _tiered("platinum"))
+    assert view.span_count == 1  # walked, looking for the entries of every probe so far
+    assert gold._bits and not gold.matches(view)
+    # A probe made after the walk (a reload): its entry was not looked for; the trace answers.
+    platinum = StringValueProbe("user.tier", ["platinum"])
+    assert platinum._reach > view._looked_for
+    assert platinum.matches(view)
+    assert platinum.matches(TraceView.from_request(b"\x01" * 16, _tiered("platinum")))
+    assert not platinum.matches(TraceView.from_request(b"\x01" * 16, _tiered("gold")))
+
+
+def test_a_probe_past_the_walks_64_entries_asks_the_trace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trace_module, "_WALKED_ENTRIES", tuple(b"%d" % i for i in range(64)))
+    copper = StringValueProbe("user.tier", ["copper"])
+    assert copper._bits == 0
+    assert copper.matches(TraceView.from_request(b"\x01" * 16, _tiered("copper")))
+    assert not copper.matches(TraceView.from_request(b"\x01" * 16, _tiered("tin")))
+    with pytest.raises(ValueError):
+        wire.trace_facts(_tiered("tin"), (b"x",) * 65)
