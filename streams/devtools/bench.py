@@ -19,6 +19,7 @@ broker's CPU, and the policy engine's decisions per second for the five default 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -258,7 +259,8 @@ def _raw_floor(bootstrap: str, topic: str, expect: int) -> float:
 def bench_policies(traces: int = 20_000, spans: int = 10) -> dict[str, float]:
     """Decisions per second of the policy engine alone, for the five default rules and for 15
     policies: each trace starts as the stored bytes a worker holds (an OTLP request), and its
-    view is built inside the timing, as the decider builds it."""
+    view is built inside the timing, as the decider builds it. The fastest of three passes
+    counts, as timeit does: a slower pass measures the machine's other work, not the engine."""
     from policies import TraceView, build_engine
 
     rng = random.Random(1)
@@ -274,10 +276,13 @@ def bench_policies(traces: int = 20_000, spans: int = 10) -> dict[str, float]:
     rates = {}
     for label, policies in (("five_rules", DEFAULT_POLICIES), ("15_policies", _fifteen())):
         engine = build_engine(policies)
-        started = time.perf_counter()
-        for trace_id, request in stored:
-            engine.decide(TraceView.from_request(trace_id, request), 0.0)
-        rates[label] = traces / (time.perf_counter() - started)
+        fastest = math.inf
+        for _ in range(3):
+            started = time.perf_counter()
+            for trace_id, request in stored:
+                engine.decide(TraceView.from_request(trace_id, request), 0.0)
+            fastest = min(fastest, time.perf_counter() - started)
+        rates[label] = traces / fastest
     return rates
 
 
