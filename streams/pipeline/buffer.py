@@ -78,6 +78,7 @@ _READ_BUDGET = 32 * 1024 * 1024
 
 # (trace key, fragment, origin)
 Fragment = tuple[bytes, bytes, int]
+_UNREAD = b"\x00unread"  # load_each: a segment not read yet (None: read, and gone)
 _NOTHING_ADDED = (0, b"")
 
 
@@ -600,16 +601,25 @@ class TraceBuffer:
         held = 0
         for key, entry in due:
             partition = entry.partition
-            refs = list(_REF.iter_unpack(entry.refs))
             if held > _READ_BUDGET:  # before looking up what is held, not between
                 read.clear()
                 held = 0
-            if len(refs) == 1:  # the common case
-                missing = [] if (partition, refs[0][0]) in read else [refs[0][0]]
-            else:
-                missing = list(
-                    dict.fromkeys(seq for seq, _, _ in refs if (partition, seq) not in read)
-                )
+            if len(entry.refs) == _REF.size:  # one fragment: the common case, in one step
+                seq, at, length = _REF.unpack(entry.refs)
+                value = read.get((partition, seq), _UNREAD)
+                if value is _UNREAD:
+                    [value] = self.store.get_many(partition, [segment_key(seq)])
+                    read[(partition, seq)] = value
+                    held += len(value or b"")
+                if value is None:
+                    yield key, entry, None
+                else:
+                    first_seen = _HEAD.unpack_from(value)[1]
+                    fragment = value[at : at + length]
+                    yield key, entry, BufferedTrace(first_seen, [fragment], entry.origins)
+                continue
+            refs = list(_REF.iter_unpack(entry.refs))
+            missing = list(dict.fromkeys(seq for seq, _, _ in refs if (partition, seq) not in read))
             if missing:
                 values = self.store.get_many(partition, [segment_key(seq) for seq in missing])
                 for seq, value in zip(missing, values, strict=True):

@@ -9,7 +9,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from streams.pipeline import buffer as buffer_module
-from streams.pipeline.buffer import FRAGMENT_OVERHEAD, Queue, TraceBuffer, decode_segment
+from streams.pipeline.buffer import (
+    FRAGMENT_OVERHEAD,
+    Queue,
+    TraceBuffer,
+    decode_segment,
+    segment_key,
+)
 from streams.pipeline.decide import DecisionCache, Remembered, decode_decisions
 from streams.wire.origin import NO_ORIGIN, origin, pack_origins
 from streams.wire.records import RECORD_MARGIN
@@ -108,6 +114,27 @@ def test_append_writes_only_the_new_fragment() -> None:
     assert loaded is not None and loaded.otlp == b"".join(bytes([i]) * 1000 for i in range(50))
     buffer.remove(k, entry)
     assert store.data[0] == {}
+
+
+def test_a_decision_batch_reads_each_segment_once_and_a_gone_one_as_none() -> None:
+    store = MemoryStore()
+    buffer = buffer_on(store)
+    one = [(key(bytes([i]) * 16), b"one-%d" % i, i) for i in range(3)]
+    two = [(key(bytes([i]) * 16), b"two-%d" % i, 10 + i) for i in range(3, 5)]
+    buffer.append_many(0, one, now=1.0)  # one segment for three traces
+    buffer.append_many(0, two, now=2.0)
+    buffer.append(0, key(b"\x09" * 16), b"three", now=2.0)
+    del store.data[0][segment_key(1)]  # the second segment is gone
+    reads: list[list[bytes]] = []
+    get_many = store.get_many
+    store.get_many = lambda p, keys: reads.append(keys) or get_many(p, keys)  # type: ignore[method-assign]
+    loaded = [(k, t and t.otlp) for k, _, t in buffer.load_each(buffer.pop_due(100.0, 10))]
+    assert loaded == [
+        *((k, fragment) for k, fragment, _ in one),
+        *((k, None) for k, _, _ in two),
+        (key(b"\x09" * 16), b"three"),
+    ]
+    assert reads == [[segment_key(0)], [segment_key(1)], [segment_key(2)]]
 
 
 def test_full_buffer_decides_oldest_early_never_drops() -> None:
