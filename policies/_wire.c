@@ -325,7 +325,9 @@ PyDoc_STRVAR(trace_facts_doc,
 "KeyValue; at most 64 entries) is a resource or span attribute, as has_attribute_entry\n"
 "finds them.");
 
-/* A flag beside `single` (walk, start_facts): note every entry found (trace_facts). */
+/* What a walk reads besides the facts (walk's `flags`): the trace IDs and resource attributes
+ * (single_trace), and every entry found rather than the first (trace_facts). */
+#define SINGLE_TRACE 1
 #define EVERY_ENTRY 2
 
 static void start_slices(Slices *list) {
@@ -334,11 +336,11 @@ static void start_slices(Slices *list) {
     list->cap = INLINE_SLICES;
 }
 
-static void start_facts(Facts *facts, PyObject *entries, int single) {
+static void start_facts(Facts *facts, PyObject *entries, int flags) {
     memset(facts, 0, offsetof(Facts, ids));
     facts->entries = entries;
-    facts->single = single & 1;
-    facts->every = (single & EVERY_ENTRY) != 0;
+    facts->single = (flags & SINGLE_TRACE) != 0;
+    facts->every = (flags & EVERY_ENTRY) != 0;
     start_slices(&facts->ids);
     start_slices(&facts->parents);
     start_slices(&facts->attributes);
@@ -350,11 +352,11 @@ static void free_slices(Facts *facts) {
         if (lists[i]->items != lists[i]->inline_items) PyMem_Free(lists[i]->items);
 }
 
-/* Walk `request` into `facts`, looking for `entries` (a tuple of bytes, or NULL); `single`: 1
- * also reads the trace IDs and resource attributes, EVERY_ENTRY notes each entry found. The walk's
- * status (-1 also for a request that is not bytes: the parser reads any bytes-like object),
- * or -2 with a TypeError for entries that are not a tuple of bytes. */
-static int walk(PyObject *request, PyObject *entries, int single, Facts *facts) {
+/* Walk `request` into `facts`, looking for `entries` (a tuple of bytes, or NULL), reading what
+ * `flags` asks for (SINGLE_TRACE, EVERY_ENTRY): the walk's status (-1 also for a request that
+ * is not bytes: the parser reads any bytes-like object), or -2 with a TypeError for entries
+ * that are not a tuple of bytes. */
+static int walk(PyObject *request, PyObject *entries, int flags, Facts *facts) {
     if (entries != NULL) {
         if (!PyTuple_Check(entries)) {
             PyErr_SetString(PyExc_TypeError, "the entries must be a tuple of bytes");
@@ -367,7 +369,7 @@ static int walk(PyObject *request, PyObject *entries, int single, Facts *facts) 
             }
         }
     }
-    start_facts(facts, entries, single);
+    start_facts(facts, entries, flags);
     if (!PyBytes_Check(request)) return -1;
     const uint8_t *data = (const uint8_t *)PyBytes_AS_STRING(request);
     return walk_each(data, (size_t)PyBytes_GET_SIZE(request), 1, walk_resource_spans, facts);
@@ -502,7 +504,7 @@ static PyObject *single_answer(Facts *facts) {
 
 static PyObject *single_trace(PyObject *Py_UNUSED(module), PyObject *arg) {
     Facts facts;
-    int walked = walk(arg, NULL, 1, &facts);
+    int walked = walk(arg, NULL, SINGLE_TRACE, &facts);
     if (walked == -2) return NULL;
     if (walked) {
         free_slices(&facts);
@@ -767,7 +769,7 @@ static PyObject *checked_single_trace(PyObject *Py_UNUSED(module), PyObject *arg
     if (type_count == 0 || !PyBytes_Check(arg)) Py_RETURN_NONE;
     const uint8_t *data = (const uint8_t *)PyBytes_AS_STRING(arg);
     Facts facts;
-    start_facts(&facts, NULL, 1);
+    start_facts(&facts, NULL, SINGLE_TRACE);
     if (check_message(data, data + PyBytes_GET_SIZE(arg), 0, 0, &facts)) {
         free_slices(&facts);
         Py_RETURN_NONE;
@@ -802,7 +804,7 @@ static Py_ssize_t rewritten_size(const uint8_t *p, const uint8_t *end, int level
     size_t size = 0;
     while (p < end) {
         const uint8_t *start = p;
-        Field field;
+        Field field = {0};
         if (next_field(&p, end, &field)) return -1;
         if (field.number != nested) {
             size += (size_t)(p - start);
@@ -828,8 +830,8 @@ static uint8_t *rewrite(const uint8_t *p, const uint8_t *end, int level, const u
     uint32_t nested = level == 0 ? 1 : 2;
     while (p < end) {
         const uint8_t *start = p;
-        Field field;
-        next_field(&p, end, &field);
+        Field field = {0};
+        next_field(&p, end, &field); /* rewritten_size read it: it succeeds */
         if (field.number != nested) {
             memcpy(out, start, (size_t)(p - start));
             out += p - start;
