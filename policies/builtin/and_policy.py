@@ -19,6 +19,21 @@ __all__ = ["And", "AndConfig"]
 
 # A tuple: `in` by identity, no Enum.__hash__ call (see policies.model).
 _FAILS = (Verdict.NOT_SAMPLED, Verdict.INVERTED_NOT_SAMPLED, Verdict.DROPPED)
+# How many combinations of sub-policy chances an ``and`` keeps (see ``And.chance``).
+_COMBINED_KEPT = 256
+
+
+def _all_of(chances: list[Chance]) -> Chance:
+    """The chance that every one of `chances` keeps the trace: of chances drawing the same
+    hashes, only the smallest counts (their keeps are nested)."""
+    smallest: dict[frozenset[int], float] = {}
+    for chance in chances:
+        known = smallest.get(chance.draws, 1.0)
+        smallest[chance.draws] = min(known, chance.probability)
+    probability = 1.0
+    for value in smallest.values():
+        probability *= value
+    return Chance(probability, frozenset().union(*smallest))
 
 
 class AndConfig(BaseModel):
@@ -93,7 +108,7 @@ class And(Policy):
         known = self._combined.get(key)
         if known is not None:
             return known[1]
-        combined = _combined(chances)
+        combined = _all_of(chances)
         if len(self._combined) >= _COMBINED_KEPT:
             self._combined.clear()
         self._combined[key] = (chances, combined)
@@ -110,20 +125,3 @@ class And(Policy):
     def keeps_state(self) -> bool:
         """Whether a sub-policy keeps state (it is evaluated until one fails)."""
         return any(sub.policy.keeps_state() for sub in self.sub_policies)
-
-
-# How many combinations of sub-policy chances an ``and`` keeps (see ``And.chance``).
-_COMBINED_KEPT = 256
-
-
-def _combined(chances: list[Chance]) -> Chance:
-    """The chance that every one of `chances` keeps the trace: of chances drawing the same
-    hashes, only the smallest counts (their keeps are nested)."""
-    smallest: dict[frozenset[int], float] = {}
-    for chance in chances:
-        known = smallest.get(chance.draws, 1.0)
-        smallest[chance.draws] = min(known, chance.probability)
-    probability = 1.0
-    for value in smallest.values():
-        probability *= value
-    return Chance(probability, frozenset().union(*smallest))
