@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from confluent_kafka import Consumer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from policies import flatten
@@ -235,7 +235,9 @@ def _messages(options: BenchOptions) -> list[bytes]:
 def _raw_floor(bootstrap: str, topic: str, expect: int) -> float:
     """Consume a topic from the start, parse each message and touch every span: spans/s."""
     consumer = reader(bootstrap, "bench-floor")
-    consumer.subscribe([topic])
+    # Assigned, not subscribed: a group's join can take many seconds, and nothing is committed.
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
     seen = spans = 0
     started = None
     deadline = time.monotonic() + 120
