@@ -78,6 +78,8 @@ _READ_BUDGET = 32 * 1024 * 1024
 
 # (trace key, fragment, origin)
 Fragment = tuple[bytes, bytes, int]
+# A fragment as a segment holds it: (trace key, fragment, origin encoded by `encode_origin`)
+_Taken = tuple[bytes, bytes, bytes]
 _UNREAD = b"\x00unread"  # load_each: a segment not read yet (None: read, and gone)
 _NOTHING_ADDED = (0, b"")
 
@@ -89,14 +91,15 @@ def segment_key(seq: int) -> bytes:
 
 def encode_segment(seen: float, fragments: Sequence[Fragment]) -> bytes:
     """One segment's stored value (see the module docstring)."""
+    return _segment(seen, [(key, fragment, encode_origin(o)) for key, fragment, o in fragments])
+
+
+def _segment(seen: float, fragments: Sequence[_Taken]) -> bytes:
+    """`encode_segment` of fragments whose origins are encoded (`encode_origin`) already."""
     parts = [_HEAD.pack(_VERSION, seen, len(fragments))]
+    key_length, length = _KEY_LENGTH.pack, _LENGTH.pack
     for key, fragment, source in fragments:
-        parts += (
-            _KEY_LENGTH.pack(len(key)),
-            key,
-            encode_origin(source),
-            _LENGTH.pack(len(fragment)),
-        )
+        parts += (key_length(len(key)), key, source, length(len(fragment)))
     parts += [fragment for _, fragment, _ in fragments]
     return b"".join(parts)
 
@@ -135,9 +138,11 @@ def decode_segment(value: bytes) -> tuple[float, list[tuple[bytes, int, int, int
     return seen, out
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BufferedTrace:
-    """A trace read back from the buffer: its fragments' OTLP bytes, in arrival order."""
+    """A trace read back from the buffer: its fragments' OTLP bytes, in arrival order (read,
+    not changed: not frozen only because a frozen dataclass takes three times as long to
+    make, once per trace decided)."""
 
     first_seen: float
     fragments: list[bytes]
@@ -192,7 +197,7 @@ def _pack(
     return _PACKED.pack(deadline, size, count, after_root) + origins + refs
 
 
-def _rooted_keys(fragments: Sequence[Fragment]) -> set[bytes]:
+def _rooted_keys(fragments: Sequence[tuple[bytes, bytes, object]]) -> set[bytes]:
     """The trace keys one of whose `fragments` holds the root span (a span without a parent);
     a fragment that cannot be read holds none (it is dead-lettered when its trace is
     decided)."""
@@ -403,17 +408,22 @@ class TraceBuffer:
             queue = self.queues[partition] = Queue()
         held_entries = queue.entries
         applied: dict[bytes, bytes] = {}
-        taken: list[Fragment] = []
-        for item in fragments:
-            key, _, source = item
+        # As `fragments`, each origin encoded once, here: the trace's entry and its segment
+        # both hold it so.
+        taken: list[_Taken] = []
+        for key, fragment, source in fragments:
             held = applied.get(key)
             if held is None:
                 packed = held_entries.get(key)
                 held = _origins(packed) if packed is not None else b""
             if held and covers(held, source):
                 continue
-            applied[key] = add_origin(held, source)
-            taken.append(item)
+            encoded = encode_origin(source)
+            if held:
+                applied[key] = add_origin(held, source)
+            else:  # a trace's first fragment: add_origin, inline
+                applied[key] = encoded if source != NO_ORIGIN else b""
+            taken.append((key, fragment, encoded))
         if not taken:
             return 0
         # Before anything is written: a fragment that cannot be read holds no root.
@@ -437,11 +447,15 @@ class TraceBuffer:
         after_root = self.wait_after_root
         early = now + after_root if after_root is not None else None
         fresh = now + self.wait
+        new = grown_all = 0
+        # Queue.put and _pack, inline: this runs once per fragment buffered.
+        order, pack_head = queue.order, _PACKED.pack
         for key, (grown, refs) in added.items():
             packed = held_entries.get(key)
             if packed is None:
                 size, deadline, held_refs, rooted = grown, fresh, b"", False
-                self.count += 1
+                new += 1
+                order.append(key)  # a new trace goes to the back
             else:
                 entry = Pending.unpack(partition, packed)
                 size, deadline, held_refs = entry.size + grown, entry.deadline, entry.refs
@@ -449,16 +463,20 @@ class TraceBuffer:
             if early is not None and early < deadline and key in roots:
                 deadline, rooted = early, True
                 self.rooted.setdefault(partition, deque()).append((early, key))
-            queue.put(key, _pack(deadline, size, applied[key], held_refs + refs, rooted))
-            self.bytes += grown
+            origins = applied[key]
+            head = pack_head(deadline, size, len(origins) // ENTRY_BYTES, rooted)
+            held_entries[key] = head + origins + held_refs + refs
+            grown_all += grown
             if limit and size > limit:
                 self.oversize.setdefault(partition, {})[key] = None
+        self.count += new
+        self.bytes += grown_all
         return len(taken)
 
-    def _chunks(self, fragments: list[Fragment]) -> Iterator[list[Fragment]]:
+    def _chunks(self, fragments: list[_Taken]) -> Iterator[list[_Taken]]:
         """Fragments grouped into segments that fit a record (each fragment alone fits:
         streams.wire.records.fragment_budget leaves room for FRAGMENT_OVERHEAD)."""
-        chunk: list[Fragment] = []
+        chunk: list[_Taken] = []
         size = _HEAD.size
         for item in fragments:
             cost = _ENTRY_FIXED + len(item[0]) + len(item[1])
@@ -470,9 +488,9 @@ class TraceBuffer:
         if chunk:
             yield chunk
 
-    def _write(self, partition: int, fragments: list[Fragment], now: float) -> int:
+    def _write(self, partition: int, fragments: list[_Taken], now: float) -> int:
         seq = self.next_segment.get(partition, 0)
-        self.store.put(partition, segment_key(seq), encode_segment(now, fragments))
+        self.store.put(partition, segment_key(seq), _segment(now, fragments))
         self.next_segment[partition] = seq + 1
         return seq
 
@@ -496,10 +514,16 @@ class TraceBuffer:
             self._take_rooted(partition, queue, mark, limit, due)
             while queue and len(due) < limit:
                 key, packed = queue.popleft()
-                if _deadline(packed) > mark:
+                deadline, size, count, after_root = _PACKED.unpack_from(packed)
+                if deadline > mark:
                     queue.push_front(key, packed)
                     break
-                due.append((key, Pending.unpack(partition, packed)))
+                # Pending.unpack, inline: this runs once per trace decided.
+                cut = _PACKED.size + count * ENTRY_BYTES
+                entry = Pending(
+                    deadline, partition, size, packed[_PACKED.size : cut], packed[cut:], after_root
+                )
+                due.append((key, entry))
         taken = sum(entry.size for _, entry in due)
         over_traces = over_bytes = 0
         while len(due) < limit:
@@ -642,18 +666,25 @@ class TraceBuffer:
     def remove(self, key: bytes, entry: Pending) -> None:
         """Let go of a decided trace's fragments: a segment none of whose fragments wait any
         more is deleted from the table (and its changelog)."""
-        live = self.segments.get(entry.partition)
-        if live is None:
-            return
-        for seq, _, _ in _REF.iter_unpack(entry.refs):
-            left = live.get(seq)
-            if left is None:
+        self.remove_many([entry])
+
+    def remove_many(self, entries: Iterable[Pending]) -> None:
+        """`remove` for each of `entries`, in order."""
+        segments, delete = self.segments, self.store.delete
+        for entry in entries:
+            partition = entry.partition
+            live = segments.get(partition)
+            if live is None:
                 continue
-            if left > 1:
-                live[seq] = left - 1
-            else:
-                del live[seq]
-                self.store.delete(entry.partition, segment_key(seq))
+            for seq, _, _ in _REF.iter_unpack(entry.refs):
+                left = live.get(seq)
+                if left is None:
+                    continue
+                if left > 1:
+                    live[seq] = left - 1
+                else:
+                    del live[seq]
+                    delete(partition, segment_key(seq))
 
     def rebuild(self, partitions: Iterable[int]) -> list[Unreadable]:
         """Recreate the decision queues of `partitions` from the table (after recovery).

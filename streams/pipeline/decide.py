@@ -224,6 +224,7 @@ class Decider:
         """
         batch = DecidedBatch()
         due = self.buffer.pop_due(clock if clock is not None else now, limit, partitions)
+        remember, items = self.cache.remember, batch.items
         for key, entry, trace in self.buffer.load_each(due):
             if trace is None:
                 continue
@@ -234,8 +235,8 @@ class Decider:
             except Exception as exc:  # whatever the trace holds, the others go on
                 detail = f"{type(exc).__name__}: {exc}"
                 remembered = self._quarantine(key, entry, trace, now, batch, detail)
-            self.cache.remember(key, remembered)
-            batch.items.append((key, entry, remembered))
+            remember(key, remembered)
+            items.append((key, entry, remembered))
         batch.count()
         return batch
 
@@ -474,17 +475,21 @@ class Decider:
     ) -> None:
         """After the flush: persist decisions and free the buffer; retry what failed."""
         retry = []
-        done = []
         allowed = {p: writable(p) for p in {entry.partition for _, entry, _ in batch.items}}
-        for item in batch.items:
-            key, entry, _ = item
-            # Not acknowledged, or this worker's lease lapsed meanwhile (streams.pipeline.handover):
-            # the trace stays in the table and is decided again by whoever owns it.
-            if key in batch.failed or not allowed[entry.partition]:
-                self.cache.forget(key, writable)
-                retry.append((key, entry))
-            else:
-                done.append(item)
+        if batch.failed or not all(allowed.values()):
+            done = []
+            for item in batch.items:
+                key, entry, _ = item
+                # Not acknowledged, or this worker's lease lapsed meanwhile
+                # (streams.pipeline.handover): the trace stays in the table and is decided
+                # again by whoever owns it.
+                if key in batch.failed or not allowed[entry.partition]:
+                    self.cache.forget(key, writable)
+                    retry.append((key, entry))
+                else:
+                    done.append(item)
+        else:
+            done = batch.items  # the common case: every trace's decision stands
         # A late span may have replaced the decision meanwhile (and stored it: `advance`).
         pending = self.cache.pending
         current = [
@@ -492,8 +497,7 @@ class Decider:
             for key, _, remembered in done
         ]
         self.cache.persist_many([item for item in current if item[1].record is None])
-        for key, entry, _ in done:
-            self.buffer.remove(key, entry)
+        self.buffer.remove_many([entry for _, entry, _ in done])
         if retry:
             self.buffer.requeue(retry, now)
         self.cache.evict(now, writable)

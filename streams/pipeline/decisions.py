@@ -34,7 +34,7 @@ from typing import Final
 from streams.kafka.state import Store
 from streams.ops.metrics import DECISION_CACHE_BYTES, DECISION_CACHE_DECISIONS
 from streams.pipeline.buffer import Queue
-from streams.pipeline.dropped import DroppedSet, key_hash
+from streams.pipeline.dropped import KEY_HASH_MASK, DroppedSet, key_hash
 from streams.wire.origin import ENTRY_BYTES, add_origin, covers
 from streams.wire.records import DEFAULT_MAX_MESSAGE_BYTES, RECORD_MARGIN
 from streams.wire.tracekey import key_tenant, parse_key
@@ -124,12 +124,6 @@ _RECORD_ITEM = struct.Struct(">HI")  # trace key length, decision length
 # (_NOT_STORED: not yet), policy (an index in DecisionCache.policies), kept, origin count.
 _HELD = struct.Struct(">IHdqH?H")
 _NOT_STORED = -2
-
-
-def _encode_item(key: bytes, decision: Remembered) -> bytes:
-    """One decision as a decision record holds it: its trace key, then its encoding."""
-    value = decision.encode()
-    return _RECORD_ITEM.pack(len(key), len(value)) + key + value
 
 
 def decode_decisions(partition: int, value: bytes) -> list[tuple[bytes, Remembered]]:
@@ -266,12 +260,15 @@ class DecisionCache:
         by_partition: dict[int, list[tuple[bytes, Remembered]]] = {}
         for item in decided:
             by_partition.setdefault(item[1].partition, []).append(item)
+        item_head = _RECORD_ITEM.pack
         for partition, items in by_partition.items():
             chunk: list[Remembered] = []
             parts: list[bytes] = []
             size = _RECORD_COUNT.size
             for key, decision in items:
-                part = _encode_item(key, decision)
+                # A decision as a record holds it: its trace key, then its encoding.
+                value = decision.encode()
+                part = item_head(len(key), len(value)) + key + value
                 if chunk and size + len(part) > self.record_room:
                     self._write(partition, parts, chunk)
                     chunk, parts, size = [], [], _RECORD_COUNT.size
@@ -295,15 +292,19 @@ class DecisionCache:
         count what each record holds in memory."""
         refs: dict[tuple[int, int], int] = {}
         latest: dict[tuple[int, int], float] = {}
+        pending, add_dropped = self.pending, self.dropped.add
         for key, decision in stored:
             place = (decision.partition, decision.record or 0)
-            if self.pending.get(key) is decision:
-                del self.pending[key]
-            if decision.only_dropped:
-                self.dropped.add(key_hash(key))
-                latest[place] = max(latest.get(place, decision.decided_at), decision.decided_at)
+            if pending.get(key) is decision:
+                del pending[key]
+            hashed = (hash(key) & KEY_HASH_MASK) or 1  # key_hash, inline: once per trace decided
+            if not decision.kept and decision.policy != DEAD_LETTER_POLICY:  # only_dropped
+                add_dropped(hashed)
+                at = decision.decided_at
+                if at > latest.get(place, at - 1.0):
+                    latest[place] = at
             else:
-                self._keep(key_hash(key), self._pack(decision))
+                self._keep(hashed, self._pack(decision))
                 refs[place] = refs.get(place, 0) + 1
         added = self.dropped.inserted
         for partition, seq in latest:

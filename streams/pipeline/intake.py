@@ -176,10 +176,14 @@ class Intake:
         buffered: list[Fragment] = []
         held: Container[bytes] = self.worker.buffer.queues.get(partition) or ()
         percentage = self.worker.degradation.percentage()
+        budget, decided = self.budget, self.worker.cache.get
         for item in fragments:
             try:
-                if item[0] in held and len(item[1]) <= self.budget:
-                    buffered.append(item)  # the common case: a trace already waiting
+                fits = len(item[1]) <= budget
+                if fits and item[0] in held:
+                    buffered.append(item)  # a trace already waiting
+                elif fits and percentage is None and decided(item[0]) is None:
+                    buffered.append(item)  # the common case: a new trace
                 elif self._take(item, now, percentage):
                     buffered.append(item)
             except PartitionNotOwned:

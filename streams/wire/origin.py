@@ -76,9 +76,9 @@ def decode_origins(value: bytes, count: int) -> list[int]:
     """Inverse of `pack_origins`; ValueError unless it holds `count` origins."""
     if len(value) == count * ENTRY_BYTES:
         return [
-            NO_ORIGIN if entry == (0xFFFF, 0xFFFFFFFFFFFFFFFF, 0xFFFF) else origin(*entry)
-            for entry in _ENTRY.iter_unpack(value)
-        ]
+            NO_ORIGIN if p == 0xFFFF and o == 0xFFFFFFFFFFFFFFFF else (p << 64) | (o << 16) | part
+            for p, o, part in _ENTRY.iter_unpack(value)
+        ]  # `origin`, inline: this runs once per fragment read
     if len(value) == count * _LEGACY.size:
         # Written by a split stage of the release before parts (partition << 48 | offset).
         return [origin(o >> 48, o & ((1 << 48) - 1)) for (o,) in _LEGACY.iter_unpack(value)]
