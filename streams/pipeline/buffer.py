@@ -35,6 +35,7 @@ import struct
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from heapq import heapify, heappop, heappush
 from typing import Generic, TypeVar
 
 from policies import TraceView
@@ -498,32 +499,23 @@ class TraceBuffer:
         self, clock: Callable[[int], float] | float, limit: int, partitions: Iterable[int] = ()
     ) -> list[tuple[bytes, Pending]]:
         """Take traces that are due, only from `partitions` (every queue when empty): those past
-        max_trace_bytes, those whose window closed on their partition's clock, oldest first,
-        then the oldest beyond max_traces or max_buffer_bytes.
+        max_trace_bytes, those whose window closed on their partition's clock (oldest first,
+        across the partitions), then the oldest beyond max_traces or max_buffer_bytes.
 
         `clock` gives a partition's time (`PartitionClock.watermark`), or is one time for all.
         """
         due: list[tuple[bytes, Pending]] = []
         chosen = list(partitions) or list(self.queues)
         early = self._take_oversize(chosen, limit, due)
+        marks: dict[int, float] = {}
         for partition in chosen:
             queue = self.queues.get(partition)
             if not queue:
                 continue
             mark = clock if isinstance(clock, float | int) else clock(partition)
+            marks[partition] = mark
             self._take_rooted(partition, queue, mark, limit, due)
-            while queue and len(due) < limit:
-                key, packed = queue.popleft()
-                deadline, size, count, after_root = _PACKED.unpack_from(packed)
-                if deadline > mark:
-                    queue.push_front(key, packed)
-                    break
-                # Pending.unpack, inline: this runs once per trace decided.
-                cut = _PACKED.size + count * ENTRY_BYTES
-                entry = Pending(
-                    deadline, partition, size, packed[_PACKED.size : cut], packed[cut:], after_root
-                )
-                due.append((key, entry))
+        self._take_closed(marks, limit, due)
         taken = sum(entry.size for _, entry in due)
         over_traces = over_bytes = 0
         while len(due) < limit:
@@ -565,6 +557,39 @@ class TraceBuffer:
         self.bytes -= taken
         self._observe()
         return due
+
+    def _take_closed(
+        self, marks: dict[int, float], limit: int, due: list[tuple[bytes, Pending]]
+    ) -> None:
+        """Traces whose window closed on their partition's clock (`marks`), oldest first across
+        the partitions: a partition with a backlog does not hold back the older traces of the
+        others for a batch after batch."""
+        heads = []
+        for partition, mark in marks.items():
+            first = self.queues[partition].head()
+            if first is not None and _deadline(first[1]) <= mark:
+                heads.append((_deadline(first[1]), partition))
+        heapify(heads)
+        while heads and len(due) < limit:
+            _, partition = heappop(heads)
+            queue, mark = self.queues[partition], marks[partition]
+            # A run of this partition's traces, up to the oldest due trace of the others (runs
+            # are long: a record's traces share one deadline).
+            bound = min(mark, heads[0][0]) if heads else mark
+            while queue and len(due) < limit:
+                key, packed = queue.popleft()
+                deadline, size, count, after_root = _PACKED.unpack_from(packed)
+                if deadline > bound:
+                    queue.push_front(key, packed)
+                    if deadline <= mark:
+                        heappush(heads, (deadline, partition))
+                    break
+                # Pending.unpack, inline: this runs once per trace decided.
+                cut = _PACKED.size + count * ENTRY_BYTES
+                entry = Pending(
+                    deadline, partition, size, packed[_PACKED.size : cut], packed[cut:], after_root
+                )
+                due.append((key, entry))
 
     def _take_rooted(
         self,

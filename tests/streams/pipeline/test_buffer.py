@@ -147,6 +147,34 @@ def test_full_buffer_decides_oldest_early_never_drops() -> None:
     assert len(buffer) == 3
 
 
+def test_a_batch_takes_the_oldest_due_traces_of_all_partitions_first() -> None:
+    # Partition 0 has a backlog of 40 due traces, partition 1 ten that came in among them: a
+    # batch of 20 takes the 20 oldest, not partition 0's first 20, so the other partitions'
+    # traces are not held back batch after batch (decision lag).
+    buffer = buffer_on(MemoryStore())
+    for i in range(40):
+        buffer.append(0, key(b"a" * 15 + bytes([i])), b"x", now=float(i))
+        if i % 4 == 1:
+            buffer.append(1, key(b"b" * 15 + bytes([i])), b"x", now=i + 0.5)
+    due = buffer.pop_due(100.0, limit=20)
+    deadlines = [entry.deadline for _, entry in due]
+    assert deadlines == sorted(deadlines)
+    assert deadlines[-1] == 25.0  # 10 + 15 (the wait): partition 0's 16 oldest, 1's 4
+    assert [entry.partition for _, entry in due].count(1) == 4
+    rest = buffer.pop_due(100.0, limit=100)
+    assert len(rest) == 30  # nothing lost, nothing twice
+    assert {k for k, _ in due}.isdisjoint(k for k, _ in rest)
+    # A partition's clock still holds back its own traces: partition 1's at 30.5 only.
+    buffer = buffer_on(MemoryStore())
+    for i in range(4):
+        buffer.append(0, key(b"c" * 15 + bytes([i])), b"x", now=float(i))
+        buffer.append(1, key(b"d" * 15 + bytes([i])), b"x", now=float(i))
+    due = buffer.pop_due(lambda p: 11.5 if p else 100.0, limit=100)
+    taken = [(e.deadline, e.partition) for _, e in due]
+    assert [d for d, _ in taken] == sorted(d for d, _ in taken)
+    assert sorted(taken) == [(10.0, 0), (10.0, 1), (11.0, 0), (11.0, 1), (12.0, 0), (13.0, 0)]
+
+
 def test_a_trace_past_max_trace_bytes_is_due_at_once() -> None:
     store = MemoryStore()
     buffer = buffer_on(store, max_trace_bytes=5000)
