@@ -301,7 +301,7 @@ class DecisionCache:
             if not decision.kept and decision.policy != DEAD_LETTER_POLICY:  # only_dropped
                 add_dropped(hashed)
                 at = decision.decided_at
-                if at > latest.get(place, at - 1.0):
+                if place not in latest or at > latest[place]:
                     latest[place] = at
             else:
                 self._keep(hashed, self._pack(decision))

@@ -174,7 +174,8 @@ class Intake:
         waits in the buffer; those to buffer are written together (one segment)."""
         partition = message.partition
         buffered: list[Fragment] = []
-        held: Container[bytes] = self.worker.buffer.queues.get(partition) or ()
+        queue = self.worker.buffer.queues.get(partition)
+        held: Container[bytes] = queue.entries if queue is not None else ()  # buffered traces
         percentage = self.worker.degradation.percentage()
         budget, decided = self.budget, self.worker.cache.get
         for item in fragments:
