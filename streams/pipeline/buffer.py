@@ -563,12 +563,15 @@ class TraceBuffer:
     ) -> None:
         """Traces whose window closed on their partition's clock (`marks`), oldest first across
         the partitions: a partition with a backlog does not hold back the older traces of the
-        others for a batch after batch."""
+        others, batch after batch."""
         heads = []
         for partition, mark in marks.items():
             first = self.queues[partition].head()
-            if first is not None and _deadline(first[1]) <= mark:
-                heads.append((_deadline(first[1]), partition))
+            if first is None:
+                continue
+            deadline = _deadline(first[1])
+            if deadline <= mark:
+                heads.append((deadline, partition))
         heapify(heads)
         while heads and len(due) < limit:
             _, partition = heappop(heads)
