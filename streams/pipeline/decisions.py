@@ -34,7 +34,7 @@ from typing import Final
 from streams.kafka.state import Store
 from streams.ops.metrics import DECISION_CACHE_BYTES, DECISION_CACHE_DECISIONS
 from streams.pipeline.buffer import Queue
-from streams.pipeline.dropped import KEY_HASH_MASK, DroppedSet, key_hash
+from streams.pipeline.dropped import DroppedSet, key_hash
 from streams.wire.origin import ENTRY_BYTES, add_origin, covers
 from streams.wire.records import DEFAULT_MAX_MESSAGE_BYTES, RECORD_MARGIN
 from streams.wire.tracekey import key_tenant, parse_key
@@ -297,8 +297,8 @@ class DecisionCache:
             place = (decision.partition, decision.record or 0)
             if pending.get(key) is decision:
                 del pending[key]
-            hashed = (hash(key) & KEY_HASH_MASK) or 1  # key_hash, inline: once per trace decided
-            if not decision.kept and decision.policy != DEAD_LETTER_POLICY:  # only_dropped
+            hashed = key_hash(key)
+            if decision.only_dropped:
                 add_dropped(hashed)
                 at = decision.decided_at
                 if place not in latest or at > latest[place]:

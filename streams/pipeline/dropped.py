@@ -15,15 +15,15 @@ from __future__ import annotations
 from array import array
 from typing import Final
 
-__all__ = ["BYTES_PER_DECISION", "KEY_HASH_MASK", "DroppedSet", "key_hash"]
+__all__ = ["BYTES_PER_DECISION", "DroppedSet", "key_hash"]
 
-KEY_HASH_MASK: Final = (1 << 64) - 1
+_MASK64: Final = (1 << 64) - 1
 BYTES_PER_DECISION: Final = 24  # two table slots (half full) and one ring slot
 
 
 def key_hash(key: bytes) -> int:
     """The 64-bit hash of a trace key (never 0, the empty slot)."""
-    return (hash(key) & KEY_HASH_MASK) or 1
+    return (hash(key) & _MASK64) or 1
 
 
 class DroppedSet:
