@@ -76,7 +76,9 @@ def decode_origins(value: bytes, count: int) -> list[int]:
     """Inverse of `pack_origins`; ValueError unless it holds `count` origins."""
     if len(value) == count * ENTRY_BYTES:
         return [
-            NO_ORIGIN if p == 0xFFFF and o == 0xFFFFFFFFFFFFFFFF else (p << 64) | (o << 16) | part
+            NO_ORIGIN
+            if (p, o, part) == (0xFFFF, 0xFFFFFFFFFFFFFFFF, 0xFFFF)
+            else (p << 64) | (o << 16) | part
             for p, o, part in _ENTRY.iter_unpack(value)
         ]  # `origin`, inline: this runs once per fragment read
     if len(value) == count * _LEGACY.size:
