@@ -12,7 +12,9 @@
 Also: the workers' CPU per span (user + system of the worker processes over the run, from
 /proc), decision lag p50/p99 (the workers' histogram), peak RSS and RSS per 1,000 buffered
 traces (the growth since the start, at the last look while the buffer is at its peak), the
-broker's CPU, and the policy engine's decisions per second for the five default rules.
+broker's CPU, how many of the machine's cores were busy on average over the run (every process:
+workers, broker, this producer; what bounds `--workers N` on a small machine), and the policy
+engine's decisions per second for the five default rules.
 `--json` prints one JSON object; a progress line goes to stderr while it runs.
 """
 
@@ -98,6 +100,8 @@ class BenchResult:
     cpu_us_per_span: float
     worker_cpu_s: float
     broker_cpu_s: float | None
+    machine_busy_cores: float | None
+    machine_cores: int
     decision_lag_p50_s: float
     decision_lag_p99_s: float
     peak_rss_mib: float
@@ -150,6 +154,18 @@ def cpu_seconds(pid: int) -> float:
         fields = stat[stat.rindex(")") + 2 :].split()  # after the command name (may hold spaces)
         ticks += int(fields[11]) + int(fields[12])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU time the whole machine has spent busy so far, all cores (from /proc/stat; None
+    elsewhere)."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(f) for f in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal (guest time is counted in user)
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def quantile(buckets: list[tuple[float, float]], q: float) -> float:
@@ -418,6 +434,7 @@ def _measure(
     rss_base = sum(rss_kib(w.pid) for w in workers)
     cpu_base = sum(cpu_seconds(w.pid) for w in workers)
     broker_base = cpu_seconds(broker_pid) if broker_pid else 0.0
+    machine_base = machine_busy_seconds()
     producer = make_producer(kafka, **{"linger.ms": 20, "batch.num.messages": 10000})
     started = time.perf_counter()
     per_message = max(options.traces_per_message, 1)
@@ -457,6 +474,8 @@ def _measure(
     print(file=sys.stderr)
     worker_cpu = sum(cpu_seconds(w.pid) for w in workers) - cpu_base
     broker_cpu = cpu_seconds(broker_pid) - broker_base if broker_pid else None
+    machine_now = machine_busy_seconds()
+    busy = None if machine_base is None or machine_now is None else machine_now - machine_base
     buckets = lag_buckets([read_metrics(port) for port in ports])
     spans = options.traces * options.spans_per_trace
     e2e = spans / max(elapsed - options.wait, 1e-9)
@@ -478,6 +497,8 @@ def _measure(
         cpu_us_per_span=round(worker_cpu * 1e6 / spans, 2),
         worker_cpu_s=round(worker_cpu, 2),
         broker_cpu_s=None if broker_cpu is None else round(broker_cpu, 2),
+        machine_busy_cores=None if busy is None else round(busy / elapsed, 2),
+        machine_cores=os.cpu_count() or 1,
         decision_lag_p50_s=round(quantile(buckets, 0.5), 3),
         decision_lag_p99_s=round(quantile(buckets, 0.99), 3),
         peak_rss_mib=round(max(rss_kib(w.pid, "VmHWM") for w in workers) / 1024, 1),
@@ -503,6 +524,7 @@ def _report(r: BenchResult) -> str:
         f"ratio:            {r.ratio:.2f} of the raw floor",
         f"worker CPU:       {r.cpu_us_per_span:.1f} µs per span ({r.worker_cpu_s:.1f}s)",
         f"broker CPU:       {r.broker_cpu_s}s" if r.broker_cpu_s is not None else "broker CPU: n/a",
+        f"machine:          {r.machine_busy_cores} of {r.machine_cores} cores busy on average",
         f"decision lag:     p50 {r.decision_lag_p50_s:.2f}s, p99 {r.decision_lag_p99_s:.2f}s",
         f"peak RSS:         {r.peak_rss_mib:.0f} MiB",
         f"RSS per 1,000 buffered traces: {r.rss_mib_per_1000_traces:.2f} MiB "

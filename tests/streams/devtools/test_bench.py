@@ -14,6 +14,7 @@ from streams.devtools.bench import (
     _messages,
     cpu_seconds,
     lag_buckets,
+    machine_busy_seconds,
     quantile,
     rss_kib,
 )
@@ -23,6 +24,17 @@ def test_cpu_seconds_counts_this_process() -> None:
     before = cpu_seconds(os.getpid())
     sum(i * i for i in range(2_000_000))
     assert cpu_seconds(os.getpid()) > before
+
+
+def test_the_machine_is_busy_at_least_as_long_as_this_process() -> None:
+    machine, mine = machine_busy_seconds(), cpu_seconds(os.getpid())
+    assert machine is not None
+    sum(i * i for i in range(3_000_000))
+    spent = cpu_seconds(os.getpid()) - mine
+    assert spent > 0
+    after = machine_busy_seconds()
+    # /proc/stat and /proc/PID/stat tick apart: a tick's worth of slack.
+    assert after is not None and after - machine >= spent - 2 / os.sysconf("SC_CLK_TCK")
 
 
 def test_cpu_and_rss_count_the_processes_a_worker_started() -> None:
