@@ -870,6 +870,47 @@ static PyObject *append_to_spans(PyObject *Py_UNUSED(module), PyObject *const *a
     return result;
 }
 
+PyDoc_STRVAR(plain_string_attribute_doc,
+"plain_string_attribute(entries: list[bytes], head: bytes) -> str | None | bool\n\n"
+"The first non-empty string value among encoded KeyValues whose key field and value tag are\n"
+"head (b'\\n', the key's length below 128, the key, b'\\x12'), each read where it is an\n"
+"AnyValue holding a string alone of under 126 bytes (as upb writes one); None when no entry\n"
+"holds the key's bytes at all; False when one holds them in another shape (parse those).");
+
+static PyObject *plain_string_attribute(PyObject *Py_UNUSED(module), PyObject *const *args,
+                                        Py_ssize_t nargs) {
+    if (nargs != 2 || !PyList_Check(args[0]) || !PyBytes_Check(args[1]) ||
+        PyBytes_GET_SIZE(args[1]) < 4) {
+        PyErr_SetString(PyExc_TypeError, "plain_string_attribute takes a list and a head");
+        return NULL;
+    }
+    const char *head = PyBytes_AS_STRING(args[1]);
+    Py_ssize_t head_len = PyBytes_GET_SIZE(args[1]);
+    const char *key = head + 2; /* the key's bytes, between its length and the value's tag */
+    Py_ssize_t key_len = head_len - 3;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(args[0]); i++) {
+        PyObject *item = PyList_GET_ITEM(args[0], i);
+        if (!PyBytes_Check(item)) Py_RETURN_FALSE;
+        const char *entry = PyBytes_AS_STRING(item);
+        Py_ssize_t len = PyBytes_GET_SIZE(item);
+        if (len < key_len || memmem(entry, (size_t)len, key, (size_t)key_len) == NULL) continue;
+        Py_ssize_t size = len - head_len - 1; /* the AnyValue's length, then its string's */
+        if (len <= head_len || memcmp(entry, head, (size_t)head_len) != 0 || size < 2 ||
+            size >= 0x80 || (uint8_t)entry[head_len] != size ||
+            (uint8_t)entry[head_len + 1] != 0x0A || (uint8_t)entry[head_len + 2] != size - 2)
+            Py_RETURN_FALSE;
+        if (size == 2) continue; /* an empty string: the next entry may hold one */
+        PyObject *value = PyUnicode_DecodeUTF8(entry + head_len + 3, size - 2, NULL);
+        if (value == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) return NULL;
+            PyErr_Clear();
+            Py_RETURN_FALSE;
+        }
+        return value;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"trace_facts", (PyCFunction)(void (*)(void))trace_facts, METH_FASTCALL, trace_facts_doc},
     {"fnv1a_64", (PyCFunction)(void (*)(void))fnv1a_64, METH_FASTCALL, fnv1a_64_doc},
@@ -883,6 +924,8 @@ static PyMethodDef methods[] = {
     {"checked_single_trace", checked_single_trace, METH_O, checked_single_trace_doc},
     {"append_to_spans", (PyCFunction)(void (*)(void))append_to_spans, METH_FASTCALL,
      append_to_spans_doc},
+    {"plain_string_attribute", (PyCFunction)(void (*)(void))plain_string_attribute,
+     METH_FASTCALL, plain_string_attribute_doc},
     {NULL, NULL, 0, NULL},
 };
 

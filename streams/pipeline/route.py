@@ -19,7 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
-from policies.flatten import encode, flatten, flatten_request
+from policies.flatten import c_walk, encode, flatten, flatten_request
 from streams.config import Settings
 from streams.pipeline.redact import Redactor
 
@@ -42,6 +42,11 @@ def _string_attribute(entries: Sequence[bytes], key: str) -> str | None:
     """The first non-empty string value of attribute `key` among encoded `KeyValue`s."""
     needle = key.encode()
     head = _plain_head(needle)
+    if head is not None and c_walk is not None and type(entries) is list:
+        # The same reading in C; False where an entry holding the key needs the parser.
+        found = c_walk.plain_string_attribute(entries, head)
+        if found is not False:
+            return found  # type: ignore[return-value]  # str or None, not True
     for entry in entries:
         if needle in entry:  # most entries are ruled out without being parsed
             value = None

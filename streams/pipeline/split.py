@@ -36,7 +36,6 @@ from streams.kafka.clients import (
     consumer_lags,
     headers_of,
     make_producer,
-    offset_bounds,
     produce,
     rewind,
     where,
@@ -229,8 +228,13 @@ class InFlight:
 
     def offsets(self) -> list[TopicPartition]:
         """The offsets to commit once the read is acknowledged: past its last record."""
-        bounds = offset_bounds(self.messages).items()
-        return [TopicPartition(t, p, last + 1) for (t, p), (_, last) in bounds]
+        last: dict[tuple[str, int], int] = {}
+        for m in self.messages:  # the last offset per partition; this runs once per record
+            place: tuple[str, int] = (m.topic(), m.partition())  # type: ignore[assignment]
+            offset: int = m.offset()  # type: ignore[assignment]  # a record read has them
+            if offset > last.get(place, -1):
+                last[place] = offset
+        return [TopicPartition(t, p, offset + 1) for (t, p), offset in last.items()]
 
 
 class DeadLetterSink:
