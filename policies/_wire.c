@@ -911,6 +911,48 @@ static PyObject *plain_string_attribute(PyObject *Py_UNUSED(module), PyObject *c
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(split_index_doc,
+"split_index(value: bytes, index: bytes) -> list[tuple[bytes, bytes]] | None\n\n"
+"A packed record's (trace ID, fragment) pairs: index holds 20 bytes per fragment (the trace\n"
+"ID, then the fragment's length, 4 bytes big-endian), the fragments lie back to back in\n"
+"value. None when the index is not a whole number of entries or points past value's end.");
+
+static PyObject *split_index(PyObject *Py_UNUSED(module), PyObject *const *args,
+                             Py_ssize_t nargs) {
+    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "split_index takes a value and an index (bytes)");
+        return NULL;
+    }
+    const uint8_t *value = (const uint8_t *)PyBytes_AS_STRING(args[0]);
+    const uint8_t *index = (const uint8_t *)PyBytes_AS_STRING(args[1]);
+    Py_ssize_t value_len = PyBytes_GET_SIZE(args[0]), index_len = PyBytes_GET_SIZE(args[1]);
+    if (index_len % 20) Py_RETURN_NONE;
+    Py_ssize_t count = index_len / 20, pos = 0;
+    for (Py_ssize_t i = 0; i < count; i++) { /* the bounds first: nothing built for a bad one */
+        const uint8_t *e = index + 20 * i + 16;
+        pos += (Py_ssize_t)(((uint32_t)e[0] << 24) | ((uint32_t)e[1] << 16) |
+                            ((uint32_t)e[2] << 8) | (uint32_t)e[3]);
+        if (pos > value_len) Py_RETURN_NONE;
+    }
+    PyObject *out = PyList_New(count);
+    if (out == NULL) return NULL;
+    pos = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const uint8_t *e = index + 20 * i;
+        Py_ssize_t len = (Py_ssize_t)(((uint32_t)e[16] << 24) | ((uint32_t)e[17] << 16) |
+                                      ((uint32_t)e[18] << 8) | (uint32_t)e[19]);
+        PyObject *pair = Py_BuildValue("(y#y#)", (const char *)e, (Py_ssize_t)16,
+                                       (const char *)value + pos, len);
+        if (pair == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, pair);
+        pos += len;
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"trace_facts", (PyCFunction)(void (*)(void))trace_facts, METH_FASTCALL, trace_facts_doc},
     {"fnv1a_64", (PyCFunction)(void (*)(void))fnv1a_64, METH_FASTCALL, fnv1a_64_doc},
@@ -924,6 +966,7 @@ static PyMethodDef methods[] = {
     {"checked_single_trace", checked_single_trace, METH_O, checked_single_trace_doc},
     {"append_to_spans", (PyCFunction)(void (*)(void))append_to_spans, METH_FASTCALL,
      append_to_spans_doc},
+    {"split_index", (PyCFunction)(void (*)(void))split_index, METH_FASTCALL, split_index_doc},
     {"plain_string_attribute", (PyCFunction)(void (*)(void))plain_string_attribute,
      METH_FASTCALL, plain_string_attribute_doc},
     {NULL, NULL, 0, NULL},

@@ -140,7 +140,7 @@ class Intake:
         problem = tenant_problem(tenant)
         if problem is not None:
             raise BadInput("invalid_tenant", problem)
-        fragments = list(unpack_index(message.value or b"", index))
+        fragments = unpack_index(message.value or b"", index)
         origins = _origins(headers.get(ORIGIN_HEADER), len(fragments))
         # The window starts at the record's input time (streams.pipeline.progress).
         seen = min(message.timestamp or now, now)

@@ -220,8 +220,16 @@ def pack_index(fragments: Sequence[Fragment]) -> tuple[bytes, bytes]:
     return b"".join(frag for _, frag in fragments), index
 
 
-def unpack_index(value: bytes, index: bytes) -> Iterator[Fragment]:
+def unpack_index(value: bytes, index: bytes) -> list[Fragment]:
     """Slice a packed record back into fragments using its index header."""
+    if c_walk is not None and type(value) is bytes and type(index) is bytes:
+        fragments = c_walk.split_index(value, index)  # the same, in C
+        if fragments is not None:
+            return fragments
+    return list(_unpack_index(value, index))  # or BadInput, saying what is wrong
+
+
+def _unpack_index(value: bytes, index: bytes) -> Iterator[Fragment]:
     if len(index) % _INDEX_ENTRY.size:
         raise BadInput("invalid_index", f"index length {len(index)} is not a multiple of 20")
     pos = 0

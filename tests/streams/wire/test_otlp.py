@@ -195,3 +195,26 @@ def test_annotating_in_c_gives_what_annotating_the_parsed_spans_gives(
                 return "not OTLP"
 
     assert annotated(in_c=True) == annotated(in_c=False)
+
+
+@pytest.mark.skipif(flatten.c_walk is None, reason="built without a C compiler")
+@given(
+    st.binary(max_size=300),
+    st.lists(st.tuples(st.binary(min_size=16, max_size=16), st.integers(0, 130)), max_size=6),
+    st.binary(max_size=3),
+)
+def test_an_index_is_read_in_c_as_without_it(
+    value: bytes, entries: list[tuple[bytes, int]], junk: bytes
+) -> None:
+    index = b"".join(tid + size.to_bytes(4, "big") for tid, size in entries) + junk
+
+    def read(in_c: bool) -> list[tuple[bytes, bytes]] | str:
+        with pytest.MonkeyPatch.context() as patch:
+            if not in_c:
+                patch.setattr(otlp, "c_walk", None)
+            try:
+                return unpack_index(value, index)
+            except BadInput as exc:
+                return exc.reason
+
+    assert read(in_c=True) == read(in_c=False)
