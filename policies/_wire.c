@@ -874,8 +874,8 @@ PyDoc_STRVAR(plain_string_attribute_doc,
 "plain_string_attribute(entries: list[bytes], head: bytes) -> str | None | bool\n\n"
 "The first non-empty string value among encoded KeyValues whose key field and value tag are\n"
 "head (b'\\n', the key's length below 128, the key, b'\\x12'), each read where it is an\n"
-"AnyValue holding a string alone of under 126 bytes (as upb writes one); None when no entry\n"
-"holds the key's bytes at all; False when one holds them in another shape (parse those).");
+"AnyValue holding a string alone of under 126 bytes (as upb writes one); None when there is\n"
+"none; False when an entry that holds the key's bytes has another shape (parse those).");
 
 static PyObject *plain_string_attribute(PyObject *Py_UNUSED(module), PyObject *const *args,
                                         Py_ssize_t nargs) {
