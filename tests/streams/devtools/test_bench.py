@@ -33,8 +33,8 @@ def test_the_machine_is_busy_at_least_as_long_as_this_process() -> None:
     spent = cpu_seconds(os.getpid()) - mine
     assert spent > 0
     after = machine_busy_seconds()
-    # /proc/stat and /proc/PID/stat tick apart: a tick's worth of slack.
-    assert after is not None and after - machine >= spent - 2 / os.sysconf("SC_CLK_TCK")
+    # /proc/stat and /proc/PID/stat sample time apart: a tenth and two ticks of slack.
+    assert after is not None and after - machine >= 0.9 * spent - 2 / os.sysconf("SC_CLK_TCK")
 
 
 def test_cpu_and_rss_count_the_processes_a_worker_started() -> None:
