@@ -140,7 +140,7 @@ def build_worker(settings: Settings, source: ConfigSource | None = None) -> Work
     producer = make_producer(kafka)
     ownership = Ownership(lease=Lease(settings.worker.session_timeout))
     rocksdb = settings.worker.rocksdb
-    memory = RocksMemory(rocksdb.block_cache, rocksdb.write_buffers)
+    memory = RocksMemory(rocksdb.block_cache, rocksdb.write_buffers, rocksdb.compression)
     ROCKSDB_MEMORY.labels("block_cache").set_function(memory.cache.get_usage)
     ROCKSDB_MEMORY.labels("memtables").set_function(memory.write_buffers.get_usage)
     stores = [TableStore(t, producer, ownership.writable, memory) for t in (traces, decisions)]

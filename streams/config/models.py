@@ -510,6 +510,11 @@ class RocksDBConfig(_Model):
         description="memtables of every partition and table together; past it the largest "
         "is flushed to disk, so buffered spans beyond it wait on disk, not in memory",
     )
+    compression: Literal["none", "lz4", "zstd", "snappy"] = Field(
+        default="none",
+        description="how table files on disk are compressed; `none` spends no CPU on spans "
+        "that live for one decision window, `lz4` or `zstd` trade CPU for disk",
+    )
 
 
 class WorkerConfig(_Model):

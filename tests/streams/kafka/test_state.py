@@ -107,6 +107,20 @@ def test_memtables_of_all_partitions_stay_near_the_write_buffer_budget(tmp_path:
     assert all(store.get(p, k) == v for p, k, v in written[::97])
 
 
+@pytest.mark.parametrize(
+    ("compression", "written"),
+    [("none", "kNoCompression"), ("lz4", "kLZ4Compression"), ("zstd", "kZSTD")],
+)
+def test_table_files_are_compressed_as_configured(
+    tmp_path: Path, compression: str, written: str
+) -> None:
+    memory = RocksMemory(1024 * 1024, 4 * 1024 * 1024, compression)
+    store, _ = make_store(tmp_path, memory=memory)
+    store.put(0, b"k", b"v" * 4096)
+    options = sorted((tmp_path / "p0").glob("OPTIONS-*"))[-1].read_text().splitlines()
+    assert f"compression={written}" in [line.strip() for line in options]
+
+
 def test_a_put_goes_to_the_changelog_then_the_partitions_database(tmp_path: Path) -> None:
     store, producer = make_store(tmp_path)
     store.put(2, b"k", b"v")
