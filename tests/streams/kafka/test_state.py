@@ -121,6 +121,21 @@ def test_table_files_are_compressed_as_configured(
     assert f"compression={written}" in [line.strip() for line in options]
 
 
+def test_table_files_an_earlier_release_compressed_are_still_read(tmp_path: Path) -> None:
+    # Releases before `worker.rocksdb.compression` wrote snappy; each block names its own.
+    earlier, _ = make_store(tmp_path, memory=RocksMemory(1024 * 1024, 4 * 1024 * 1024, "snappy"))
+    values = {i.to_bytes(4, "big"): bytes([i % 251]) * 3000 for i in range(300)}
+    for key, value in values.items():
+        earlier.put(0, key, value)
+    earlier.table.data.dbs[0].flush()  # into a table file, not only the memtable
+    earlier.table.data.dbs.pop(0).close()
+    assert list((tmp_path / "p0").glob("*.sst"))
+    now, _ = make_store(tmp_path, memory=RocksMemory(1024 * 1024, 4 * 1024 * 1024, "none"))
+    assert all(now.get(0, key) == value for key, value in values.items())
+    options = sorted((tmp_path / "p0").glob("OPTIONS-*"))[-1].read_text()
+    assert "compression=kNoCompression" in options  # reopened as this release opens it
+
+
 def test_a_put_goes_to_the_changelog_then_the_partitions_database(tmp_path: Path) -> None:
     store, producer = make_store(tmp_path)
     store.put(2, b"k", b"v")
