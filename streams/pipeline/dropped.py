@@ -62,14 +62,19 @@ class DroppedSet:
     def add(self, hashed: int) -> None:
         """Hold `hashed` (a `key_hash`), evicting the oldest when full; one already held keeps
         its place."""
-        if not self.limit or hashed in self:
+        if not self.limit:
             return
-        if len(self) >= self.limit:
-            self.evict(1)
         table, mask = self.table, self.mask
         at = hashed & mask
-        while table[at]:
+        while held := table[at]:  # one probe: the first empty slot is where it goes
+            if held == hashed:
+                return
             at = (at + 1) & mask
+        if self.inserted - self.evicted >= self.limit:
+            self.evict(1)  # may move later hashes of the run back into the empty slot
+            at = hashed & mask
+            while table[at]:
+                at = (at + 1) & mask
         table[at] = hashed
         self.ring[self.inserted % self.limit] = hashed
         self.inserted += 1
