@@ -579,14 +579,21 @@ class TraceBuffer:
             # A run of this partition's traces, up to the oldest due trace of the others (runs
             # are long: a record's traces share one deadline).
             bound = min(mark, heads[0][0]) if heads else mark
-            while queue and len(due) < limit:
-                key, packed = queue.popleft()
+            # Queue.head and popleft, inline where no place in the queue is stale.
+            order, entries, stale = queue.order, queue.entries, queue.stale
+            while entries and len(due) < limit:
+                if stale:
+                    key, packed = queue.head()  # type: ignore[misc]  # entries: not None
+                else:
+                    key = order[0]
+                    packed = entries[key]
                 deadline, size, count, after_root = _PACKED.unpack_from(packed)
                 if deadline > bound:
-                    queue.push_front(key, packed)
                     if deadline <= mark:
                         heappush(heads, (deadline, partition))
                     break
+                order.popleft()
+                del entries[key]
                 # Pending.unpack, inline: this runs once per trace decided.
                 cut = _PACKED.size + count * ENTRY_BYTES
                 entry = Pending(
