@@ -71,7 +71,7 @@ class DroppedSet:
                 return
             at = (at + 1) & mask
         if self.inserted - self.evicted >= self.limit:
-            self.evict(1)  # may move later hashes of the run back into the empty slot
+            self.evict(1)  # may empty a slot nearer home (hashes move back): probe again
             at = hashed & mask
             while table[at]:
                 at = (at + 1) & mask
