@@ -94,9 +94,10 @@ class BenchResult:
     decision_wait_s: float
     elapsed_s: float
     first_decision_s: float | None
-    """When the worker(s) first reported a decision, from the start (0.25 s resolution). In a
-    burst no trace is due before the split stage has read every record stamped within the
-    decision wait of it, so this is mostly buffering, and the rest of `elapsed_s` deciding."""
+    """A burst's first decision, from the start (looked for every 0.25 s once the bench's
+    producer is done; None at a steady `--rate`, where it comes while producing). No trace of
+    a burst is due before the split stage has read every record stamped within the decision
+    wait of it, so this is mostly buffering, and the rest of `elapsed_s` deciding."""
     produce_messages_per_second: float
     spans_per_second: float
     raw_floor_spans_per_second: float
@@ -455,7 +456,7 @@ def _measure(
             return None
         scrapes = [read_metrics(port) for port in ports]
         decided = sum(total(s, "caudal_decisions_total") for s in scrapes)
-        if decided and first_decision is None:
+        if decided and first_decision is None and not options.rate:
             first_decision = time.perf_counter() - started
         buffered = sum(total(s, "caudal_traces_buffered") for s in scrapes)
         # The RSS of the last look at the peak: by then what was read ahead, produced and not
