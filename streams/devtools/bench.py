@@ -529,7 +529,11 @@ def _report(r: BenchResult) -> str:
         f"produce:          {r.produce_messages_per_second:,.0f} msg/s",
         f"end to end:       {r.spans_per_second:,.0f} spans/s ({r.elapsed_s:.1f}s, minus the "
         f"{r.decision_wait_s:g}s decision wait)",
-        f"first decision:   after {r.first_decision_s}s (the rest deciding)",
+        (
+            f"first decision:   after {r.first_decision_s}s (the rest deciding)"
+            if r.first_decision_s is not None
+            else "first decision:   n/a (steady rate)"
+        ),
         f"raw floor:        {r.raw_floor_spans_per_second:,.0f} spans/s (consume + OTLP parse)",
         f"ratio:            {r.ratio:.2f} of the raw floor",
         f"worker CPU:       {r.cpu_us_per_span:.1f} µs per span ({r.worker_cpu_s:.1f}s)",
