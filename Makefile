@@ -29,7 +29,7 @@ readme: $(BIN)/caudal
 	$(BIN)/python -m streams.devtools.readme README.md
 
 test: lint
-	$(BIN)/pytest -q -m "not faults" $(ARGS)
+	$(BIN)/pytest -q -m "not faults" --durations=15 $(ARGS)
 
 # The fault suite: workers joining, leaving, killed -9 and restarted under traffic (~21 min).
 faults: $(BIN)/caudal
