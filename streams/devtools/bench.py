@@ -52,6 +52,7 @@ __all__ = [
     "cpu_seconds",
     "lag_buckets",
     "quantile",
+    "quantile_bound",
     "reader",
     "rss_kib",
     "run_bench",
@@ -109,6 +110,9 @@ class BenchResult:
     machine_cores: int
     decision_lag_p50_s: float
     decision_lag_p99_s: float
+    decision_lag_p99_at_most_s: float | None
+    """The upper edge of the histogram bucket the p99 lies in: the p99 is at most this,
+    whatever the interpolation within the bucket gives (None: past the last finite edge)."""
     peak_rss_mib: float
     peak_buffered_traces: float
     rss_mib_per_1000_traces: float
@@ -188,6 +192,16 @@ def quantile(buckets: list[tuple[float, float]], q: float) -> float:
             return prev_bound + (bound - prev_bound) * share
         prev_bound, prev_count = bound, count
     return prev_bound
+
+
+def quantile_bound(buckets: list[tuple[float, float]], q: float) -> float | None:
+    """The smallest bucket edge with at least a share `q` of the count at or under it (None
+    when only the open bucket has it, or there is no count)."""
+    count_all = buckets[-1][1] if buckets else 0
+    for bound, count in buckets:
+        if count_all and count >= q * count_all:
+            return None if bound == float("inf") else bound
+    return None
 
 
 def lag_buckets(scrapes: Sequence[Samples]) -> list[tuple[float, float]]:
@@ -510,6 +524,7 @@ def _measure(
         machine_cores=os.cpu_count() or 1,
         decision_lag_p50_s=round(quantile(buckets, 0.5), 3),
         decision_lag_p99_s=round(quantile(buckets, 0.99), 3),
+        decision_lag_p99_at_most_s=quantile_bound(buckets, 0.99),
         peak_rss_mib=round(max(rss_kib(w.pid, "VmHWM") for w in workers) / 1024, 1),
         peak_buffered_traces=peak_buffered,
         rss_mib_per_1000_traces=round(per_k / 1024, 3),
@@ -539,7 +554,12 @@ def _report(r: BenchResult) -> str:
         f"worker CPU:       {r.cpu_us_per_span:.1f} µs per span ({r.worker_cpu_s:.1f}s)",
         f"broker CPU:       {r.broker_cpu_s}s" if r.broker_cpu_s is not None else "broker CPU: n/a",
         f"machine:          {r.machine_busy_cores} of {r.machine_cores} cores busy on average",
-        f"decision lag:     p50 {r.decision_lag_p50_s:.2f}s, p99 {r.decision_lag_p99_s:.2f}s",
+        f"decision lag:     p50 {r.decision_lag_p50_s:.2f}s, p99 {r.decision_lag_p99_s:.2f}s "
+        + (
+            f"(at most {r.decision_lag_p99_at_most_s:g}s by the histogram)"
+            if r.decision_lag_p99_at_most_s is not None
+            else "(past the histogram's last edge)"
+        ),
         f"peak RSS:         {r.peak_rss_mib:.0f} MiB",
         f"RSS per 1,000 buffered traces: {r.rss_mib_per_1000_traces:.2f} MiB "
         f"(peak {r.peak_buffered_traces:,.0f} buffered)",

@@ -16,6 +16,7 @@ from streams.devtools.bench import (
     lag_buckets,
     machine_busy_seconds,
     quantile,
+    quantile_bound,
     rss_kib,
 )
 
@@ -60,6 +61,18 @@ def test_lag_quantiles_of_several_workers_sum_their_buckets() -> None:
     assert buckets == [(1.0, 90.0), (float("inf"), 200.0)]
     assert quantile(buckets, 0.25) == 50 / 90  # 50 of 200, interpolated in the first bucket
     assert quantile(buckets, 0.99) == 1.0  # in the open bucket: its lower bound
+    assert quantile_bound(buckets, 0.25) == 1.0
+    assert quantile_bound(buckets, 0.99) is None  # past the last finite edge
+
+
+def test_the_p99_bound_is_the_edge_of_its_bucket_not_the_interpolation() -> None:
+    # 1,000 lags: 980 up to 1 s, 15 in (1 s, 1.5 s], 5 in (1.5 s, 2 s].
+    buckets = [(1.0, 980.0), (1.5, 995.0), (2.0, 1000.0), (float("inf"), 1000.0)]
+    assert 1.0 < quantile(buckets, 0.99) < 1.5
+    assert quantile_bound(buckets, 0.99) == 1.5
+    assert quantile_bound(buckets, 0.5) == 1.0
+    assert quantile_bound(buckets, 0.999) == 2.0
+    assert quantile_bound([], 0.99) is None
 
 
 def test_traces_per_message_groups_whole_traces() -> None:
