@@ -177,31 +177,36 @@ def machine_busy_seconds() -> float | None:
     return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def quantile(buckets: list[tuple[float, float]], q: float) -> float:
-    """Quantile from cumulative Prometheus buckets (upper bound, count), interpolated."""
+def _bucket_of(buckets: list[tuple[float, float]], q: float) -> int | None:
+    """The index of the first cumulative bucket holding a share `q` of the count (None: no
+    count)."""
     count_all = buckets[-1][1] if buckets else 0
     if not count_all:
+        return None
+    return next(i for i, (_, count) in enumerate(buckets) if count >= q * count_all)
+
+
+def quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """Quantile from cumulative Prometheus buckets (upper bound, count), interpolated."""
+    i = _bucket_of(buckets, q)
+    if i is None:
         return float("nan")
-    target = q * count_all
-    prev_bound, prev_count = 0.0, 0.0
-    for bound, count in buckets:
-        if count >= target:
-            if bound == float("inf"):
-                return prev_bound
-            share = (target - prev_count) / (count - prev_count) if count > prev_count else 0
-            return prev_bound + (bound - prev_bound) * share
-        prev_bound, prev_count = bound, count
-    return prev_bound
+    bound, count = buckets[i]
+    prev_bound, prev_count = buckets[i - 1] if i else (0.0, 0.0)
+    if bound == float("inf"):
+        return prev_bound
+    target = q * buckets[-1][1]
+    share = (target - prev_count) / (count - prev_count) if count > prev_count else 0
+    return prev_bound + (bound - prev_bound) * share
 
 
 def quantile_bound(buckets: list[tuple[float, float]], q: float) -> float | None:
     """The smallest bucket edge with at least a share `q` of the count at or under it (None
     when only the open bucket has it, or there is no count)."""
-    count_all = buckets[-1][1] if buckets else 0
-    for bound, count in buckets:
-        if count_all and count >= q * count_all:
-            return None if bound == float("inf") else bound
-    return None
+    i = _bucket_of(buckets, q)
+    if i is None or buckets[i][0] == float("inf"):
+        return None
+    return buckets[i][0]
 
 
 def lag_buckets(scrapes: Sequence[Samples]) -> list[tuple[float, float]]:
