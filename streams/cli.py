@@ -137,7 +137,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     settings = _settings(args)
     kafka = settings.kafka
     ensure_topics(kafka, [(kafka.input_topic, kafka.partitions)])
-    producer = make_producer(kafka)
+    # Nothing produces a record again here: librdkafka's own 5 minutes to deliver each.
+    producer = make_producer(kafka, delivery_timeout=300.0)
     deadline = time.monotonic() + args.duration if args.duration else None
 
     def produce(value: bytes, headers: list[tuple[str, str | bytes | None]]) -> None:

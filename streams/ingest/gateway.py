@@ -87,9 +87,9 @@ class Gateway:
         self.topic = kafka.input_topic
         self.partitions = kafka.partitions
         self.budget = fragment_budget(kafka.max_message_bytes)
-        self._producer_options = {
+        self._producer_options: dict[str, Any] = {
+            "delivery_timeout": 15.0,
             "linger.ms": 5,
-            "message.timeout.ms": 15_000,
             "queue.buffering.max.kbytes": 2 * self.config.max_inflight_bytes // 1024,
             "error_cb": self._on_kafka_error,
         }

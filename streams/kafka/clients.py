@@ -15,6 +15,9 @@ from streams.config import ConfigError, KafkaConfig
 from streams.ops.metrics import PRODUCE_FAILURES
 
 __all__ = [
+    "DELIVERY_MARGIN",
+    "DELIVERY_TIMEOUT",
+    "DELIVERY_WAIT",
     "Delivery",
     "DeliveryFailures",
     "DeliveryReports",
@@ -44,6 +47,17 @@ INDEX_HEADER = "caudal-index"  # caudal-spans: (trace ID, length) of each packed
 ORIGIN_HEADER = "caudal-origin"  # caudal-spans: input partition and offset of each fragment
 TENANT_HEADER = "caudal-tenant"  # caudal-spans: the tenant resolved by the split stage
 SPAN_COUNT_HEADER = "caudal-span-count"  # caudal-sampled: spans in the record
+
+# How long a record may wait for the broker's acknowledgement (librdkafka's message.timeout.ms)
+# before its delivery fails. Whoever produced it then produces it again, so no record may stay
+# queued past the wait for it: once the broker answered again, it would be written beside its
+# second copy (a kept trace exported twice, an input batch split twice), and through a long
+# outage the copies would pile up in the queue.
+DELIVERY_TIMEOUT = 30.0
+# What a wait for records to be acknowledged or failed adds to their timeout: librdkafka fails
+# a record soon after its timeout, not at the millisecond.
+DELIVERY_MARGIN = 5.0
+DELIVERY_WAIT = DELIVERY_TIMEOUT + DELIVERY_MARGIN
 
 
 # librdkafka's own messages (connection failures and the like) go through Python logging, so
@@ -127,10 +141,13 @@ def _security_error(key: str, message: str) -> ConfigError:
     return ConfigError("kafka.security", [(f"kafka.security.{key}", message)])
 
 
-def make_producer(kafka: KafkaConfig, **extra: Any) -> Producer:
+def make_producer(
+    kafka: KafkaConfig, delivery_timeout: float = DELIVERY_TIMEOUT, **extra: Any
+) -> Producer:
     """An idempotent producer (acks=all): retries never duplicate or reorder a partition.
 
-    librdkafka refuses any record over `kafka.max_message_bytes`, as the broker would."""
+    librdkafka refuses any record over `kafka.max_message_bytes`, as the broker would, and
+    fails one not acknowledged within `delivery_timeout` seconds (DELIVERY_TIMEOUT)."""
     return Producer(
         client_config(
             kafka,
@@ -138,6 +155,7 @@ def make_producer(kafka: KafkaConfig, **extra: Any) -> Producer:
                 "enable.idempotence": True,
                 "linger.ms": 20,
                 "message.max.bytes": kafka.max_message_bytes,
+                "message.timeout.ms": round(delivery_timeout * 1000),
                 **extra,
             },
         )
@@ -194,7 +212,7 @@ class DeliveryReports:
         if err is not None:
             self.errors.append(err)
 
-    def wait(self, producer: ProducerLike, timeout: float = 30.0) -> Delivery:
+    def wait(self, producer: ProducerLike, timeout: float = DELIVERY_WAIT) -> Delivery:
         """Flush, and say what failed since the last wait (the reports start afresh)."""
         undelivered = producer.flush(timeout)
         errors, self.errors = self.errors, []
@@ -220,7 +238,10 @@ class Delivery:
 
 
 def produce_all(
-    producer: ProducerLike, topic: str, records: Iterable[Mapping[str, Any]], timeout: float = 30.0
+    producer: ProducerLike,
+    topic: str,
+    records: Iterable[Mapping[str, Any]],
+    timeout: float = DELIVERY_WAIT,
 ) -> Delivery:
     """Produce every record (`key`, `value`, `headers`, `partition`, ...) and wait for the
     acknowledgements of all of them."""

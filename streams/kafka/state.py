@@ -31,7 +31,7 @@ import rocksdict
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from streams.kafka import faust_seam
-from streams.kafka.clients import ProducerLike, produce
+from streams.kafka.clients import DELIVERY_WAIT, ProducerLike, produce
 from streams.kafka.faust_seam import TP
 
 __all__ = [
@@ -228,11 +228,11 @@ def bind_to_commits(
     A failure refuses the commit: the worker stops (Faust's commit fails) and the input is
     read again from the last commit, by this worker after a restart or by the next owner.
     Every record is sized under kafka.max_message_bytes, so only a broker failure that
-    outlasts librdkafka's own retries (message.timeout.ms) gets here.
+    outlasts librdkafka's own retries (streams.kafka.clients.DELIVERY_TIMEOUT) gets here.
     """
 
     async def flush() -> None:
-        remaining = await asyncio.to_thread(producer.flush, 30)
+        remaining = await asyncio.to_thread(producer.flush, DELIVERY_WAIT)
         failures = sum(store.failures for store in stores) + others()
         for store in stores:
             store.failures = 0

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams.kafka import faust_seam
-from streams.kafka.clients import ProducerLike
+from streams.kafka.clients import DELIVERY_WAIT, ProducerLike
 from streams.ops.metrics import PARTITION_RECOVERY, WORKER_READY
 from streams.pipeline.buffer import TraceBuffer
 from streams.pipeline.decide import Decider, DecisionCache
@@ -127,7 +127,7 @@ class DecisionTick:
     clock: Any  # streams.pipeline.progress.PartitionClock or DirectClock
     batch_limit: Callable[[], int]
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    flush_timeout: float = 30.0
+    flush_timeout: float = DELIVERY_WAIT  # every record acknowledged or failed by then
 
     async def __call__(self) -> None:
         """Decide until nothing owned is due, or ownership changes."""

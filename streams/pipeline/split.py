@@ -28,6 +28,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from policies.flatten import checked_single_trace
 from streams.config import Settings
 from streams.kafka.clients import (
+    DELIVERY_MARGIN,
+    DELIVERY_TIMEOUT,
     INDEX_HEADER,
     ORIGIN_HEADER,
     TENANT_HEADER,
@@ -81,8 +83,6 @@ PROGRESS_INTERVAL = 0.2
 # Batches produced and not yet acknowledged while the next ones are read and split: waiting for
 # each batch's acknowledgements and commit left the split thread idle 40 % of a burst.
 MAX_IN_FLIGHT = 4
-# How long a batch may wait for its acknowledgements before it counts as failed.
-ACK_TIMEOUT = 30.0
 # How long a revoke or a stop waits for the batches under way (the worker gives its threads 15 s).
 DRAIN_TIMEOUT = 10.0
 
@@ -295,6 +295,7 @@ class SplitStage(Supervised):
         level: Callable[[], int] = lambda: 0,
         meter: ExperimentMeter | None = None,
         batch_size: int = 1000,
+        delivery_timeout: float = DELIVERY_TIMEOUT,
     ) -> None:
         super().__init__(name="caudal-split")
         self.settings = settings
@@ -305,7 +306,10 @@ class SplitStage(Supervised):
         self.batch_size = batch_size
         kafka = settings.kafka
         self.resolver = TenantResolver.from_settings(settings)
-        self.producer = make_producer(kafka)
+        # A record not acknowledged in time fails, and its read is read and produced again:
+        # the failed copy is never written later beside the new one.
+        self.producer = make_producer(kafka, delivery_timeout)
+        self.delivery_wait = delivery_timeout + DELIVERY_MARGIN
         self.dead_letter = DeadLetterSink(self.producer, kafka.dlq_topic, kafka.max_message_bytes)
         self.consumer = Consumer(
             client_config(
@@ -397,13 +401,15 @@ class SplitStage(Supervised):
         if self.dead_letter.sent and self.in_flight:
             # Rare: a dead letter's delivery is not counted per read, so wait for all; one not
             # acknowledged fails the reads under way (read again, dead-lettered again).
-            if self.producer.flush(ACK_TIMEOUT):
+            if self.producer.flush(self.delivery_wait):
                 self.dead_letter.failures += 1
             self.dead_letter.sent = 0
         while self.in_flight:
             head = self.in_flight[0]
             if head.pending > 0:
-                overdue = time.monotonic() - head.started > ACK_TIMEOUT
+                # librdkafka fails each record of the read by then (the producer's delivery
+                # timeout); this is a backstop.
+                overdue = time.monotonic() - head.started > self.delivery_wait
                 if not overdue and not (wait and len(self.in_flight) > MAX_IN_FLIGHT):
                     return
                 if not overdue:
