@@ -306,14 +306,22 @@ class Queue(Generic[K]):
         return packed
 
     def push_front(self, key: K, packed: bytes) -> None:
-        """Put a trace first (rare: a decision to be taken again)."""
-        if key in self.entries or key in self.stale:
-            self.order.remove(key)  # the one place it has (a stale one comes before a live one)
-            if key not in self.entries:
-                self.stale[key] -= 1
-                if not self.stale[key]:
-                    del self.stale[key]
-        self.order.appendleft(key)
+        """Put a trace back to be decided again (rare: after a failure): first, or, if it was
+        taken out of order, at the place it left (its last place in the queue).
+
+        Taking a place out of the deque would cost a walk of the whole queue per trace: a
+        batch of thousands put back after a broker stall held the event loop for seconds."""
+        left = self.stale.get(key)
+        if key in self.entries:
+            pass  # queued again meanwhile: it keeps that place
+        elif left:
+            # Its places are all stale; the last becomes live (stale ones come before it).
+            if left > 1:
+                self.stale[key] = left - 1
+            else:
+                del self.stale[key]
+        else:
+            self.order.appendleft(key)
         self.entries[key] = packed
 
 
@@ -637,7 +645,8 @@ class TraceBuffer:
         return taken
 
     def requeue(self, items: Iterable[tuple[bytes, Pending]], now: float) -> None:
-        """Put traces back at the front of their queue to be decided again (after a failure)."""
+        """Put traces back in their queue to be decided again (after a failure): first, or
+        where they were if taken out of order (Queue.push_front)."""
         for key, entry in items:
             entry.deadline = now
             queue = self.queues.setdefault(entry.partition, Queue())

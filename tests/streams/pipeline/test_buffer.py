@@ -376,9 +376,13 @@ def test_a_queue_keeps_decision_order_when_traces_leave_out_of_order() -> None:
     assert queue.pop(b"b") == b"B" and queue.pop(b"c") == b"C"
     queue.put(b"b", b"B2")  # a trace of the same key again: at the back
     queue.put(b"a", b"A2")  # a trace already queued keeps its place
-    queue.push_front(b"c", b"C2")  # a decision to be taken again: first
+    queue.push_front(b"c", b"C2")  # to be decided again: where it left, out of order
+    assert queue.popleft() == (b"a", b"A2")
+    assert queue.pop(b"d") == b"D"
+    queue.push_front(b"a", b"A3")  # taken in order: first
+    queue.push_front(b"d", b"D2")  # the place it left is now first
     taken = [queue.popleft() for _ in range(len(queue))]
-    assert taken == [(b"c", b"C2"), (b"a", b"A2"), (b"d", b"D"), (b"b", b"B2")]
+    assert taken == [(b"a", b"A3"), (b"c", b"C2"), (b"d", b"D2"), (b"b", b"B2")]
     assert queue.head() is None and not queue.stale
 
 
