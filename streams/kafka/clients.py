@@ -246,9 +246,11 @@ def produce_all(
     """Produce every record (`key`, `value`, `headers`, `partition`, ...) and wait for the
     acknowledgements of all of them."""
     reports = DeliveryReports()
+    # No poll per record (the wait serves the callbacks; a full queue is polled by `produce`):
+    # a poll lets go of the interpreter lock, and the exporters' threads took it back behind
+    # the decision loop once per trace.
     for record in records:
         produce(producer, topic, **record, on_delivery=reports.on_delivery)
-        producer.poll(0)
     return reports.wait(producer, timeout)
 
 
