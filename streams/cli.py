@@ -190,10 +190,21 @@ def _parse_mix(text: str) -> dict[str, float]:
     return mix
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM stops the command as Ctrl-C does: what it started (a broker, workers) is
+    stopped on the way out, not left running."""
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Broker, worker, traffic and a live summary, all local."""
     from streams.devtools.demo import run_demo
 
+    _interrupt_on_sigterm()
     return run_demo(duration=args.duration, output=args.output)
 
 
@@ -202,6 +213,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from streams.devtools.bench import BenchOptions, run_bench, run_policies_bench
     from streams.devtools.bench_big import run_big_trace_bench
 
+    _interrupt_on_sigterm()
     if args.big_trace:
         return run_big_trace_bench(
             rate=int(args.rate or 500),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from streams.devtools.bench import (
     cpu_seconds,
     lag_buckets,
     machine_busy_seconds,
+    process_tree,
     quantile,
     quantile_bound,
     rss_kib,
@@ -88,3 +90,40 @@ def test_traces_per_message_groups_whole_traces() -> None:
         assert spans == 4 * len(ids)
         trace_ids.append(len(ids))
     assert trace_ids == [3, 3, 1]
+
+
+def test_a_bench_told_to_stop_stops_the_broker_and_workers_it_started() -> None:
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "bench", "--traces", "20000"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    started: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        # The broker, the worker and the worker's split process.
+        while len(started) < 3 and time.monotonic() < deadline and bench.poll() is None:
+            time.sleep(0.2)
+            started = process_tree(bench.pid)[1:]
+        assert len(started) >= 3, "the bench started its broker and worker"
+        bench.terminate()  # SIGTERM, as a CI job's timeout sends
+        assert bench.wait(60) != 0
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in started) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in started), "nothing it started outlives it"
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+        for pid in started:  # what a failure left behind
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """A process that runs (not a zombie waiting for its parent to read its exit)."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
