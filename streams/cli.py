@@ -113,7 +113,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         parse_experiment,
         run_generator,
     )
-    from streams.kafka.clients import ensure_topics, make_producer
+    from streams.kafka.clients import TRAFFIC_DELIVERY_TIMEOUT, ensure_topics, make_producer
 
     try:
         experiment = parse_experiment(args.experiment) if args.experiment else None
@@ -137,8 +137,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     settings = _settings(args)
     kafka = settings.kafka
     ensure_topics(kafka, [(kafka.input_topic, kafka.partitions)])
-    # Nothing produces a record again here: librdkafka's own 5 minutes to deliver each.
-    producer = make_producer(kafka, delivery_timeout=300.0)
+    producer = make_producer(kafka, TRAFFIC_DELIVERY_TIMEOUT)
     deadline = time.monotonic() + args.duration if args.duration else None
 
     def produce(value: bytes, headers: list[tuple[str, str | bytes | None]]) -> None:

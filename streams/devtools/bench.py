@@ -43,7 +43,7 @@ from streams.config import DEFAULT_POLICIES, KafkaConfig
 from streams.devtools.broker import LocalBroker, free_port
 from streams.devtools.demo import read_metrics, start_worker, stop_process
 from streams.devtools.generate import DEFAULT_MIX, build_trace
-from streams.kafka.clients import ensure_topics, make_producer
+from streams.kafka.clients import TRAFFIC_DELIVERY_TIMEOUT, ensure_topics, make_producer
 
 __all__ = [
     "BenchOptions",
@@ -459,7 +459,9 @@ def _measure(
     cpu_base = sum(cpu_seconds(w.pid) for w in workers)
     broker_base = cpu_seconds(broker_pid) if broker_pid else 0.0
     machine_base = machine_busy_seconds()
-    producer = make_producer(kafka, **{"linger.ms": 20, "batch.num.messages": 10000})
+    producer = make_producer(
+        kafka, TRAFFIC_DELIVERY_TIMEOUT, **{"linger.ms": 20, "batch.num.messages": 10000}
+    )
     started = time.perf_counter()
     per_message = max(options.traces_per_message, 1)
     produced = _produce(producer, topic, payloads, options.rate / per_message)

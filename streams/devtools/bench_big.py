@@ -24,7 +24,7 @@ from streams.devtools.bench import lag_buckets, quantile, reader, rss_kib, total
 from streams.devtools.broker import LocalBroker, free_port
 from streams.devtools.demo import read_metrics, start_worker, stop_process
 from streams.devtools.generate import DEFAULT_MIX, build_trace
-from streams.kafka.clients import ensure_topics, make_producer
+from streams.kafka.clients import TRAFFIC_DELIVERY_TIMEOUT, ensure_topics, make_producer
 
 __all__ = ["run_big_trace_bench"]
 
@@ -135,7 +135,9 @@ def _big_phase(
         if not wait_ready([worker], [metrics_port], partitions):
             print("worker did not become ready")
             return None
-        producer = make_producer(kafka, **{"linger.ms": 5, "message.max.bytes": 16 << 20})
+        producer = make_producer(
+            kafka, TRAFFIC_DELIVERY_TIMEOUT, **{"linger.ms": 5, "message.max.bytes": 16 << 20}
+        )
         _send_paced(producer, topic, steady, big, rate)
         producer.flush(60)
         expected = len(steady) + (1 if big else 0)

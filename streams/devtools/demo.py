@@ -113,9 +113,10 @@ def run_demo(duration: float = 0, output: str = "./demo-output", rate: float = 2
 
     def generate() -> None:
         from streams.config import KafkaConfig
-        from streams.kafka.clients import make_producer
+        from streams.kafka.clients import TRAFFIC_DELIVERY_TIMEOUT, make_producer
 
-        producer = make_producer(KafkaConfig(bootstrap_servers=broker.bootstrap))
+        kafka = KafkaConfig(bootstrap_servers=broker.bootstrap)
+        producer = make_producer(kafka, TRAFFIC_DELIVERY_TIMEOUT)
 
         def produce(value: bytes, headers: list[tuple[str, str | bytes | None]]) -> None:
             producer.produce("otlp_spans", value=value, headers=headers)

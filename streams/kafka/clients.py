@@ -18,6 +18,7 @@ __all__ = [
     "DELIVERY_MARGIN",
     "DELIVERY_TIMEOUT",
     "DELIVERY_WAIT",
+    "TRAFFIC_DELIVERY_TIMEOUT",
     "Delivery",
     "DeliveryFailures",
     "DeliveryReports",
@@ -58,6 +59,9 @@ DELIVERY_TIMEOUT = 30.0
 # a record soon after its timeout, not at the millisecond.
 DELIVERY_MARGIN = 5.0
 DELIVERY_WAIT = DELIVERY_TIMEOUT + DELIVERY_MARGIN
+# A producer of test traffic (generator, demo, bench) writes nothing again: each record gets
+# librdkafka's own 5 minutes.
+TRAFFIC_DELIVERY_TIMEOUT = 300.0
 
 
 # librdkafka's own messages (connection failures and the like) go through Python logging, so
