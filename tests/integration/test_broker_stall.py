@@ -46,7 +46,7 @@ def stopped(broker: LocalBroker) -> Iterator[None]:
 
 
 def records(bootstrap: str, topic: str, partitions: int) -> list:
-    """Every record of `topic` that holds data, read until none came for 3 s."""
+    """Every record of `topic` that holds data, read until none came for 2 s."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "stall-check"})
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     out: list = []
@@ -56,7 +56,7 @@ def records(bootstrap: str, topic: str, partitions: int) -> list:
             for m in consumer.consume(100, timeout=0.5):
                 if m.error() is None and m.value() is not None:  # not a progress record
                     out.append(m)
-                    quiet_until = time.monotonic() + 3
+                    quiet_until = time.monotonic() + 2
     finally:
         consumer.close()
     return out

@@ -94,7 +94,7 @@ def test_traces_per_message_groups_whole_traces() -> None:
 
 def test_a_bench_told_to_stop_stops_the_broker_and_workers_it_started() -> None:
     bench = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "bench", "--traces", "20000"],
+        [sys.executable, "-m", "streams.cli", "bench", "--traces", "1000"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
