@@ -18,7 +18,7 @@ from tests.integration.harness import Pipeline, wait_for
 
 pytestmark = pytest.mark.integration
 
-LOAD_SECONDS = 40
+LOAD_SECONDS = 30
 MEMORY_LIMIT = 1536 * 2**20
 
 
