@@ -311,17 +311,14 @@ class Queue(Generic[K]):
 
         Taking a place out of the deque would cost a walk of the whole queue per trace: a
         batch of thousands put back after a broker stall held the event loop for seconds."""
-        left = self.stale.get(key)
-        if key in self.entries:
-            pass  # queued again meanwhile: it keeps that place
-        elif left:
-            # Its places are all stale; the last becomes live (stale ones come before it).
-            if left > 1:
+        if key not in self.entries:  # queued again meanwhile, it keeps that place
+            left = self.stale.get(key, 0)
+            if not left:
+                self.order.appendleft(key)
+            elif left > 1:  # its places are all stale: the last becomes live
                 self.stale[key] = left - 1
             else:
                 del self.stale[key]
-        else:
-            self.order.appendleft(key)
         self.entries[key] = packed
 
 
