@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test faults bench soak lint install readme clean
 
-$(BIN)/caudal: pyproject.toml setup.py policies/_wire.c tests/plugins/example/pyproject.toml
+$(BIN)/caudal: pyproject.toml setup.py policies/_wire.c streams/pipeline/_dropped.c tests/plugins/example/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'

@@ -8,6 +8,10 @@ they came, 8 bytes more, for first-in first-out eviction. The hash is the interp
 chance with probability 500,000 / 2^64 ≈ 3 × 10^-14 per lookup, which would drop the spans of
 a trace not yet decided (one in a hundred years at 10,000 new traces a second). Hashes are
 never stored or sent anywhere, so the process's hash seed does not matter.
+
+`DroppedSet` is the C type of `streams.pipeline._dropped` where a C compiler built it (a probe
+in Python costs about a microsecond, and a full table evicts a hash for each one added, once
+per dropped trace), else `PythonDroppedSet`; both keep the same slots in the same order.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 from array import array
 from typing import Final
 
-__all__ = ["BYTES_PER_DECISION", "DroppedSet", "key_hash"]
+__all__ = ["BYTES_PER_DECISION", "DroppedSet", "PythonDroppedSet", "key_hash"]
 
 _MASK64: Final = (1 << 64) - 1
 BYTES_PER_DECISION: Final = 24  # two table slots (half full) and one ring slot
@@ -26,7 +30,7 @@ def key_hash(key: bytes) -> int:
     return (hash(key) & _MASK64) or 1
 
 
-class DroppedSet:
+class PythonDroppedSet:
     """Hashes of trace keys, first in first out, at most `limit` of them."""
 
     __slots__ = ("limit", "mask", "table", "ring", "inserted", "evicted")
@@ -109,3 +113,11 @@ class DroppedSet:
                 table[hole] = held
                 hole = probe
         table[hole] = 0
+
+
+try:
+    from streams.pipeline._dropped import DroppedSet as _NativeDroppedSet
+except ImportError:  # built without a C compiler
+    DroppedSet: type[PythonDroppedSet] | type[_NativeDroppedSet] = PythonDroppedSet
+else:
+    DroppedSet = _NativeDroppedSet

@@ -10,7 +10,7 @@ import tracemalloc
 import pytest
 
 from streams.pipeline.decisions import DROPPED, DecisionCache, Remembered
-from streams.pipeline.dropped import DroppedSet, key_hash
+from streams.pipeline.dropped import DroppedSet, PythonDroppedSet, key_hash
 from streams.wire.origin import origin, pack_origins
 from streams.wire.tracekey import trace_key
 
@@ -103,10 +103,17 @@ def test_the_oldest_drops_go_first_and_the_ttl_applies() -> None:
     assert len(cache) == 0
 
 
+# The table the worker uses (the C one where it was built) and the Python one it stands in for.
+TABLES = sorted({DroppedSet, PythonDroppedSet}, key=lambda kind: kind.__module__)
+
+
+@pytest.mark.parametrize("kind", TABLES, ids=lambda kind: kind.__module__)
 @pytest.mark.parametrize("seed", range(5))
-def test_the_hash_table_agrees_with_a_set_through_collisions_and_evictions(seed: int) -> None:
+def test_the_hash_table_agrees_with_a_set_through_collisions_and_evictions(
+    seed: int, kind: type[PythonDroppedSet]
+) -> None:
     rng = random.Random(seed)
-    table = DroppedSet(40)  # 128 slots; hashes chosen to collide in runs
+    table = kind(40)  # 128 slots; hashes chosen to collide in runs
     ring: list[int] = []  # the model: added hashes in order (discarded ones keep their turn)
     live: set[int] = set()
     for _ in range(3000):
@@ -128,3 +135,42 @@ def test_the_hash_table_agrees_with_a_set_through_collisions_and_evictions(seed:
         assert {h for h in table.table if h} == live
         assert all(h in table for h in live)
     assert key_hash(b"") != 0
+
+
+@pytest.mark.skipif(DroppedSet is PythonDroppedSet, reason="built without a C compiler")
+@pytest.mark.parametrize("limit", [0, 1, 7, 40, 1000])
+def test_the_c_table_keeps_the_same_slots_as_the_python_one(limit: int) -> None:
+    """Add, discard and evict by count and by TTL, as the decision cache does: after every
+    step both tables hold the same hashes in the same slots, with the same counts."""
+    rng = random.Random(limit)
+    native, model = DroppedSet(limit), PythonDroppedSet(limit)
+    seen: list[int] = []
+    for _ in range(20 * max(limit, 10)):
+        roll = rng.random()
+        if roll < 0.7 or not seen:
+            if rng.random() < 0.5:
+                hashed = rng.randrange(1, 1 << 64)
+            else:
+                hashed = (rng.randrange(1, 8) << 60) | rng.randrange(16)  # same home slots
+            if rng.random() < 0.1 and seen:
+                hashed = rng.choice(seen)  # one held already, or discarded before
+            seen.append(hashed)
+            native.add(hashed)
+            model.add(hashed)
+        elif roll < 0.85:
+            gone = rng.choice(seen)
+            native.discard(gone)
+            model.discard(gone)
+        else:
+            count = rng.randrange(-2, 5)
+            native.evict(count)
+            model.evict(count)
+        assert native.table == list(model.table)
+        assert (len(native), native.inserted, native.evicted) == (
+            len(model),
+            model.inserted,
+            model.evicted,
+        )
+    assert native.nbytes == model.nbytes and native.limit == model.limit
+    assert [h in native for h in seen] == [h in model for h in seen]
+    assert -1 not in native and (1 << 64) not in native
