@@ -36,6 +36,7 @@ static int read_hash(PyObject *arg, uint64_t *out) {
 
 static void discard_hash(Dropped *self, uint64_t hashed) {
     uint64_t *table = self->table, mask = self->mask, at = hashed & mask;
+    if (table == NULL) return; /* made without __init__: nothing held */
     for (;;) {
         uint64_t held = table[at];
         if (!held) return;
@@ -82,17 +83,22 @@ static int Dropped_init(Dropped *self, PyObject *args, PyObject *kwds) {
     if (bits < 4) bits = 4;
     PyMem_Free(self->table);
     PyMem_Free(self->ring);
+    self->table = self->ring = NULL;
+    self->limit = self->inserted = self->evicted = 0;
     self->slots = (Py_ssize_t)1 << bits;
     self->mask = (uint64_t)self->slots - 1;
     self->ring_size = limit > 1 ? (Py_ssize_t)limit : 1;
     self->table = PyMem_Calloc((size_t)self->slots, sizeof(uint64_t));
     self->ring = PyMem_Calloc((size_t)self->ring_size, sizeof(uint64_t));
     if (self->table == NULL || self->ring == NULL) {
+        PyMem_Free(self->table);
+        PyMem_Free(self->ring);
+        self->table = self->ring = NULL;
+        self->slots = 0;
         PyErr_NoMemory();
         return -1;
     }
     self->limit = limit;
-    self->inserted = self->evicted = 0;
     return 0;
 }
 
@@ -144,6 +150,7 @@ static int Dropped_contains(Dropped *self, PyObject *arg) {
         return 0;
     }
     uint64_t *table = self->table, mask = self->mask, at = hashed & mask;
+    if (table == NULL) return 0;
     for (;;) {
         uint64_t held = table[at];
         if (held == hashed) return 1;

@@ -174,3 +174,12 @@ def test_the_c_table_keeps_the_same_slots_as_the_python_one(limit: int) -> None:
     assert native.nbytes == model.nbytes and native.limit == model.limit
     assert [h in native for h in seen] == [h in model for h in seen]
     assert -1 not in native and (1 << 64) not in native
+
+
+@pytest.mark.skipif(DroppedSet is PythonDroppedSet, reason="built without a C compiler")
+def test_a_c_table_made_without_init_holds_nothing_and_does_not_crash() -> None:
+    table = DroppedSet.__new__(DroppedSet)
+    table.add(5)
+    table.discard(5)
+    table.evict(3)
+    assert 5 not in table and len(table) == 0 and table.table == []
