@@ -139,9 +139,9 @@ def quiet_collector() -> None:
     the modules, the clients and the remembered decisions). What exists once the worker is
     built is parked for good (`gc.freeze`), and the young generation is collected every 100,000
     allocations, not every 700: the objects of a decision batch (5,000 traces), alive until it
-    completes, are scanned and moved to the older generations less often. In a
-    burst of 100,000 traces (`caudal bench`), the young and middle collections of the worker's
-    main process took 0.17-0.19 s at every 10,000 allocations and 0.07-0.08 s at every 100,000,
+    completes, are scanned and moved to the older generations less often. In a burst of
+    100,000 traces (`caudal bench`), the young and middle collections of the worker's main
+    process took 0.17-0.19 s at every 10,000 allocations and 0.07-0.08 s at every 100,000,
     both counted from start-up (which collects at the default 700).
     """
     gc.collect()
