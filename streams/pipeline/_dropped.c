@@ -19,13 +19,19 @@ typedef struct {
     PyObject_HEAD
     uint64_t *table;
     uint64_t *ring;
-    uint64_t mask;
-    Py_ssize_t slots;     /* mask + 1 */
-    Py_ssize_t ring_size; /* max(limit, 1) */
+    uint64_t mask; /* the table's slots, less one (a power of two) */
     long long limit;
     long long inserted; /* hashes ever put in the ring; the next goes to inserted % limit */
     long long evicted;  /* hashes ever taken out of it, oldest first */
 } Dropped;
+
+/* The table's slots: none until __init__ allocated them. */
+static Py_ssize_t slot_count(Dropped *self) {
+    return self->table == NULL ? 0 : (Py_ssize_t)self->mask + 1;
+}
+
+/* The ring's slots: `limit`, at least one. */
+static Py_ssize_t ring_slots(long long limit) { return limit > 1 ? (Py_ssize_t)limit : 1; }
 
 static int read_hash(PyObject *arg, uint64_t *out) {
     unsigned long long value = PyLong_AsUnsignedLongLong(arg);
@@ -77,7 +83,7 @@ static int Dropped_init(Dropped *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_ValueError, "limit over 2**40");
         return -1;
     }
-    long long wanted = 2 * (limit > 1 ? limit : 1) - 1; /* at least 2 × limit slots, and 16 */
+    long long wanted = 2 * (long long)ring_slots(limit) - 1; /* at least 2 × limit slots, and 16 */
     int bits = 0;
     while (wanted >> bits) bits++;
     if (bits < 4) bits = 4;
@@ -85,16 +91,13 @@ static int Dropped_init(Dropped *self, PyObject *args, PyObject *kwds) {
     PyMem_Free(self->ring);
     self->table = self->ring = NULL;
     self->limit = self->inserted = self->evicted = 0;
-    self->slots = (Py_ssize_t)1 << bits;
-    self->mask = (uint64_t)self->slots - 1;
-    self->ring_size = limit > 1 ? (Py_ssize_t)limit : 1;
-    self->table = PyMem_Calloc((size_t)self->slots, sizeof(uint64_t));
-    self->ring = PyMem_Calloc((size_t)self->ring_size, sizeof(uint64_t));
+    self->mask = ((uint64_t)1 << bits) - 1;
+    self->table = PyMem_Calloc((size_t)self->mask + 1, sizeof(uint64_t));
+    self->ring = PyMem_Calloc((size_t)ring_slots(limit), sizeof(uint64_t));
     if (self->table == NULL || self->ring == NULL) {
         PyMem_Free(self->table);
         PyMem_Free(self->ring);
         self->table = self->ring = NULL;
-        self->slots = 0;
         PyErr_NoMemory();
         return -1;
     }
@@ -164,13 +167,15 @@ static Py_ssize_t Dropped_len(Dropped *self) {
 }
 
 static PyObject *Dropped_nbytes(Dropped *self, void *Py_UNUSED(closure)) {
-    return PyLong_FromSsize_t((self->slots + self->ring_size) * (Py_ssize_t)sizeof(uint64_t));
+    Py_ssize_t slots = self->table == NULL ? 0 : slot_count(self) + ring_slots(self->limit);
+    return PyLong_FromSsize_t(slots * (Py_ssize_t)sizeof(uint64_t));
 }
 
 static PyObject *Dropped_table(Dropped *self, void *Py_UNUSED(closure)) {
-    PyObject *out = PyList_New(self->slots);
+    Py_ssize_t slots = slot_count(self);
+    PyObject *out = PyList_New(slots);
     if (out == NULL) return NULL;
-    for (Py_ssize_t i = 0; i < self->slots; i++) {
+    for (Py_ssize_t i = 0; i < slots; i++) {
         PyObject *item = PyLong_FromUnsignedLongLong(self->table[i]);
         if (item == NULL) {
             Py_DECREF(out);
