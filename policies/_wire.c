@@ -571,9 +571,14 @@ static Py_ssize_t type_count;
 static Py_ssize_t span_type = -1, resource_type = -1;
 
 /* A varint of at most `max_bytes` bytes, in its shortest form. */
-static Status strict_varint(const uint8_t **at, const uint8_t *end, int max_bytes,
-                            uint64_t *out) {
+static inline Status strict_varint(const uint8_t **at, const uint8_t *end, int max_bytes,
+                                   uint64_t *out) {
     const uint8_t *p = *at;
+    if (p < end && *p < 0x80) { /* tags and lengths are mostly one byte, always shortest */
+        *out = *p;
+        *at = p + 1;
+        return 0;
+    }
     uint64_t value = 0;
     for (int i = 0; i < max_bytes && p < end; i++) {
         uint8_t byte = *p++;
@@ -592,6 +597,14 @@ static Status strict_varint(const uint8_t **at, const uint8_t *end, int max_byte
 static int utf8_valid(const uint8_t *s, size_t n) {
     size_t i = 0;
     while (i < n) {
+        /* Names, keys and most values are ASCII: eight bytes at a time while they are. */
+        while (n - i >= 8) {
+            uint64_t word;
+            memcpy(&word, s + i, 8);
+            if (word & 0x8080808080808080ULL) break;
+            i += 8;
+        }
+        if (i >= n) break;
         uint8_t c = s[i];
         if (c < 0x80) {
             i++;

@@ -247,6 +247,33 @@ def test_the_check_vouches_only_for_bytes_the_parser_reads(
     ExportTraceServiceRequest.FromString(data)  # raises if the check was wrong
 
 
+@pytest.mark.parametrize(
+    "odd",
+    [
+        b"\xc3\xa9",
+        b"\xe2\x82\xac",
+        b"\xf0\x9f\x98\x80",
+        b"\x80",
+        b"\xc0\xaf",
+        b"\xed\xa0\x80",
+        b"\xff",
+    ],
+)
+def test_the_check_reads_utf8_at_every_place_in_a_name(odd: bytes) -> None:
+    # Valid and broken sequences at each place of names of 0-24 ASCII bytes (the check reads
+    # ASCII eight bytes at a time): it vouches exactly when the parser reads the name.
+    for length in range(25):
+        for at in range(length + 1):
+            name = b"n" * at + odd + b"n" * (length - at)
+            data = _request_of(length_delimited(5, name))
+            try:
+                ExportTraceServiceRequest.FromString(data)
+                parses = True
+            except DecodeError:
+                parses = False
+            assert (wire.check_request(data) == 1) == parses, (name, parses)
+
+
 def test_the_check_leaves_unusual_shapes_to_the_parser() -> None:
     span = Span(span_id=b"\x01" * 8, name="n", dropped_attributes_count=3)
     request = _request_of(span.SerializeToString())
