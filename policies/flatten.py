@@ -26,6 +26,7 @@ Unknown fields (names, ids, events, ...) are skipped by the parser and cost noth
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any, Final, NamedTuple
 
@@ -201,6 +202,10 @@ class SingleTrace(NamedTuple):
     """Every resource attribute (an encoded ``KeyValue``), batch after batch."""
 
 
+# SingleTrace from a 3-tuple without the named tuple's Python-level constructor (once per
+# input message in the split stage).
+_single = functools.partial(tuple.__new__, SingleTrace)
+
 TRACE_ID_BYTES: Final = 16
 INVALID_TRACE_ID: Final = bytes(TRACE_ID_BYTES)
 """All zeros: OTLP's invalid trace ID."""
@@ -216,7 +221,7 @@ def single_trace(request: bytes) -> SingleTrace | None:
     if c_walk is not None:
         found = c_walk.single_trace(request)
         if isinstance(found, tuple):
-            return SingleTrace(*found)
+            return _single(found)
         if found is not None:  # False: not one valid trace (None: left to the parses)
             return None
     try:
@@ -297,7 +302,7 @@ def checked_single_trace(request: bytes) -> tuple[SingleTrace | None, bool]:
     if c_walk is not None:
         found = c_walk.checked_single_trace(request)
         if found is not None:
-            return (SingleTrace(*found) if isinstance(found, tuple) else None), True
+            return (_single(found) if isinstance(found, tuple) else None), True
     return single_trace(request), False
 
 

@@ -308,7 +308,10 @@ def headers_of(record: RecordLike) -> list[tuple[str, bytes]]:
     """A record's headers as (name, bytes) pairs; a header without a value has b"", and
     headers that cannot be read at all make an empty list (a dead letter must still go)."""
     try:
-        return [(str(k), bytes(v) if v is not None else b"") for k, v in record.headers() or ()]
+        raw = record.headers()
+        if not raw:  # the common case: none
+            return []
+        return [(str(k), bytes(v) if v is not None else b"") for k, v in raw]
     except (TypeError, ValueError):
         return []
 

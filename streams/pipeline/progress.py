@@ -109,6 +109,10 @@ class SplitProgress:
             elif err.code() == KafkaError._PARTITION_EOF and partition in self.claims:
                 self.at_end.add(partition)
 
+    def had_records(self, partitions: Iterable[int]) -> None:
+        """`read` of records alone, no event among them: `partitions` have records again."""
+        self.at_end.difference_update(partitions)
+
     def committed(self, stamps: Mapping[int, float], idle: Iterable[int], now: float) -> None:
         """A batch was produced (`stamps`: its largest input time per partition); `idle`
         partitions had been read to what the broker had when the read returned at `now`."""

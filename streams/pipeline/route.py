@@ -41,7 +41,13 @@ def parse_baggage(header: bytes | str) -> dict[str, str]:
 def _string_attribute(entries: Sequence[bytes], key: str) -> str | None:
     """The first non-empty string value of attribute `key` among encoded `KeyValue`s."""
     needle = key.encode()
-    head = _plain_head(needle)
+    return _find_string(entries, key, needle, _plain_head(needle))
+
+
+def _find_string(
+    entries: Sequence[bytes], key: str, needle: bytes, head: bytes | None
+) -> str | None:
+    """`_string_attribute`, given the key encoded (`needle`) and its `_plain_head`."""
     if head is not None and c_walk is not None and type(entries) is list:
         # The same reading in C; False where an entry holding the key needs the parser.
         found = c_walk.plain_string_attribute(entries, head)
@@ -82,12 +88,6 @@ def _plain_string(entry: bytes, at: int) -> str | None:
         return None
 
 
-def span_attributes_of(request: bytes) -> Callable[[], Sequence[bytes]]:
-    """For `TenantResolver.resolve_encoded`: the span attributes of an encoded request,
-    parsed when asked for."""
-    return lambda: flatten_request(request).scope_spans.spans.attributes
-
-
 class TenantResolver:
     """Resolve a tenant from the configured sources; `default` when none is present.
 
@@ -99,6 +99,10 @@ class TenantResolver:
         self.default = default
         self._order = [
             tuple(s.split(":", 1)) for s in sources if trust_headers or not s.startswith("header:")
+        ]
+        # Per source: its kind, its name, and the name as an attribute lookup needs it.
+        self._lookups = [
+            (kind, name, name.encode(), _plain_head(name.encode())) for kind, name in self._order
         ]
         self.no_hints: Final = self.hints({})  # a message without headers
 
@@ -139,20 +143,25 @@ class TenantResolver:
         self,
         hints: Sequence[str | None],
         resource_attributes: Sequence[bytes],
-        span_attributes: Callable[[], Sequence[bytes]],
+        span_attributes: Callable[[], Sequence[bytes]] | bytes,
     ) -> str:
         """Tenant of a trace given its message's hints and its attributes (encoded
-        `KeyValue`s, in trace order: see policies.flatten; the spans' are asked for only when
-        a source needs them)."""
-        for (kind, name), hint in zip(self._order, hints, strict=True):
+        `KeyValue`s, in trace order: see policies.flatten). The spans' are read only when a
+        source needs them: from the encoded request `span_attributes`, or by calling it."""
+        for (kind, name, needle, head), hint in zip(self._lookups, hints, strict=True):
             if hint:
                 return hint
             if kind == "resource":
-                found = _string_attribute(resource_attributes, name)
+                entries = resource_attributes
             elif kind == "baggage":
-                found = _string_attribute(span_attributes(), name)
+                entries = (
+                    flatten_request(span_attributes).scope_spans.spans.attributes
+                    if isinstance(span_attributes, bytes)
+                    else span_attributes()
+                )
             else:
                 continue
+            found = _find_string(entries, name, needle, head)
             if found:
                 return found
         return self.default

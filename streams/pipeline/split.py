@@ -48,7 +48,7 @@ from streams.ops.health import Supervised
 from streams.ops.metrics import SPANS_RECEIVED, set_consumer_lag
 from streams.pipeline.degrade import LagClock, batch_factor, optional_work
 from streams.pipeline.progress import PROGRESS_HEADER, SplitProgress
-from streams.pipeline.route import TenantResolver, span_attributes_of
+from streams.pipeline.route import TenantResolver
 from streams.wire.origin import ENTRY_BYTES, origin, pack_origins
 from streams.wire.otlp import (
     BadInput,
@@ -170,8 +170,7 @@ def split_one(
     # regrouping, no serializing again, no protobuf object built.
     if single is not None and len(value) <= budget:
         tid = single.trace_id
-        spans = span_attributes_of(value)
-        tenant = resolver.resolve_encoded(hints, single.resource_attributes, spans)
+        tenant = resolver.resolve_encoded(hints, single.resource_attributes, value)
         problem = tenant_problem(tenant)
         if problem is not None:
             dead_letter(msg, "invalid_tenant", problem)
@@ -216,6 +215,7 @@ class InFlight:
     stamps: dict[int, float]  # largest input time per input partition
     idle: set[int]  # input partitions read to their end
     drained_at: float
+    last: dict[tuple[str, int], int] = field(default_factory=dict)  # last offset per partition
     pending: int = 0  # records not yet acknowledged
     errors: list[Any] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
@@ -228,13 +228,7 @@ class InFlight:
 
     def offsets(self) -> list[TopicPartition]:
         """The offsets to commit once the read is acknowledged: past its last record."""
-        last: dict[tuple[str, int], int] = {}
-        for m in self.messages:  # the last offset per partition; this runs once per record
-            place: tuple[str, int] = (m.topic(), m.partition())  # type: ignore[assignment]
-            offset: int = m.offset()  # type: ignore[assignment]  # a record read has them
-            if offset > last.get(place, -1):
-                last[place] = offset
-        return [TopicPartition(t, p, offset + 1) for (t, p), offset in last.items()]
+        return [TopicPartition(t, p, offset + 1) for (t, p), offset in self.last.items()]
 
 
 class DeadLetterSink:
@@ -368,8 +362,14 @@ class SplitStage(Supervised):
         polled_at = time.time()
         messages = self.consumer.consume(size, timeout=0.2)
         drained_at = time.time()
-        usable = self.in_hand = [m for m in messages if not _log_error(m)]
-        self.progress.read(messages)
+        usable = self.in_hand = [m for m in messages if m.error() is None]
+        stamps, last = _scan(usable, polled_at)
+        if len(usable) == len(messages):
+            self.progress.had_records(stamps)
+        else:  # events among the records (ends of partitions, errors), in order
+            for m in messages:
+                _log_error(m)
+            self.progress.read(messages)
         # A partition vouches for "nothing more" only after the consumer reached its end (an
         # end-of-partition event since its last record) and this read was not cut short by the
         # batch size: just after an assignment, an empty read means the fetch has not started.
@@ -381,12 +381,11 @@ class SplitStage(Supervised):
             self._settle()
             self._send_progress()
             return
-        stamps = _input_times(usable, polled_at)
         self.lag.note(time.time() - min(stamps.values()))
         meter = self.meter if optional_work(level) else None
         batch = split_messages(usable, self.settings, self.resolver, self.dead_letter, meter)
         stamp = max(stamps.values())
-        read = InFlight(usable, stamps, idle, drained_at)
+        read = InFlight(usable, stamps, idle, drained_at, last)
         self.in_flight.append(read)
         self._produce(batch, min(stamp, time.time()), read)
         read.started = time.monotonic()  # a wait for room in the producer's queue is no delay
@@ -556,17 +555,24 @@ def _chunks(fragments: list[SourcedFragment], room: int) -> Iterable[list[Source
         yield chunk
 
 
-def _input_times(messages: list[Message], read_at: float) -> dict[int, float]:
-    """The latest input timestamp per input partition, in seconds (`read_at` for a record that
-    carries none)."""
+def _scan(
+    messages: list[Message], read_at: float
+) -> tuple[dict[int, float], dict[tuple[str, int], int]]:
+    """Per input partition of a read's records, the latest input timestamp, in seconds
+    (`read_at` for a record that carries none); and per topic partition, the last offset."""
     stamps: dict[int, float] = {}
-    for m in messages:
+    last: dict[tuple[str, int], int] = {}
+    for m in messages:  # once per record read
+        partition: int = m.partition()  # type: ignore[assignment]  # a record read has one
         _, ms = m.timestamp()
         stamp = ms / 1000 if ms > 0 else read_at
-        partition: int = m.partition()  # type: ignore[assignment]  # a record read has one
         if stamp > stamps.get(partition, 0.0):
             stamps[partition] = stamp
-    return stamps
+        place: tuple[str, int] = (m.topic(), partition)  # type: ignore[assignment]
+        offset: int = m.offset()  # type: ignore[assignment]
+        if offset > last.get(place, -1):
+            last[place] = offset
+    return stamps, last
 
 
 def _log_error(msg: Message) -> bool:

@@ -216,8 +216,9 @@ def pack_index(fragments: Sequence[Fragment]) -> tuple[bytes, bytes]:
 
     The index lets the worker slice the record per trace without parsing protobuf.
     """
-    index = b"".join(_INDEX_ENTRY.pack(tid, len(frag)) for tid, frag in fragments)
-    return b"".join(frag for _, frag in fragments), index
+    frags = [frag for _, frag in fragments]
+    index = b"".join(map(_INDEX_ENTRY.pack, [tid for tid, _ in fragments], map(len, frags)))
+    return b"".join(frags), index
 
 
 def unpack_index(value: bytes, index: bytes) -> list[Fragment]:

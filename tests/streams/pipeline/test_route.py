@@ -52,6 +52,16 @@ def test_sources_in_order_first_present_wins() -> None:
     assert resolver.resolve(resolver.hints({}), [block({})]) == "d"
 
 
+def test_span_attributes_are_read_from_the_encoded_request_only_when_needed() -> None:
+    resolver = TenantResolver(["resource:tenant.id", "baggage:tenant"], "d")
+    spans_say = ExportTraceServiceRequest(resource_spans=[block({}, {"tenant": "s"})])
+    request = spans_say.SerializeToString()
+    assert resolver.resolve_encoded(resolver.no_hints, [], request) == "s"
+    resource = KeyValue(key="tenant.id", value=AnyValue(string_value="r")).SerializeToString()
+    assert resolver.resolve_encoded(resolver.no_hints, [resource], request) == "r"
+    assert resolver.resolve_encoded(resolver.no_hints, [resource], b"\xff not OTLP") == "r"
+
+
 def test_token_bucket_admits_whole_traces() -> None:
     bucket = TokenBucket(rate=100, burst=100)
     assert bucket.take(60, now=0.0)
