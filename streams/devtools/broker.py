@@ -89,14 +89,20 @@ class LocalBroker:
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise BrokerError(f"tansu exited at start with code {self._proc.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.1)
+        try:
+            while time.monotonic() < deadline:
+                if self._proc.poll() is not None:
+                    raise BrokerError(f"tansu exited at start with code {self._proc.returncode}")
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                        return self
+                except OSError:
+                    time.sleep(0.1)
+        except BaseException:
+            # Interrupted while it starts (Ctrl-C, or SIGTERM in `caudal bench`): it runs in
+            # its own session, so nothing else would stop it.
+            self.stop()
+            raise
         self.stop()
         raise BrokerError(f"tansu did not listen on {self.bootstrap} within {timeout:.0f}s")
 
