@@ -97,12 +97,11 @@ class TenantResolver:
 
     def __init__(self, sources: Sequence[str], default: str, trust_headers: bool = True) -> None:
         self.default = default
-        self._order = [
-            tuple(s.split(":", 1)) for s in sources if trust_headers or not s.startswith("header:")
-        ]
-        # Per source: its kind, its name, and the name as an attribute lookup needs it.
-        self._lookups = [
-            (kind, name, name.encode(), _plain_head(name.encode())) for kind, name in self._order
+        # Per source, in order: its kind, its name, and the name as an attribute lookup needs it.
+        self._sources = [
+            (kind, name, name.encode(), _plain_head(name.encode()))
+            for kind, _, name in (s.partition(":") for s in sources)
+            if trust_headers or kind != "header"
         ]
         self.no_hints: Final = self.hints({})  # a message without headers
 
@@ -117,7 +116,7 @@ class TenantResolver:
         """What the message's headers say, per source (computed once per message)."""
         baggage: dict[str, str] | None = None
         hints: list[str | None] = []
-        for kind, name in self._order:
+        for kind, name, _, _ in self._sources:
             value: str | None = None
             if kind == "header":
                 raw = headers.get(name)
@@ -148,7 +147,7 @@ class TenantResolver:
         """Tenant of a trace given its message's hints and its attributes (encoded
         `KeyValue`s, in trace order: see policies.flatten). The spans' are read only when a
         source needs them: from the encoded request `span_attributes`, or by calling it."""
-        for (kind, name, needle, head), hint in zip(self._lookups, hints, strict=True):
+        for (kind, name, needle, head), hint in zip(self._sources, hints, strict=True):
             if hint:
                 return hint
             if kind == "resource":

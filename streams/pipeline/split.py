@@ -367,8 +367,7 @@ class SplitStage(Supervised):
         if len(usable) == len(messages):
             self.progress.had_records(stamps)
         else:  # events among the records (ends of partitions, errors), in order
-            for m in messages:
-                _log_error(m)
+            _log_errors(messages)
             self.progress.read(messages)
         # A partition vouches for "nothing more" only after the consumer reached its end (an
         # end-of-partition event since its last record) and this read was not cut short by the
@@ -575,10 +574,9 @@ def _scan(
     return stamps, last
 
 
-def _log_error(msg: Message) -> bool:
-    err = msg.error()
-    if err is None:
-        return False
-    if err.code() != KafkaError._PARTITION_EOF:
-        log.warning("split consume error error=%s", err)
-    return True
+def _log_errors(messages: list[Message]) -> None:
+    """Log a read's consumer errors (an end of partition is no error)."""
+    for msg in messages:
+        err = msg.error()
+        if err is not None and err.code() != KafkaError._PARTITION_EOF:
+            log.warning("split consume error error=%s", err)

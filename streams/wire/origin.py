@@ -70,10 +70,7 @@ def decode_origin(data: bytes | memoryview, at: int = 0) -> int:
 
 def pack_origins(origins: list[int]) -> bytes:
     """The `caudal-origin` header: one origin per fragment of a record, in index order."""
-    if NO_ORIGIN in origins:
-        return b"".join([encode_origin(o) for o in origins])
-    pack = _ENTRY.pack  # encode_origin, inline: this runs once per fragment split
-    return b"".join([pack(o >> 64, (o >> 16) & _OFFSET, o & 0xFFFF) for o in origins])
+    return b"".join([encode_origin(o) for o in origins])
 
 
 def decode_origins(value: bytes, count: int) -> list[int]:
